@@ -1,0 +1,35 @@
+# Two entry points do all set-up themselves: `make run` (the whole pipeline on the embedded
+# defaults) and `make test` (the whole test suite). Both create .venv and install the pinned
+# dependencies once; later calls reinstall nothing unless pyproject.toml or the lock changed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nfpipe-installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: run test lint bench lock clean
+
+run: $(STAMP)
+	$(BIN)/nfpipe run $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements.lock
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+lock: $(STAMP)
+	{ echo "# Pinned environment (pip freeze of a working install). Regenerate: make lock"; \
+	  $(PIP) freeze --all --exclude-editable | grep -v "^pip=="; } > requirements.lock
+
+clean:
+	rm -rf .nfpipe mlflow.db mlartifacts data/shards

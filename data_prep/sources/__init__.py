@@ -1,0 +1,79 @@
+"""Raw datasets as a common `Source`: per split, an iterator of (key, image, label)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.config import DataPrepConfig
+
+# key: unique within the dataset, no dots (webdataset splits member names at the first dot);
+# image: uint8 levels in [0, n_bins), shape (H, W, C); label: class index or None.
+Sample = tuple[str, np.ndarray, int | None]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset ready to be sharded.
+
+    `fingerprint` is a sha256 of the raw content (not paths or mtimes), so it identifies the
+    data wherever it lies; `split_counts` is known before any image is decoded.
+    """
+
+    dataset: str
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    n_bins: int
+    fingerprint: str
+    split_counts: dict[str, int]
+    read_split: Callable[[str], Iterator[Sample]] = field(repr=False)
+    classes: list[str] | None = None
+
+    def samples(self, split: str) -> Iterator[Sample]:
+        """The split's samples in a fixed order."""
+        return self.read_split(split)
+
+
+def open_source(cfg: DataPrepConfig) -> Source:
+    """The configured dataset; raises DataPrepError when the raw data is missing or damaged."""
+    if cfg.dataset == "digits":
+        from data_prep.sources.digits import open_digits
+
+        return open_digits(cfg)
+    if cfg.dataset == "cifar10":
+        from data_prep.sources.cifar10 import open_cifar10
+
+        return open_cifar10(cfg)
+    from data_prep.sources.celeba import open_celeba
+
+    return open_celeba(cfg)
+
+
+def split_indices(
+    n: int, seed: int, fractions: dict[str, float], rest: str = "train"
+) -> dict[str, np.ndarray]:
+    """Deterministic random split of range(n): each named share (at least 1 when > 0) by seed,
+    the remainder to `rest`; indices sorted, so shards follow the source order."""
+    order = np.random.default_rng(seed).permutation(n)
+    out: dict[str, np.ndarray] = {}
+    start = 0
+    for name, fraction in fractions.items():
+        if fraction <= 0:
+            continue
+        take = max(1, round(fraction * n))
+        out[name] = np.sort(order[start : start + take])
+        start += take
+    out[rest] = np.sort(order[start:])
+    return out
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,23 @@
+"""Start or join Ray for a pipeline run (no global state of our own: Ray keeps its own)."""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(cfg: RayConfig) -> None:
+    """Join the cluster at `cfg.address`, or start a local Ray; a no-op if already connected."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        log.info("connecting to Ray at %s", cfg.address)
+        ray.init(address=cfg.address, log_to_driver=True)
+        return
+    log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus or "all")
+    ray.init(num_cpus=cfg.num_cpus, include_dashboard=cfg.dashboard, log_to_driver=True)

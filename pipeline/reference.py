@@ -1,0 +1,44 @@
+"""The pipeline.yaml reference, generated from the config models so it cannot drift."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from pipeline.config import _model_type
+
+
+def config_reference(model: type[BaseModel]) -> str:
+    rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+    rows.extend(_rows(model, prefix=""))
+    return "\n".join(rows) + "\n"
+
+
+def _rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        nested = _model_type(field.annotation)
+        if nested is not None:
+            rows.extend(_rows(nested, prefix=f"{path}."))
+            continue
+        rows.append(
+            f"| `{path}` | {_type_name(field.annotation)} | {_default(field.default)} "
+            f"| {(field.description or '').replace('|', '/')} |"
+        )
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "").replace("pathlib.", "").replace("|", "/")
+
+
+def _default(value: Any) -> str:
+    if value is PydanticUndefined:
+        return "required"
+    if isinstance(value, BaseModel):
+        return "…"
+    return f"`{value!r}`".replace("|", "/")

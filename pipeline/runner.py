@@ -1,0 +1,163 @@
+"""Run the pipeline's stages in dependency order, skipping the ones that are up to date."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import ConfigError, PipelineConfig, suggest
+from pipeline.records import (
+    StageRecord,
+    missing_paths,
+    read_record,
+    stable_hash,
+    write_record,
+)
+from pipeline.stages import STAGES
+from pipeline.stages.base import Stage, StageContext
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(Exception):
+    """A stage raised; its record says why and the next run resumes at it."""
+
+
+@dataclass
+class Outcome:
+    stage: str
+    status: str  # "ran" | "skipped" | "failed"
+    seconds: float
+    note: str = ""
+
+
+def plan(targets: Sequence[str], graph: Mapping[str, Stage] = STAGES) -> list[Stage]:
+    """The targets plus everything they need, in pipeline (graph insertion) order."""
+    unknown = [t for t in targets if t not in graph]
+    if unknown:
+        name = unknown[0]
+        raise ConfigError(
+            f"unknown stage {name!r}{suggest(name, graph)}; stages: {', '.join(graph)}"
+        )
+    wanted: set[str] = set()
+    pending = list(targets)
+    while pending:
+        name = pending.pop()
+        if name not in wanted:
+            wanted.add(name)
+            pending.extend(graph[name].needs)
+    return [stage for name, stage in graph.items() if name in wanted]
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    targets: Sequence[str] | None = None,
+    force: bool = False,
+    console: Console | None = None,
+    graph: Mapping[str, Stage] = STAGES,
+) -> list[Outcome]:
+    """Run `targets` (default: `cfg.stages`) and what they need; raise StageFailed on failure."""
+    console = console or Console()
+    workdir = Path(cfg.workdir).resolve()
+    stages = plan(targets or cfg.stages, graph)
+    forced = set(targets or cfg.stages) if force else set()
+    done: dict[str, StageRecord] = {}
+    outcomes: list[Outcome] = []
+    console.print(f"[bold]nfpipe[/] {cfg.name} → {', '.join(s.name for s in stages)}  ({workdir})")
+    try:
+        for stage in stages:
+            try:
+                outcome, record = _run_or_skip(
+                    stage, cfg, workdir, done, stage.name in forced, console
+                )
+            except StageFailed as failure:
+                outcomes.append(failure.args[2])
+                raise
+            outcomes.append(outcome)
+            done[stage.name] = record
+    finally:
+        print_summary(outcomes, console)
+    return outcomes
+
+
+def _run_or_skip(
+    stage: Stage,
+    cfg: PipelineConfig,
+    workdir: Path,
+    done: dict[str, StageRecord],
+    force: bool,
+    console: Console,
+) -> tuple[Outcome, StageRecord]:
+    upstream = {name: done[name] for name in (*stage.needs, *stage.optional_needs) if name in done}
+    config_hash = stable_hash(stage.config_of(cfg))
+    inputs = {name: rec.fingerprint for name, rec in sorted(upstream.items())}
+    fingerprint = stable_hash({"stage": stage.name, "config": config_hash, "inputs": inputs})
+    previous = read_record(workdir, stage.name)
+    reason = _stale_reason(previous, fingerprint, force)
+    if reason is None:
+        console.print(f"  [dim]↷ {stage.name:<10} up to date, skipped[/]")
+        return Outcome(stage.name, "skipped", 0.0, "up to date"), previous
+    log.info("running %s: %s", stage.name, reason)
+    record = StageRecord(stage.name, "running", fingerprint, config_hash, inputs, started=time.time())
+    write_record(workdir, record)
+    ctx = StageContext(
+        config=cfg,
+        stage_dir=workdir / stage.name,
+        inputs={name: rec.outputs for name, rec in upstream.items()},
+        console=console,
+        fingerprint=fingerprint,
+    )
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"  [bold cyan]▶ {stage.name:<10}[/] running ({reason})")
+    try:
+        record.outputs = stage.run(ctx)
+    except BaseException as err:
+        record.status, record.error = "failed", f"{type(err).__name__}: {err}"
+        record.seconds = time.time() - record.started
+        write_record(workdir, record)
+        log.debug("stage %s failed:\n%s", stage.name, traceback.format_exc())
+        console.print(f"  [bold red]✗ {stage.name:<10} failed[/] after {record.seconds:.1f}s")
+        outcome = Outcome(stage.name, "failed", record.seconds, record.error)
+        raise StageFailed(stage.name, err, outcome) from err
+    record.status, record.seconds = "ok", time.time() - record.started
+    write_record(workdir, record)
+    console.print(f"  [bold green]✓ {stage.name:<10}[/] done in {record.seconds:.1f}s")
+    return Outcome(stage.name, "ran", record.seconds), record
+
+
+def _stale_reason(previous: StageRecord | None, fingerprint: str, force: bool) -> str | None:
+    """Why the stage must run, or None when its record is current."""
+    if force:
+        return "forced"
+    if previous is None:
+        return "never ran"
+    if previous.status == "failed":
+        return "resuming after a failure"
+    if previous.status != "ok":
+        return "resuming an interrupted run"
+    if previous.fingerprint != fingerprint:
+        return "config or inputs changed"
+    gone = missing_paths(previous.outputs)
+    if gone:
+        return f"output missing: {gone[0]}"
+    return None
+
+
+def print_summary(outcomes: list[Outcome], console: Console) -> None:
+    if not outcomes:
+        return
+    table = Table(title="pipeline summary", title_justify="left")
+    for column in ("stage", "status", "time", "note"):
+        table.add_column(column)
+    styles = {"ran": "green", "skipped": "dim", "failed": "red"}
+    for o in outcomes:
+        status = f"[{styles[o.status]}]{o.status}[/]"
+        table.add_row(o.stage, status, f"{o.seconds:.1f}s", o.note[:100])
+    console.print(table)

@@ -1,0 +1,41 @@
+"""What a stage function receives and returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
+
+StageOutputs = dict[str, Any]  # JSON-serialisable; paths as strings
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Everything a stage may use: the resolved config, its own folder, upstream outputs."""
+
+    config: PipelineConfig
+    stage_dir: Path  # this stage's own output folder, under config.workdir
+    inputs: Mapping[str, Mapping[str, Any]]  # outputs of upstream stages, by stage name
+    console: Console
+    fingerprint: str = ""  # this stage's fingerprint: config + upstream; stable across resumes
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A node of the pipeline graph.
+
+    `config_of` picks the part of the config this stage depends on: its hash decides whether
+    the stage is up to date (together with the fingerprints of upstream stages).
+    """
+
+    name: str
+    needs: tuple[str, ...]
+    run: Callable[[StageContext], StageOutputs]
+    config_of: Callable[[PipelineConfig], Any]
+    optional_needs: tuple[str, ...] = ()  # used when they ran, not pulled in when they did not

@@ -1,0 +1,182 @@
+"""Typed configuration of the train stage (`train:` in pipeline.yaml).
+
+Validated once at the CLI edge; the Ray workers receive `model_dump(mode="json")` and
+re-validate it with `TrainConfig.model_validate`, so code below sees only typed objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flows.config import ModelConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptimConfig(_Section):
+    """Optimiser and its stabilisers: linear warmup, gradient-norm clipping, weight EMA."""
+
+    name: Literal["adam", "adamax"] = Field(
+        "adam", description="Optimiser: adam (torch.optim.Adam) or adamax (as in Glow)."
+    )
+    lr: float = Field(1e-3, gt=0, le=1, description="Peak learning rate (after warmup).")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay (coupled, as in Adam).")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="Adam/Adamax (beta1, beta2), each in [0, 1)."
+    )
+    warmup_steps: int = Field(
+        200, ge=0, description="Optimiser steps of linear LR warmup from 0 to `lr` (0: none)."
+    )
+    grad_clip: float | None = Field(
+        50.0, gt=0, description="Clip the global gradient norm to this value (null: no clip)."
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the weights with this decay and "
+        "evaluate/export it (null: evaluate the raw weights).",
+    )
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> OptimConfig:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
+        return self
+
+
+class ScalingSpec(_Section):
+    """How many Ray Train workers and what each one reserves."""
+
+    num_workers: int = Field(2, ge=1, description="Data-parallel Ray Train workers (ranks).")
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL backend (else gloo).")
+    cpus_per_worker: int = Field(
+        1, ge=1, description="CPUs each worker reserves; also its torch intra-op threads."
+    )
+    gpus_per_worker: float = Field(
+        1.0, gt=0, description="GPUs each worker reserves when use_gpu (fractions allowed)."
+    )
+
+
+class FaultInjection(_Section):
+    """Deliberate failures, for testing restart and the non-finite guard. Off by default."""
+
+    fail_at_step: int | None = Field(
+        None,
+        ge=1,
+        description="Raise in the worker of rank `fail_rank` at this global step, once per "
+        "run (a marker file in the run's storage folder makes 'once' survive the restart).",
+    )
+    fail_rank: int = Field(0, ge=0, description="Rank that raises at `fail_at_step`.")
+    nan_at_steps: tuple[int, ...] = Field(
+        (), description="Global steps whose loss is replaced by NaN (all ranks)."
+    )
+    nan_from_step: int | None = Field(
+        None, ge=1, description="Replace the loss by NaN at every step from this one on."
+    )
+
+
+class TrainConfig(_Section):
+    """Data-parallel training of one model on one prepared dataset."""
+
+    model: ModelConfig = Field(
+        ModelConfig(name="glow"),
+        description="The model (image_shape and n_bins are filled in from the manifest).",
+    )
+    epochs: int = Field(2, gt=0, description="Training epochs (passes over the train split).")
+    batch_size: int = Field(
+        64,
+        gt=0,
+        description="GLOBAL batch per optimiser step, summed over workers; each worker takes "
+        "batch_size / num_workers (must divide evenly).",
+    )
+    eval_batch_size: int | None = Field(
+        None, gt=0, description="Global batch for evaluation (null: same as batch_size)."
+    )
+    optim: OptimConfig = Field(OptimConfig(), description="Optimiser settings.")
+    eval_every: int = Field(
+        1,
+        gt=0,
+        description="Evaluate test bpd (whole test split) and checkpoint every N epochs; the "
+        "last epoch is always evaluated and checkpointed.",
+    )
+    eval_k: int = Field(
+        100,
+        ge=1,
+        description="Importance samples for the final IWAE bound of VAE/f-VAE (1: skip it).",
+    )
+    log_every: int = Field(
+        10, gt=0, description="Log per-step metrics to MLflow every N optimiser steps."
+    )
+    seed: int = Field(0, ge=0, description="Seed of weights, data order and noise.")
+    scaling: ScalingSpec = Field(ScalingSpec(), description="Ray Train workers.")
+    storage_path: Path | None = Field(
+        None,
+        description="Ray Train storage (checkpoints, run snapshots); null: "
+        "{workdir}/ray_results. Must be shared storage on a multi-node cluster.",
+    )
+    checkpoints_keep: int = Field(
+        2, ge=1, description="Checkpoints kept: the best by test bpd (plus always the latest)."
+    )
+    max_failures: int = Field(
+        2, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited)."
+    )
+    max_nonfinite_steps: int = Field(
+        20,
+        ge=1,
+        description="Stop with an error after this many non-finite losses/gradients in a row "
+        "(isolated ones are skipped and counted).",
+    )
+    collective_timeout_s: int = Field(
+        600, gt=0, description="Timeout of torch.distributed collectives (a hang fails fast)."
+    )
+    amp: bool = Field(
+        False,
+        description="bf16 autocast for the coupling networks only (sets the model's net_dtype; "
+        "log-dets and priors stay float32). GPU; on CPU it works but rarely pays.",
+    )
+    compile: bool = Field(False, description="torch.compile the training objective.")
+    channels_last: bool = Field(False, description="channels_last memory format (GPU convs).")
+    tf32: bool = Field(True, description="Allow TF32 matmuls/convs on Ampere+ GPUs.")
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes per Ray worker.")
+    sample_n: int = Field(64, gt=0, description="Images in each logged sample grid.")
+    sample_temperatures: tuple[float, ...] = Field(
+        (0.7, 1.0), description="Temperatures of the sample grids logged at each evaluation."
+    )
+    fault_injection: FaultInjection = Field(
+        FaultInjection(), description="Deliberate failures for tests (off by default)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        workers = self.scaling.num_workers
+        for name in ("batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value % workers:
+                raise ValueError(
+                    f"{name}={value} is the global batch and must be divisible by "
+                    f"scaling.num_workers={workers}"
+                )
+        if any(t <= 0 for t in self.sample_temperatures):
+            raise ValueError(f"sample_temperatures must be > 0, got {self.sample_temperatures}")
+        if self.fault_injection.fail_rank >= workers:
+            raise ValueError(
+                f"fault_injection.fail_rank={self.fault_injection.fail_rank} must be below "
+                f"scaling.num_workers={workers}"
+            )
+        return self
+
+    @property
+    def per_worker_batch(self) -> int:
+        """Training batch of one worker."""
+        return self.batch_size // self.scaling.num_workers
+
+    @property
+    def per_worker_eval_batch(self) -> int:
+        """Evaluation batch of one worker."""
+        return (self.eval_batch_size or self.batch_size) // self.scaling.num_workers

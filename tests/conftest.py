@@ -1,0 +1,30 @@
+"""Shared fixtures: one real local Ray per test session, a SQLite-backed MLflow per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray for the whole session (logical CPUs > physical so 2-worker runs fit)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path) -> str:
+    """A fresh SQLite-backed MLflow tracking store (and artifact folder) in a temp dir."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
