@@ -118,7 +118,7 @@ class Manifest(BaseModel):
     def write(self, path: Path) -> Path:
         """Write atomically: a temporary file, fsync, then rename over `path`."""
         data = self.to_json()
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()

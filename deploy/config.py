@@ -1,15 +1,104 @@
-"""STUB — the deploy engineer replaces this with the full configs."""
+"""Typed settings of the `evaluate`, `promote` and `deploy` sections of pipeline.yaml."""
 
-from pydantic import BaseModel, ConfigDict
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class EvaluateConfig(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PromoteConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class EvaluateConfig(_Section):
+    """Final test bits/dim of the trained model, on the whole test split."""
+
+    batch_size: int = Field(256, gt=0, le=65536, description="Test images per forward pass.")
+    seed: int = Field(
+        0, ge=0, description="Seed of the dequantization noise (and of the sample grids), so "
+        "the reported test bpd is reproducible."
+    )
+    k: int = Field(
+        1, gt=0, le=10000, description="Dequantization noise draws per image for exact flows "
+        "(the bpd of each image is the bound of the k-sample average)."
+    )
+    iw_samples: int = Field(
+        100, gt=0, le=100000, description="Importance samples K of the IWAE bound for VAE and "
+        "f-VAE (tighter than the ELBO; the literature reports K >= 100)."
+    )
+    grid_samples: int = Field(
+        64, ge=0, le=1024, description="Images in each sample grid (0: no grids)."
+    )
+    temperatures: tuple[float, ...] = Field(
+        (1.0, 0.7), description="Sampling temperatures, one grid each."
+    )
+    device: str = Field(
+        "cpu", description="Torch device for evaluation: cpu, cuda, cuda:1, or auto."
+    )
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive_temperatures(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(t <= 0 for t in value):
+            raise ValueError(f"temperatures must be > 0, got {list(value)}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("cpu", "auto") and not value.startswith(("cuda", "mps")):
+            raise ValueError(f"device must be cpu, auto, cuda[:N] or mps, got {value!r}")
+        return value
 
 
-class DeployConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class PromoteConfig(_Section):
+    """Register the evaluated model and move the `champion` alias when it is better."""
+
+    model_name: str | None = Field(
+        None, description="Registered model name (default: '{pipeline name}-{model family}', "
+        "e.g. digits-glow).", min_length=1, max_length=200
+    )
+    margin: float = Field(
+        0.0, ge=0.0, description="Bits/dim by which a challenger must beat the champion's test "
+        "bpd (on the same test split) to take the `champion` alias."
+    )
+    replace_on_new_dataset: bool = Field(
+        False, description="Promote a challenger over a champion evaluated on a different test "
+        "split (other manifest fingerprint), whose bpd is not comparable. Off: the champion "
+        "stays and the pipeline says why."
+    )
+    queue_timeout_s: float = Field(
+        120.0, gt=0, description="How long a promotion waits for earlier registered versions "
+        "still being decided (two pipelines finishing at once) before it treats them as "
+        "abandoned."
+    )
+    max_batch: int = Field(
+        1024, gt=0, description="Most images one `predict` call of the registered model "
+        "accepts (stored with the model, enforced by any server)."
+    )
+    max_samples: int = Field(
+        256, gt=0, description="Most samples one `predict` call in sample mode may ask for "
+        "(stored with the model, enforced by any server)."
+    )
+
+
+class DeployConfig(_Section):
+    """The smoke test at the end of the pipeline and the defaults of `nfpipe deploy`."""
+
+    alias: str = Field(
+        "champion", min_length=1, description="Registry alias the deploy stage and commands pull."
+    )
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="Address `nfpipe deploy serve` binds (loopback "
+        "by default; 0.0.0.0 exposes it to the network)."
+    )
+    port: int = Field(5001, gt=0, lt=65536, description="Port of `nfpipe deploy serve`.")
+    smoke_samples: int = Field(
+        16, gt=0, le=1024, description="Samples in the deploy stage's grid."
+    )
+    smoke_images: int = Field(
+        32, gt=0, description="Test images the deploy stage scores through the pulled model."
+    )
+    temperature: float = Field(
+        0.7, gt=0, description="Sampling temperature of the smoke grid and `deploy sample`."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the smoke test's noise and samples.")

@@ -105,6 +105,9 @@ class TrainConfig(_Section):
         description="Evaluate test bpd (whole test split) and checkpoint every N epochs; the "
         "last epoch is always evaluated and checkpointed.",
     )
+    eval_at_start: bool = Field(
+        True, description="Also evaluate the initialised model (logged as epoch 0)."
+    )
     eval_k: int = Field(
         100,
         ge=1,
@@ -170,13 +173,3 @@ class TrainConfig(_Section):
                 f"scaling.num_workers={workers}"
             )
         return self
-
-    @property
-    def per_worker_batch(self) -> int:
-        """Training batch of one worker."""
-        return self.batch_size // self.scaling.num_workers
-
-    @property
-    def per_worker_eval_batch(self) -> int:
-        """Evaluation batch of one worker."""
-        return (self.eval_batch_size or self.batch_size) // self.scaling.num_workers

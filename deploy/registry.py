@@ -1,0 +1,283 @@
+"""The MLflow Model Registry as the hand-off: register versions, gate the `champion` alias.
+
+A new version is registered with tags (test bpd, dataset, manifest fingerprint, git commit,
+training run id) and the alias `challenger`. It takes `champion` only if its test bpd beats the
+champion's by `margin` bits/dim on the same test split (same manifest fingerprint).
+
+Race safety (two pipelines finishing at once). A version is created *with* the tag
+`nfpipe.promotion=pending` (one atomic registry call), and versions are decided strictly in
+version order: a promotion first waits until no lower version of the same model is still
+pending, then reads the champion, compares, moves the alias, and finally records its decision
+(`promoted` / `kept` plus the reason) on its version. The registry's version numbers are the
+tickets of a queue, so no two decisions overlap and the later one always sees the earlier one's
+alias - this works the same on SQLite and on a remote `mlflow server`, with no lock object to
+clean up. A pending version whose pipeline died stops blocking after `queue_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PROMOTION_TAG = "nfpipe.promotion"  # pending | promoted | kept
+REASON_TAG = "nfpipe.promotion_reason"
+PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the registry records about one evaluated model."""
+
+    test_bpd: float
+    dataset: str
+    manifest_fingerprint: str
+    run_id: str
+    family: str = ""
+    git_commit: str = ""
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "test_bpd": repr(float(self.test_bpd)),
+            "dataset": self.dataset,
+            "manifest_fingerprint": self.manifest_fingerprint,
+            "training_run_id": self.run_id,
+            "model_family": self.family,
+            "git_commit": self.git_commit or git_commit(),
+            PROMOTION_TAG: PENDING,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one promotion: whether `version` took `champion`, and why."""
+
+    model_name: str
+    version: str
+    champion_version: str | None
+    promoted: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def client_for(tracking_uri: str | None = None):
+    """An `MlflowClient` whose registry is the tracking server (SQLite file or http://)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The commit of the code (with '-dirty' for uncommitted changes), or 'unknown'."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty.strip() else "")
+
+
+def register_version(client, name: str, model_uri: str, candidate: Candidate,
+                     model_id: str | None = None):
+    """Create a version of `name` from a logged model, tagged (pending); alias `challenger`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    try:
+        client.create_registered_model(name, description="nfpipe density model "
+                                       "(pyfunc: bits/dim per image, or samples)")
+    except MlflowException as err:
+        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    version = client.create_model_version(
+        name, source=model_uri, run_id=candidate.run_id, tags=candidate.tags(),
+        model_id=model_id, description=f"test bpd {candidate.test_bpd:.4f} on "
+        f"{candidate.dataset} ({candidate.manifest_fingerprint[:12]})",
+    )
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return version
+
+
+def gate(candidate: Any, champion: Any | None, margin: float,
+         replace_on_new_dataset: bool = False) -> tuple[bool, str]:
+    """Should `candidate` (a ModelVersion) take the alias from `champion`? And why."""
+    mine = _bpd(candidate)
+    if mine is None or not math.isfinite(mine):
+        return False, f"v{candidate.version} has no finite test_bpd tag ({mine})"
+    if champion is None:
+        return True, f"no champion yet; v{candidate.version} ({mine:.4f} bpd) becomes champion"
+    if str(champion.version) == str(candidate.version):
+        return True, f"v{candidate.version} already is champion"
+    theirs = _bpd(champion)
+    fp_new = candidate.tags.get("manifest_fingerprint", "")
+    fp_old = champion.tags.get("manifest_fingerprint", "")
+    if theirs is None or not fp_old:
+        return False, (f"champion v{champion.version} has no test_bpd/manifest_fingerprint tags, "
+                       "so it cannot be compared; move the alias by hand if wanted")
+    if fp_new != fp_old:
+        why = (f"champion v{champion.version} was evaluated on another test split "
+               f"(manifest {fp_old[:12]} vs {fp_new[:12]}), so the bpd are not comparable")
+        if replace_on_new_dataset:
+            return True, why + "; promote.replace_on_new_dataset is set"
+        return False, why + "; set promote.replace_on_new_dataset=true to replace it"
+    if mine < theirs - margin:
+        return True, (f"v{candidate.version} {mine:.4f} bpd beats champion v{champion.version} "
+                      f"{theirs:.4f} by {theirs - mine:.4f} (margin {margin})")
+    return False, (f"v{candidate.version} {mine:.4f} bpd does not beat champion "
+                   f"v{champion.version} {theirs:.4f} by the margin {margin}")
+
+
+def promote(client, name: str, version: str | int, margin: float = 0.0, *,
+            replace_on_new_dataset: bool = False, queue_timeout_s: float = 120.0,
+            poll_s: float = 0.2, after_read: Callable[[], None] | None = None) -> Decision:
+    """Decide whether `version` takes `champion` (serialised in version order, see above).
+
+    `after_read` runs between reading the champion and writing the alias (tests use it to widen
+    the race window).
+    """
+    version = str(version)
+    wait_for_turn(client, name, version, queue_timeout_s, poll_s)
+    candidate = client.get_model_version(name, version)
+    champion = champion_version(client, name)
+    promoted, reason = gate(candidate, champion, margin, replace_on_new_dataset)
+    if after_read is not None:
+        after_read()
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, REASON_TAG, reason)
+    client.set_model_version_tag(name, version, PROMOTION_TAG, "promoted" if promoted else "kept")
+    holder = champion_version(client, name)
+    log.info("%s v%s: %s", name, version, reason)
+    return Decision(name, version, str(holder.version) if holder else None, promoted, reason)
+
+
+def wait_for_turn(client, name: str, version: str, timeout_s: float, poll_s: float) -> None:
+    """Block while a lower version of `name` is still pending (its promotion is running)."""
+    start = time.monotonic()
+    while True:
+        ahead = [str(v.version) for v in versions(client, name)
+                 if int(v.version) < int(version) and v.tags.get(PROMOTION_TAG) == PENDING]
+        if not ahead:
+            return
+        if time.monotonic() - start > timeout_s:
+            log.warning("%s: versions %s still pending after %.0f s; treating them as abandoned",
+                        name, ", ".join(ahead), timeout_s)
+            return
+        time.sleep(poll_s)
+
+
+def champion_version(client, name: str, alias: str = CHAMPION):
+    """The version holding `alias`, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        missing = err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+        if missing or "not found" in err.message:
+            return None
+        raise
+
+
+def versions(client, name: str) -> list:
+    """All versions of `name`, oldest first."""
+    escaped = name.replace("'", "\\'")
+    found = client.search_model_versions(f"name='{escaped}'")
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def list_models(client, name: str | None = None) -> list[dict[str, Any]]:
+    """Registered models and their versions as plain rows (newest version first)."""
+    rows = []
+    for model in client.search_registered_models():
+        if name is not None and model.name != name:
+            continue
+        aliases: dict[str, list[str]] = {}
+        for alias, number in (model.aliases or {}).items():
+            aliases.setdefault(str(number), []).append(alias)
+        for v in reversed(versions(client, model.name)):
+            bpd = _bpd(v)
+            rows.append({
+                "model": model.name,
+                "version": int(v.version),
+                "aliases": sorted(aliases.get(str(v.version), [])),
+                "test_bpd": bpd,
+                "dataset": v.tags.get("dataset", ""),
+                "manifest_fingerprint": v.tags.get("manifest_fingerprint", ""),
+                "run_id": v.tags.get("training_run_id") or v.run_id or "",
+                "promotion": v.tags.get(PROMOTION_TAG, ""),
+                "reason": v.tags.get(REASON_TAG, ""),
+                "git_commit": v.tags.get("git_commit", ""),
+                "created": v.creation_timestamp,
+            })
+    return rows
+
+
+def _bpd(version: Any) -> float | None:
+    try:
+        return float(version.tags["test_bpd"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def model_name_for(cfg: Any) -> str:
+    """The registered model name of a pipeline: `promote.model_name` or '{name}-{family}'."""
+    return cfg.promote.model_name or f"{cfg.name}-{cfg.train.model.name}"
+
+
+def register_and_promote(tracking_uri: str, name: str, bundle_dir: str | Path,
+                         candidate: Candidate, cfg: Any,
+                         after_read: Callable[[], None] | None = None) -> tuple[Decision, str]:
+    """Log the bundle as a pyfunc into the candidate's run, register it, run the gate.
+
+    `cfg` is a `PromoteConfig`; MLflow's fluent API is pointed at `tracking_uri` (the model is
+    logged with it). A version of the same run still pending (a promotion that crashed
+    half-way) is reused rather than registered twice. Returns (decision, the version's URI).
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = client_for(tracking_uri)
+    version = _pending_version_of_run(client, name, candidate.run_id)
+    if version is None:
+        info = _log_into_run(bundle_dir, candidate.run_id, cfg)
+        version = register_version(client, name, info.model_uri, candidate, info.model_id)
+    decision = promote(client, name, version.version, cfg.margin,
+                       replace_on_new_dataset=cfg.replace_on_new_dataset,
+                       queue_timeout_s=cfg.queue_timeout_s, after_read=after_read)
+    return decision, f"models:/{name}/{version.version}"
+
+
+def _log_into_run(bundle_dir: str | Path, run_id: str, cfg: Any):
+    import mlflow
+
+    from deploy.pyfunc import Limits, log_bundle
+
+    limits = Limits(max_batch=cfg.max_batch, max_samples=cfg.max_samples)
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        return log_bundle(bundle_dir, limits)
+    with mlflow.start_run(run_id=run_id, nested=active is not None):
+        return log_bundle(bundle_dir, limits)
+
+
+def _pending_version_of_run(client, name: str, run_id: str):
+    for v in reversed(versions(client, name)):
+        if v.tags.get("training_run_id") == run_id and v.tags.get(PROMOTION_TAG) == PENDING:
+            return v
+    return None

@@ -1,0 +1,205 @@
+"""DensityModel: the one interface every model family implements (see docs/contracts.md)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from flows import bpd
+from flows.config import ModelConfig
+from flows.layers.actnorm import ActNorm
+
+if TYPE_CHECKING:
+    from flows.models.stack import MultiScaleStack
+
+
+class DensityModel(nn.Module):
+    """A density over continuous images y ∈ [-0.5, 0.5)^D, scored on discrete levels x.
+
+    Subclasses implement `log_prob(y, k)` and `sample(n, temperature)`; dequantisation,
+    bits/dim and level conversion are shared. `forward(x)` is the training objective
+    (bits/dim per example), so a DDP wrapper can call the model directly.
+    """
+
+    exact: bool = False
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.image_shape: tuple[int, int, int] = tuple(config.image_shape)
+        self.n_bins: int = config.n_bins
+        self.n_dims = math.prod(self.image_shape)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _check_y(self, y: torch.Tensor) -> None:
+        if tuple(y.shape[1:]) != self.image_shape:
+            raise ValueError(f"Expected y of shape [B, {', '.join(map(str, self.image_shape))}],"
+                             f" got {list(y.shape)}.")
+
+    def dequantize(self, x: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """y = (x + u) / n_bins - 0.5, u ~ U[0, 1) (from `generator` where given)."""
+        return bpd.dequantize(x, self.n_bins, generator)
+
+    def to_levels(self, y: torch.Tensor) -> torch.Tensor:
+        """Continuous y -> integer levels x (uint8)."""
+        return bpd.to_levels(y, self.n_bins)
+
+    def log_prob(self, y: torch.Tensor, k: int = 1, *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(y) in nats, [B]: exact for flows, the ELBO (k=1) / IWAE bound (k>1) else."""
+        raise NotImplementedError
+
+    def bits_per_dim(self, x: torch.Tensor, k: int = 1, *,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """(-log p(dequantize(x)) + D·ln n_bins) / (D·ln 2), [B]."""
+        y = self.dequantize(x, generator)
+        return bpd.bits_per_dim(self.log_prob(y, k, generator=generator), self.n_dims,
+                                self.n_bins)
+
+    def forward(self, x: torch.Tensor, k: int = 1,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training objective: bits/dim per example, [B] (take `.mean()` for the loss)."""
+        return self.bits_per_dim(x, k, generator=generator)
+
+    def sample(self, n: int, temperature: float = 1.0, *,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images y [n, C, H, W], latents drawn at the given temperature."""
+        raise NotImplementedError
+
+    def data_init_pass(self, y: torch.Tensor) -> None:
+        """One pass that visits every data-dependent layer (see `initialize_from_batch`)."""
+        self.log_prob(y)
+
+    def _latent_noise(self, n: int, d: int, temperature: float,
+                      generator: torch.Generator | None) -> torch.Tensor:
+        if temperature < 0:
+            raise ValueError(f"Expected temperature >= 0, got {temperature}.")
+        like = next(self.parameters())
+        return bpd.normal((n, d), like.float(), generator) * temperature
+
+
+class FlowModel(DensityModel):
+    """An exact flow: log p(y) = log N(z; 0, I) + log|det ∂z/∂y|, z = encode(y)."""
+
+    exact = True
+
+    def __init__(self, config: ModelConfig, stack: MultiScaleStack):
+        super().__init__(config)
+        self.stack = stack
+
+    def encode(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """y [B, C, H, W] -> (z [B, D], logdet [B]); logdet includes the learned priors."""
+        self._check_y(y)
+        return self.stack.encode(y)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, D] -> y [B, C, H, W]."""
+        return self.stack.decode(z)
+
+    def log_prob(self, y: torch.Tensor, k: int = 1, *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        z, logdet = self.encode(y)
+        return bpd.standard_normal_log_prob(z).sum(1) + logdet
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, *,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.decode(self._latent_noise(n, self.n_dims, temperature, generator))
+
+
+def importance_bound(log_weights: Callable[[int], torch.Tensor], k: int,
+                     chunk: int) -> torch.Tensor:
+    r"""log (1/k Σ_i w_i) from log-weights drawn `chunk` at a time: memory O(chunk), not O(k).
+
+    `log_weights(m)` returns [m, B]. Reference: Burda et al., Importance Weighted
+    Autoencoders (2015), https://arxiv.org/abs/1509.00519
+    """
+    if k < 1:
+        raise ValueError(f"Expected k >= 1 importance samples, got {k}.")
+    total = None
+    for start in range(0, k, chunk):
+        part = torch.logsumexp(log_weights(min(chunk, k - start)), 0)
+        total = part if total is None else torch.logaddexp(total, part)
+    return total - math.log(k)
+
+
+class VariationalModel(DensityModel):
+    """A latent-variable model scored by a bound: ELBO for k=1, IWAE bound for k>1.
+
+    Subclasses implement `posterior(y)` (whatever the encoder computes once per batch),
+    `elbo(y, post, generator)` (closed-form terms where they exist),
+    `log_weights(y, post, m, generator) -> [m, B]` (log p(y, z) - log q(z | y) for m draws),
+    `encode_mean(y) -> z [B, d]` and `decode(z) -> y`.
+    """
+
+    exact = False
+
+    def posterior(self, y: torch.Tensor):
+        raise NotImplementedError
+
+    def elbo(self, y: torch.Tensor, post, generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_weights(self, y: torch.Tensor, post, m: int,
+                    generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, y: torch.Tensor, k: int = 1, *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        self._check_y(y)
+        post = self.posterior(y)
+        if k == 1:
+            return self.elbo(y, post, generator)
+        return importance_bound(lambda m: self.log_weights(y, post, m, generator), k,
+                                self.config.iwae_chunk)
+
+
+def repeat_batch(t: torch.Tensor, m: int) -> torch.Tensor:
+    """[B, ...] -> [m·B, ...], sample-major (row i·B + b is copy i of example b)."""
+    return t.unsqueeze(0).expand(m, *t.shape).reshape(m * t.shape[0], *t.shape[1:])
+
+
+def _unwrap(model: nn.Module) -> DensityModel:
+    inner = model if isinstance(model, DensityModel) else getattr(model, "module", model)
+    if not isinstance(inner, DensityModel):
+        raise TypeError(f"Expected a DensityModel, got {type(model).__name__}.")
+    return inner
+
+
+@torch.no_grad()
+def initialize_from_batch(model: nn.Module, y: torch.Tensor) -> bool:
+    """Data-dependent initialisation (every uninitialised ActNorm) from one batch.
+
+    Runs one no-grad pass in which each such ActNorm sets its bias and log-scale from the
+    statistics of its own input, then marks itself initialised (a buffer, so the flag is
+    saved, loaded and broadcast). A no-op when everything is initialised already. Call it on
+    rank 0's batch before wrapping in DDP, then broadcast parameters and buffers.
+
+    y: dequantised [B, C, H, W] floats (integer levels are dequantised here).
+    Returns True when something was initialised.
+    """
+    model = _unwrap(model)
+    pending = [m for m in model.modules() if isinstance(m, ActNorm) and not m.is_initialized]
+    if not pending:
+        return False
+    if not y.is_floating_point():
+        y = model.dequantize(y)
+    for m in pending:
+        m._init_pending = True
+    try:
+        model.data_init_pass(y.to(model.device))
+    finally:
+        for m in pending:
+            m._init_pending = False
+    missed = sum(not m.is_initialized for m in pending)
+    if missed:
+        raise RuntimeError(f"{missed} ActNorm layer(s) were not reached by data_init_pass.")
+    return True

@@ -1,0 +1,51 @@
+"""Invertible layers; every one follows `forward(h) -> (h', logdet[B])`, `inverse(h') -> h`."""
+
+from flows.layers.actnorm import ActNorm
+from flows.layers.base import InvertibleLayer
+from flows.layers.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    ChannelPartition,
+    CheckerboardPartition,
+    Coupling,
+    InterleavedPartition,
+)
+from flows.layers.elementwise import DiagonalScale, LogitTransform
+from flows.layers.invconv import InvConv1x1, InvConv1x1LU
+from flows.layers.split import LearnedPrior, SplitPrior
+from flows.layers.squeeze import Flatten, Squeeze
+
+#: Every concrete invertible layer class; the contract test is checked against this list.
+LAYERS: tuple[type[InvertibleLayer], ...] = (
+    ActNorm,
+    InvConv1x1,
+    InvConv1x1LU,
+    AdditiveCoupling,
+    AffineCoupling,
+    Squeeze,
+    Flatten,
+    SplitPrior,
+    LearnedPrior,
+    LogitTransform,
+    DiagonalScale,
+)
+
+__all__ = [
+    "LAYERS",
+    "ActNorm",
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "ChannelPartition",
+    "CheckerboardPartition",
+    "Coupling",
+    "DiagonalScale",
+    "Flatten",
+    "InterleavedPartition",
+    "InvConv1x1",
+    "InvConv1x1LU",
+    "InvertibleLayer",
+    "LearnedPrior",
+    "LogitTransform",
+    "SplitPrior",
+    "Squeeze",
+]

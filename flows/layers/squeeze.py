@@ -1,0 +1,44 @@
+"""Volume-preserving reshapes: space-to-depth squeeze and flattening."""
+
+from __future__ import annotations
+
+import torch
+
+from flows.layers.base import InvertibleLayer
+
+
+class Squeeze(InvertibleLayer):
+    r"""Space-to-depth: [B, C, H, W] -> [B, 4C, H/2, W/2]; each 2×2 patch becomes 4 channels.
+
+    A permutation, so log|det| = 0.
+
+    Reference: Dinh et al., Real NVP (2016), section 3.6.
+    """
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, height, width = h.shape
+        if height % 2 or width % 2:
+            raise ValueError(f"Expected even height and width to squeeze, got {height}x{width}.")
+        h = h.view(b, c, height // 2, 2, width // 2, 2).permute(0, 1, 3, 5, 2, 4)
+        return h.reshape(b, 4 * c, height // 2, width // 2), h.new_zeros(b)
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        b, c4, height, width = h.shape
+        h = h.view(b, c4 // 4, 2, 2, height, width).permute(0, 1, 4, 2, 5, 3)
+        return h.reshape(b, c4 // 4, 2 * height, 2 * width)
+
+
+class Flatten(InvertibleLayer):
+    """[B, *shape] -> [B, prod(shape)] (NICE works on the flattened image); log|det| = 0."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tuple(h.shape[1:]) != self.shape:
+            raise ValueError(f"Expected shape {self.shape}, got {tuple(h.shape[1:])}.")
+        return h.reshape(h.shape[0], -1), h.new_zeros(h.shape[0])
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        return h.reshape(h.shape[0], *self.shape)

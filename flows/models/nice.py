@@ -1,0 +1,33 @@
+"""NICE: additive couplings with MLP shift networks on the flattened image, then scaling.
+
+Reference: Dinh, Krueger & Bengio, NICE: Non-linear Independent Components Estimation (2014),
+https://arxiv.org/abs/1410.8516
+"""
+
+from __future__ import annotations
+
+import math
+
+from flows.api import FlowModel
+from flows.config import ModelConfig
+from flows.layers import ActNorm, AdditiveCoupling, DiagonalScale, Flatten, InterleavedPartition
+from flows.models.glow import net_dtype
+from flows.models.stack import MultiScaleStack
+from flows.nets import mlp
+
+
+def nice_stack(cfg: ModelConfig, shape: tuple[int, int, int]) -> MultiScaleStack:
+    d = math.prod(shape)
+    net = mlp(cfg.hidden, cfg.mlp_layers)
+    kwargs = dict(net_dtype=net_dtype(cfg), checkpoint_net=cfg.checkpoint_nets)
+    couplings = [AdditiveCoupling(InterleavedPartition(d, flip=j % 2 == 1), net, **kwargs)
+                 for j in range(cfg.steps)]
+    layers = [Flatten(shape), ActNorm(d), *couplings, DiagonalScale((d,))]
+    return MultiScaleStack([layers], [None], shape)
+
+
+class NICE(FlowModel):
+    """NICE with a standard normal prior; `steps` couplings of `mlp_layers`-deep MLPs."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, nice_stack(cfg, cfg.image_shape))

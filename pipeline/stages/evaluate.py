@@ -1,0 +1,142 @@
+"""evaluate stage: final test bits/dim of the trained (or best tuned) model, logged to its run.
+
+The whole test split is scored once, in manifest order, under one seeded dequantization noise
+stream (`evaluate.seed`), so the number is reproducible. Exact flows average `evaluate.k`
+noise draws per image; VAE / f-VAE report the importance-weighted bound with
+`evaluate.iw_samples` samples (and the ELBO beside it). One sample grid per temperature.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pipeline.stages.base import StageContext, StageOutputs
+
+
+def run(ctx: StageContext) -> StageOutputs:
+    from data_prep import Manifest
+    from flows.io import load_model
+
+    cfg = ctx.config.evaluate
+    source = pick_model(ctx.inputs)
+    manifest = Manifest.load(ctx.inputs["data_prep"]["manifest"])
+    model = load_model(source["model_dir"], map_location=_device(cfg.device)).eval()
+    check_compatible(model, manifest)
+    k = cfg.k if model.exact else cfg.iw_samples
+    bound = "average of k dequantizations" if model.exact else "IWAE bound"
+    ctx.console.print(f"    scoring {manifest.split('test').count} test images of "
+                      f"{manifest.dataset} with the {source['stage']} model (k={k}, {bound})")
+    test_bpd, count = test_bits_per_dim(model, manifest, cfg.batch_size, k, cfg.seed)
+    metrics = {"eval_test_bpd": test_bpd, "eval_k": float(k), "eval_test_images": float(count)}
+    if not model.exact and k > 1:
+        metrics["eval_test_bpd_elbo"] = test_bits_per_dim(model, manifest, cfg.batch_size, 1,
+                                                          cfg.seed)[0]
+    grids = sample_grids(model, ctx.stage_dir, cfg.grid_samples, cfg.temperatures, cfg.seed)
+    report = {"source": source["stage"], "run_id": source["run_id"], "k": k, "seed": cfg.seed,
+              "dataset": manifest.dataset, "manifest_fingerprint": manifest.fingerprint,
+              "train_reported_bpd": source["bpd"], **metrics}
+    report_path = ctx.stage_dir / "evaluation.json"
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    log_to_run(ctx, source["run_id"], metrics, [report_path, *grids])
+    ctx.console.print(f"    test bpd {test_bpd:.4f} over {count} images "
+                      f"(training reported {source['bpd']})")
+    return {
+        "model_dir": str(Path(source["model_dir"]).resolve()),
+        "run_id": source["run_id"],
+        "test_bpd": test_bpd,
+        "manifest_fingerprint": manifest.fingerprint,
+        "manifest": str(manifest.path),
+        "dataset": manifest.dataset,
+        "family": model.config.name,
+        "source": source["stage"],
+        "k": k,
+        "sample_grids": [str(p) for p in grids],
+        "report": str(report_path),
+    }
+
+
+def pick_model(inputs: Any) -> dict[str, Any]:
+    """The train stage's model, or the tune stage's best trial when it ran and is better."""
+    train = inputs["train"]
+    chosen = {"stage": "train", "model_dir": train["model_dir"], "run_id": train["run_id"],
+              "bpd": train.get("test_bpd")}
+    tune = inputs.get("tune")
+    if tune and tune.get("model_dir") and tune.get("best_test_bpd") is not None:
+        train_bpd = train.get("test_bpd")
+        if train_bpd is None or float(tune["best_test_bpd"]) < float(train_bpd):
+            chosen = {"stage": "tune", "model_dir": tune["model_dir"], "run_id": tune["run_id"],
+                      "bpd": tune["best_test_bpd"]}
+    return chosen
+
+
+def check_compatible(model: Any, manifest: Any) -> None:
+    """The model must have been built for the manifest's image shape and levels."""
+    if tuple(model.config.image_shape) != tuple(manifest.image_shape) or (
+            model.config.n_bins != manifest.n_bins):
+        raise ValueError(
+            f"model expects images {tuple(model.config.image_shape)} with "
+            f"{model.config.n_bins} levels, but {manifest.path} holds "
+            f"{tuple(manifest.image_shape)} with {manifest.n_bins}; retrain on this dataset"
+        )
+
+
+def test_bits_per_dim(model: Any, manifest: Any, batch_size: int, k: int,
+                      seed: int) -> tuple[float, int]:
+    """(mean bits/dim over the whole test split, images scored); one seeded noise stream."""
+    import torch
+
+    from data_prep import make_loader
+    from deploy.pyfunc import score_levels
+
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    total, count = 0.0, 0
+    for x, _ in make_loader(manifest, "test", batch_size, mode="eval"):
+        bpd = score_levels(model, x, k=k, seed=generator)
+        total += float(bpd.sum())
+        count += len(bpd)
+    if count == 0:
+        raise ValueError(f"{manifest.path}: the test split is empty; nothing to evaluate")
+    mean = total / count
+    if not math.isfinite(mean):
+        raise ValueError(f"test bits/dim is {mean}: the model gives non-finite likelihoods")
+    return mean, count
+
+
+def sample_grids(model: Any, out_dir: Path, n: int, temperatures: tuple[float, ...],
+                 seed: int) -> list[Path]:
+    """One PNG grid of `n` samples per temperature (seeded), stretched to 0..255."""
+    from deploy.images import save_level_grid
+    from deploy.pyfunc import sample_levels
+
+    if n == 0:
+        return []
+    return [
+        save_level_grid(sample_levels(model, n, t, seed), model.config.n_bins,
+                        out_dir / f"samples_T{t:g}.png")
+        for t in temperatures
+    ]
+
+
+def log_to_run(ctx: StageContext, run_id: str, metrics: dict[str, float],
+               files: list[Path]) -> None:
+    """Metrics and files (under `evaluate/`) into the training run."""
+    from deploy.registry import client_for
+    from pipeline.tracking import absolute_tracking_uri, ensure_experiment
+
+    ensure_experiment(ctx.config.mlflow)
+    client = client_for(absolute_tracking_uri(ctx.config.mlflow.tracking_uri))
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for path in files:
+        client.log_artifact(run_id, str(path), "evaluate")
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

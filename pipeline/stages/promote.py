@@ -1,0 +1,49 @@
+"""promote stage: register the evaluated model; it takes `champion` only if it is better.
+
+See `deploy/registry.py` for the gate (same test split, `promote.margin` bits/dim) and how two
+pipelines finishing at once are serialised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.stages.base import StageContext, StageOutputs
+
+
+def run(ctx: StageContext) -> StageOutputs:
+    from deploy.registry import Candidate, model_name_for, register_and_promote
+    from pipeline.tracking import absolute_tracking_uri, ensure_experiment
+
+    evaluated = ctx.inputs["evaluate"]
+    meta = _bundle_meta(evaluated["model_dir"])
+    candidate = Candidate(
+        test_bpd=float(evaluated["test_bpd"]),
+        dataset=evaluated.get("dataset") or meta.get("dataset", ""),
+        manifest_fingerprint=evaluated["manifest_fingerprint"],
+        run_id=evaluated["run_id"],
+        family=evaluated.get("family") or ctx.config.train.model.name,
+    )
+    ensure_experiment(ctx.config.mlflow)
+    name = model_name_for(ctx.config)
+    decision, uri = register_and_promote(
+        absolute_tracking_uri(ctx.config.mlflow.tracking_uri), name, evaluated["model_dir"],
+        candidate, ctx.config.promote,
+    )
+    verdict = "[bold green]promoted[/]" if decision.promoted else "[yellow]kept champion[/]"
+    ctx.console.print(f"    {name} v{decision.version}: {verdict} - {decision.reason}")
+    return {
+        "model_name": name,
+        "version": decision.version,
+        "champion_version": decision.champion_version,
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        "model_uri": uri,
+        "manifest": evaluated.get("manifest"),
+    }
+
+
+def _bundle_meta(model_dir: str) -> dict:
+    path = Path(model_dir) / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}

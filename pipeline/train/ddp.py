@@ -1,0 +1,87 @@
+"""torch.distributed helpers of the loop (no Ray): who am I, broadcast, reduce, compare.
+
+With `world_size == 1` every helper is a no-op, so the same loop runs in a single process
+(a Tune trial, a test, a benchmark) without a process group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """This process's place in the data-parallel group."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"  # torch device string, e.g. "cuda:0"
+    threads: int | None = None  # torch intra-op threads (None: leave torch's default)
+
+    @property
+    def is_chief(self) -> bool:
+        """Rank 0: the one that logs, prints and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+@torch.no_grad()
+def broadcast_module(module: nn.Module, world: WorkerInfo) -> None:
+    """Copy rank 0's parameters AND buffers (ActNorm's initialised flag…) to every rank."""
+    if not world.distributed:
+        return
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        wire = tensor.detach()
+        if wire.dtype == torch.bool:  # gloo has no bool collectives
+            wire = wire.to(torch.uint8)
+        wire = wire.contiguous()
+        dist.broadcast(wire, src=0)
+        if wire.data_ptr() != tensor.data_ptr():
+            tensor.copy_(wire.to(tensor.dtype))
+
+
+def all_reduce_sum(values: list[float], world: WorkerInfo) -> list[float]:
+    """Element-wise sum over ranks, in float64 (bpd sums and counts)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=world.device)
+    if world.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha256 of every parameter and buffer, bit for bit."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def gather_digests(module: nn.Module, world: WorkerInfo) -> list[str]:
+    """`state_digest` of every rank, in rank order (identical when DDP is consistent)."""
+    mine = state_digest(module)
+    if not world.distributed:
+        return [mine]
+    everyone: list[str | None] = [None] * world.world_size
+    dist.all_gather_object(everyone, mine)
+    return [str(d) for d in everyone]
+
+
+def wrap_for_training(objective: nn.Module, world: WorkerInfo, compile_: bool) -> nn.Module:
+    """DDP around the objective when distributed (gradients averaged over ranks), then compile."""
+    if world.distributed:
+        device = torch.device(world.device)
+        ids = [device] if device.type == "cuda" else None
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+    if compile_:
+        objective = torch.compile(objective)
+    return objective

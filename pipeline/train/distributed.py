@@ -1,0 +1,144 @@
+"""Ray Train wiring: a `TorchTrainer` runs `loop.train` in every worker.
+
+Resume is Ray Train V2's: a run is identified by `RunConfig(storage_path, name)`; running again
+with the same pair restores the checkpoint manager's snapshot and `ray.train.get_checkpoint()`
+hands every worker the latest checkpoint. `run_name` is therefore a digest of the training
+config and the dataset: the same pipeline run resumes, a changed one starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.train import checkpoint
+from pipeline.train.config import ScalingSpec, TrainConfig
+from pipeline.train.ddp import WorkerInfo
+from pipeline.train.loop import Metrics, NonFiniteLossError, TrainJob, train
+
+SCORE = "test_bpd"  # checkpoints are ranked by it, lowest first
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a finished Ray Train run left: the best checkpoint and rank 0's summary."""
+
+    run_name: str
+    run_path: str  # the Ray run folder under storage_path
+    best_checkpoint: str  # folder of the checkpoint with the lowest test bpd
+    best_metrics: dict[str, Any]
+    summary: dict[str, Any]  # loop.train's return value on rank 0
+
+
+def run_name(prefix: str, cfg: TrainConfig, manifest_fingerprint: str) -> str:
+    """Deterministic Ray run name: `{prefix}-train-{digest of config and dataset}`."""
+    payload = json.dumps(
+        {"train": cfg.model_dump(mode="json"), "data": manifest_fingerprint}, sort_keys=True
+    )
+    return f"{prefix}-train-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+
+def scaling_config(spec: ScalingSpec):
+    from ray.train import ScalingConfig
+
+    resources: dict[str, float] = {"CPU": spec.cpus_per_worker}
+    if spec.use_gpu:
+        resources["GPU"] = spec.gpus_per_worker
+    return ScalingConfig(
+        num_workers=spec.num_workers, use_gpu=spec.use_gpu, resources_per_worker=resources
+    )
+
+
+def build_trainer(cfg: TrainConfig, job: TrainJob, storage_path: Path, name: str):
+    """The TorchTrainer of one run (gloo on CPU, NCCL on GPU)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    run_config = RunConfig(
+        name=name,
+        storage_path=str(storage_path),
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=cfg.checkpoints_keep,
+            checkpoint_score_attribute=SCORE,
+            checkpoint_score_order="min",
+        ),
+    )
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"train": cfg.model_dump(mode="json"), "job": asdict(job)},
+        scaling_config=scaling_config(cfg.scaling),
+        torch_config=TorchConfig(
+            backend="nccl" if cfg.scaling.use_gpu else "gloo",
+            timeout_s=cfg.collective_timeout_s,
+        ),
+        run_config=run_config,
+    )
+
+
+def train_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Body of every Ray Train worker: re-validate the config, resume if possible, train.
+
+    A diverged run (NonFiniteLossError, raised alike on every rank) returns its message
+    instead of raising, so Ray does not restart a failure that would only repeat.
+    """
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(config["train"])
+    job = TrainJob(**config["job"])
+    context = ray.train.get_context()
+    world = WorkerInfo(
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        device=str(ray.train.torch.get_device()),
+        threads=cfg.scaling.cpus_per_worker,
+    )
+    try:
+        return train(cfg, job, world, report_to_ray, resume=_latest_state())
+    except NonFiniteLossError as err:
+        return {"status": "nonfinite", "message": str(err)}
+
+
+def _latest_state() -> dict[str, Any] | None:
+    import ray.train
+
+    latest = ray.train.get_checkpoint()
+    if latest is None:
+        return None
+    with latest.as_directory() as folder:
+        return checkpoint.load_state(Path(folder))
+
+
+def report_to_ray(metrics: Metrics, checkpoint_dir: Path | None) -> None:
+    """The loop's reporter under Ray Train: a barrier; rank 0 attaches the checkpoint."""
+    import ray.train
+
+    ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    ray.train.report(metrics, checkpoint=ckpt)
+
+
+def fit(cfg: TrainConfig, job: TrainJob, storage_path: Path, name: str) -> FitResult:
+    """Run (or resume) the Ray Train run `name`; raise on divergence or exhausted retries."""
+    result = build_trainer(cfg, job, storage_path, name).fit()
+    summary = result.return_value or {}
+    if summary.get("status") == "nonfinite":
+        raise NonFiniteLossError(summary["message"])
+    best, metrics = best_checkpoint(result)
+    return FitResult(name, str(result.path), best, metrics, summary)
+
+
+def best_checkpoint(result) -> tuple[str, dict[str, Any]]:
+    """(folder, metrics) of the kept checkpoint with the lowest finite test bpd."""
+    scored = [
+        (ckpt.path, metrics)
+        for ckpt, metrics in (result.best_checkpoints or [])
+        if math.isfinite(float(metrics.get(SCORE, math.nan)))
+    ]
+    if not scored:
+        raise RuntimeError(f"run {result.path} has no checkpoint with a finite {SCORE}")
+    return min(scored, key=lambda item: item[1][SCORE])

@@ -1,0 +1,130 @@
+"""The training state of one worker: model, objective, optimiser, scheduler, EMA, counters."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from flows import build_model, initialize_from_batch
+from flows.bpd import bits_per_dim
+from flows.config import ModelConfig
+from pipeline.train.config import TrainConfig
+from pipeline.train.ddp import WorkerInfo, broadcast_module, wrap_for_training
+from pipeline.train.optim import Ema, build_optimizer, build_scheduler
+from pipeline.train.seeding import derive_seed
+
+
+class BpdObjective(nn.Module):
+    r"""bits/dim of already dequantized images y: (−log p(y) + D·ln n_bins) / (D·ln 2), [B].
+
+    The module DDP wraps (one forward per step for its gradient hooks). It takes y rather than
+    levels x so the caller owns the dequantization noise. `model.log_prob` is the exact
+    density for flows and the ELBO for VAE / f-VAE.
+    """
+
+    def __init__(self, model: nn.Module, image_shape: tuple[int, int, int], n_bins: int):
+        super().__init__()
+        self.model = model
+        self.dims = math.prod(image_shape)
+        self.n_bins = n_bins
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return bits_per_dim(self.model.log_prob(y), self.dims, self.n_bins)
+
+
+@dataclass
+class TrainState:
+    """Everything a step changes; `snapshot()` / `restore()` make it resumable."""
+
+    model: nn.Module  # the DensityModel itself (never wrapped)
+    objective: nn.Module  # BpdObjective, wrapped in DDP (and compiled) as configured
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: Ema | None
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimiser steps attempted (the same on every rank)
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient, in total
+    nonfinite_in_row: int = 0
+    resumes: int = 0  # how many times this run was restored from a checkpoint
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
+    step1_digests: list[str] | None = None  # every rank's weight digest after step 1
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluation, sampling and export use: the EMA weights when kept."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "counters": {
+                "epoch": self.epoch,
+                "step": self.step,
+                "skipped": self.skipped,
+                "nonfinite_in_row": self.nonfinite_in_row,
+                "resumes": self.resumes,
+            },
+            "history": self.history,
+            "step1_digests": self.step1_digests,
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.ema is not None and saved["ema"] is not None:
+            self.ema.load_state_dict(saved["ema"])
+        for name, value in saved["counters"].items():
+            setattr(self, name, value)
+        self.history = list(saved["history"])
+        self.step1_digests = saved["step1_digests"]
+        self.resumes += 1
+
+
+def build_state(
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    world: WorkerInfo,
+    init_x: torch.Tensor | None = None,
+    resume: dict[str, Any] | None = None,
+) -> TrainState:
+    """A model with identical weights on every rank, wrapped for training, and its optimiser.
+
+    Fresh: rank 0 runs the data-dependent initialisation on `init_x` (its first batch) BEFORE
+    DDP wrapping; then parameters and buffers are broadcast from rank 0. Resumed: every rank
+    loads `resume` (the initialised flags come with the buffers, so nothing re-initialises).
+    """
+    device = torch.device(world.device)
+    torch.manual_seed(derive_seed(cfg.seed, "weights"))
+    model = build_model(model_cfg).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+    elif init_x is not None and world.is_chief:
+        noise = torch.Generator(device).manual_seed(derive_seed(cfg.seed, "init"))
+        initialize_from_batch(model, model.dequantize(init_x.to(device), noise))
+    broadcast_module(model, world)
+    objective = BpdObjective(model, model_cfg.image_shape, model_cfg.n_bins)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    state = TrainState(
+        model=model,
+        objective=wrap_for_training(objective, world, cfg.compile),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.optim),
+        ema=Ema(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None,
+    )
+    if resume is not None:
+        state.restore(resume)
+    return state

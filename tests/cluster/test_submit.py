@@ -1,0 +1,73 @@
+"""`nfpipe submit/status/logs/stop` against a real Ray head started by the test (Jobs API)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, VENV_BIN, LocalRayCluster, subprocess_env, wait_until
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    cluster = LocalRayCluster(tmp_path_factory.mktemp("ray-head"))
+    try:
+        cluster.start_head(num_cpus=2)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def nfpipe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VENV_BIN / "nfpipe"), *args],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def job_status(head: LocalRayCluster, job_id: str) -> dict:
+    proc = nfpipe("status", job_id, "--address", head.dashboard)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def local_settings(tmp: Path) -> list[str]:
+    return [
+        "--set", f"workdir={tmp / 'work'}",
+        "--set", f"data_prep.output_root={tmp / 'shards'}",
+        "--set", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+        "--set", f"mlflow.artifact_root={tmp / 'artifacts'}",
+    ]
+
+
+def test_submitted_pipeline_succeeds_and_status_and_logs_work(head, tmp_path):
+    proc = nfpipe(
+        "submit", "--address", head.dashboard, "--stages", "data_prep", "--wait",
+        *local_settings(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job_id = proc.stdout.splitlines()[0].strip()
+    assert (tmp_path / "shards" / "digits-8x8-5bit").exists() or any(
+        (tmp_path / "shards").glob("digits-*/manifest.json")
+    )
+    status = job_status(head, job_id)
+    assert status["status"] == "SUCCEEDED"
+    assert status["stage"] == "data_prep (done)"
+    logs = nfpipe("logs", job_id, "--address", head.dashboard)
+    assert logs.returncode == 0 and "data_prep" in logs.stdout
+
+
+def test_stop_stops_a_running_job(head, tmp_path):
+    proc = nfpipe(
+        "submit", "--address", head.dashboard, "--stages", "train",
+        "--set", "train.epochs=500", *local_settings(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    wait_until(lambda: job_status(head, job_id)["status"] == "RUNNING", 120, "job running")
+    stop = nfpipe("stop", job_id, "--address", head.dashboard)
+    assert stop.returncode == 0 and "stop requested" in stop.stdout
+    wait_until(lambda: job_status(head, job_id)["status"] == "STOPPED", 120, "job stopped")

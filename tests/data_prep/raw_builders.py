@@ -1,0 +1,74 @@
+"""Small raw datasets in the official CIFAR-10 and CelebA layouts, built by the tests."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CIFAR_MEMBERS = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck"]
+
+
+def cifar_batches(per_batch: int = 4, n_test: int = 6, seed: int = 0,
+                  bytes_keys: bool = True) -> dict[str, bytes]:
+    """Pickled members in the official format: dicts with `data` uint8 [N, 3072], `labels`.
+
+    The official files were pickled by Python 2, so their keys load as bytes; `bytes_keys`
+    imitates that (False gives str keys, as a Python 3 re-pickle would).
+    """
+    rng = np.random.default_rng(seed)
+    key = (lambda s: s.encode()) if bytes_keys else (lambda s: s)
+    members = {}
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)),
+                    ("test_batch", n_test)]:
+        batch = {key("batch_label"): key(name), key("labels"): rng.integers(0, 10, n).tolist(),
+                 key("data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 key("filenames"): [key(f"img_{i}.png") for i in range(n)]}
+        members[name] = pickle.dumps(batch, protocol=2)
+    meta = {key("label_names"): [key(c) for c in CLASSES], key("num_vis"): 3072}
+    members["batches.meta"] = pickle.dumps(meta, protocol=2)
+    return members
+
+
+def write_cifar_archive(path: Path, members: dict[str, bytes]) -> Path:
+    """`cifar-10-python.tar.gz` with members under `cifar-10-batches-py/`, as the original."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_cifar_folder(folder: Path, members: dict[str, bytes]) -> Path:
+    folder.mkdir(parents=True)
+    for name, data in members.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def unpickle(data: bytes) -> dict:
+    obj = pickle.loads(data, encoding="bytes")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def write_celeba(root: Path, partitions: list[int], size: tuple[int, int] = (178, 218),
+                 seed: int = 0) -> Path:
+    """`img_align_celeba/NNNNNN.jpg` (smooth random RGB JPEGs) + `list_eval_partition.txt`."""
+    rng = np.random.default_rng(seed)
+    images = root / "img_align_celeba"
+    images.mkdir(parents=True)
+    lines = []
+    for i, part in enumerate(partitions, start=1):
+        coarse = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).save(
+            images / f"{i:06d}.jpg", quality=90)
+        lines.append(f"{i:06d}.jpg {part}")
+    (root / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    return root

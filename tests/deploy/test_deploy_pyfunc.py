@@ -1,0 +1,89 @@
+"""The registered pyfunc: loads in a fresh process from `models:/NAME@champion`, same numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from deploy_helpers import MODEL_NAME, use_tracking
+from helpers import subprocess_env
+
+from deploy.pyfunc import score_levels
+
+FRESH_PROCESS = """
+import json, sys
+import mlflow, numpy as np
+x = np.load(sys.argv[1])
+model = mlflow.pyfunc.load_model("models:/%s@champion")
+bpd = model.predict(x, params={"seed": 7})
+samples = model.predict(x[:1], params={"mode": "sample", "n": 3, "temperature": 0.7})
+print(json.dumps({"bpd": bpd.tolist(), "samples": list(samples.shape),
+                  "dtype": str(samples.dtype), "max": int(samples.max()),
+                  "flows_from": sys.modules["flows"].__file__}))
+"""
+
+
+@pytest.fixture(scope="module")
+def pulled(champion, registry):
+    import mlflow
+
+    use_tracking(registry[0])
+    return mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+
+
+def test_fresh_process_pulls_champion_with_same_bpd(champion, registry, model, test_images,
+                                                    tmp_path):
+    np.save(tmp_path / "x.npy", test_images)
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS % MODEL_NAME, str(tmp_path / "x.npy")],
+        cwd=tmp_path,  # not the repo: `flows` must come with the model (code_paths)
+        env=subprocess_env(MLFLOW_TRACKING_URI=registry[0], PYTHONPATH=""),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = score_levels(model, test_images, k=1, seed=7)
+    np.testing.assert_allclose(out["bpd"], expected, rtol=0, atol=1e-5)
+    assert out["samples"] == [3, 1, 8, 8] and out["dtype"] == "uint8" and out["max"] < 17
+    assert "/code/flows/" in out["flows_from"], out["flows_from"]
+
+
+def test_model_has_signature_example_and_no_pickle(champion, registry):
+    import mlflow
+
+    info = mlflow.models.get_model_info(f"models:/{MODEL_NAME}/{champion.version}")
+    inputs = info.signature.inputs.to_dict()
+    spec = inputs[0]["tensor-spec"]
+    assert spec["dtype"] == "uint8" and list(spec["shape"]) == [-1, 1, 8, 8]
+    assert {p.name for p in info.signature.params} == {"mode", "k", "seed", "n", "temperature"}
+    assert info.saved_input_example_info is not None
+    flavor = info.flavors["python_function"]
+    assert "model_code_path" in flavor and "python_model" not in flavor  # models from code
+    local = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/{champion.version}")
+    files = {p.name for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
+    assert {"model.safetensors", "model_config.json", "meta.json"} <= files
+    assert not any(name.endswith((".pkl", ".pt", ".pth")) for name in files)
+
+
+@pytest.mark.parametrize("x, params, message", [
+    (np.full((2, 1, 8, 8), 17, np.uint8), {}, "Levels must lie in [0, 17)"),
+    (np.zeros((2, 1, 8, 8), np.float32), {}, "dtype"),
+    (np.zeros((2, 8, 8), np.uint8), {}, "shape"),
+    (np.zeros((65, 1, 8, 8), np.uint8), {}, "1 to 64 images"),
+    (np.zeros((1, 1, 8, 8), np.uint8), {"mode": "sample", "n": 9}, "between 1 and 8"),
+    (np.zeros((1, 1, 8, 8), np.uint8), {"mode": "sample", "n": 2, "temperature": -1.0},
+     "temperature"),
+    (np.zeros((1, 1, 8, 8), np.uint8), {"mode": "encode"}, "'mode'"),
+    (np.zeros((1, 1, 8, 8), np.uint8), {"k": 0}, "'k'"),
+])
+def test_bad_requests_are_invalid_parameter_errors(pulled, x, params, message):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as err:
+        pulled.unwrap_python_model().predict(None, x, params)
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert err.value.get_http_status_code() == 400
+    assert message in err.value.message

@@ -1,0 +1,131 @@
+"""Serving over HTTP: `deploy serve` and `mlflow models serve`, real processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import requests
+from deploy_helpers import MODEL_NAME, Server
+
+from deploy.pyfunc import score_levels
+
+
+@pytest.fixture(scope="module")
+def deploy_server(champion, registry, tmp_path_factory):
+    """`python -m deploy.cli deploy serve` on a free loopback port (started once, killed)."""
+    tmp = tmp_path_factory.mktemp("serve")
+    server = Server([sys.executable, "-m", "deploy.cli", "deploy", "serve",
+                     "--model", f"{MODEL_NAME}@champion", "--tracking-uri", registry[0],
+                     "--port", "{port}"], cwd=tmp, log=tmp / "serve.log")
+    try:
+        server.wait_ready("/health", timeout_s=90)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(champion, registry, tmp_path_factory):
+    """`mlflow models serve -m models:/NAME@champion --env-manager local`."""
+    tmp = tmp_path_factory.mktemp("mlflow-serve")
+    server = Server([str(__import__("helpers").VENV_BIN / "mlflow"), "models", "serve",
+                     "-m", f"models:/{MODEL_NAME}@champion", "--env-manager", "local",
+                     "-h", "127.0.0.1", "-p", "{port}", "-w", "1"],
+                    cwd=tmp, log=tmp / "serve.log", MLFLOW_TRACKING_URI=registry[0])
+    try:
+        server.wait_ready("/ping", timeout_s=90)
+        yield server
+    finally:
+        server.stop()
+
+
+def _post(server: Server, payload, **kwargs) -> requests.Response:
+    return requests.post(server.url + "/invocations", json=payload, timeout=30, **kwargs)
+
+
+def test_health_names_the_model(deploy_server, champion):
+    health = requests.get(deploy_server.url + "/health", timeout=5).json()
+    assert health["status"] == "ok" and str(health["version"]) == str(champion.version)
+    assert health["image_shape"] == [1, 8, 8] and health["n_bins"] == 17
+    assert health["max_samples"] == 8
+
+
+def test_scores_a_batch_like_the_in_memory_model(deploy_server, model, test_images):
+    response = _post(deploy_server, {"inputs": test_images.tolist(), "params": {"seed": 3}})
+    assert response.status_code == 200, response.text
+    expected = score_levels(model, test_images, k=1, seed=3)
+    np.testing.assert_allclose(response.json()["predictions"], expected, rtol=0, atol=1e-5)
+
+
+def test_samples(deploy_server):
+    response = _post(deploy_server, {"params": {"mode": "sample", "n": 4, "temperature": 0.7}})
+    assert response.status_code == 200, response.text
+    levels = np.asarray(response.json()["predictions"])
+    assert levels.shape == (4, 1, 8, 8) and levels.min() >= 0 and levels.max() < 17
+
+
+ZEROS = np.zeros((2, 1, 8, 8), dtype=int).tolist()
+
+
+@pytest.mark.parametrize("payload, status, message", [
+    ({"inputs": np.zeros((2, 1, 8, 7), int).tolist()}, 400, "Expected shape"),
+    ({"inputs": np.full((2, 1, 8, 8), 0.5).tolist()}, 400, "got dtype float64"),
+    ({"inputs": np.full((2, 1, 8, 8), 17).tolist()}, 400, "Levels must lie in [0, 17)"),
+    ({"inputs": np.full((2, 1, 8, 8), -1).tolist()}, 400, "Levels must lie in [0, 17)"),
+    ({"inputs": [[[[1, 2]]], [[[1]]]]}, 400, "rectangular"),
+    ({"inputs": np.zeros((65, 1, 8, 8), int).tolist()}, 400, "1 to 64 images"),
+    ({"params": {"mode": "sample", "n": 1000}}, 400, "between 1 and 8"),
+    ({"params": {"mode": "sample", "n": "many"}}, 400, "'n' must be an integer"),
+    ({"inputs": ZEROS, "params": {"k": 5000}}, 400, "'k' must be between"),
+    ({"inputs": ZEROS, "params": {"temprature": 1}}, 400, "Unknown params"),
+    ({"params": {}}, 400, "Scoring needs 'inputs'"),
+    ([1, 2, 3], 400, "JSON object"),
+])
+def test_bad_requests_get_4xx_and_server_keeps_serving(deploy_server, payload, status, message):
+    response = _post(deploy_server, payload)
+    assert response.status_code == status, response.text
+    assert message in response.json()["message"]
+    assert requests.get(deploy_server.url + "/health", timeout=5).status_code == 200
+
+
+def test_non_json_and_oversized_bodies(deploy_server):
+    url = deploy_server.url + "/invocations"
+    assert requests.post(url, data="1,2,3", headers={"Content-Type": "text/csv"},
+                         timeout=10).status_code == 415
+    broken = requests.post(url, data="{not json", headers={"Content-Type": "application/json"},
+                           timeout=10)
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["message"]
+    huge = b"[" * (3 << 20)
+    assert requests.post(url, data=huge, headers={"Content-Type": "application/json"},
+                         timeout=30).status_code == 413
+    assert requests.get(deploy_server.url + "/health", timeout=5).status_code == 200
+
+
+def test_binds_loopback_only(deploy_server):
+    """The listening socket (from /proc/net/tcp) is bound to 127.0.0.1, not 0.0.0.0."""
+    from pathlib import Path
+
+    tcp = Path("/proc/net/tcp")
+    if not tcp.exists():
+        pytest.skip("needs Linux /proc/net/tcp")
+    listening = [line.split()[1] for line in tcp.read_text().splitlines()[1:]
+                 if line.split()[3] == "0A"
+                 and int(line.split()[1].split(":")[1], 16) == deploy_server.port]
+    assert listening == [f"0100007F:{deploy_server.port:04X}"]
+
+
+def test_mlflow_models_serve_speaks_the_same_protocol(mlflow_server, model, test_images):
+    scored = _post(mlflow_server, {"inputs": test_images.tolist(), "params": {"seed": 3}})
+    assert scored.status_code == 200, scored.text
+    expected = score_levels(model, test_images, k=1, seed=3)
+    np.testing.assert_allclose(scored.json()["predictions"], expected, rtol=0, atol=1e-5)
+    sampled = _post(mlflow_server, {"inputs": ZEROS[:1],
+                                    "params": {"mode": "sample", "n": 2, "temperature": 0.7}})
+    assert sampled.status_code == 200, sampled.text
+    assert np.asarray(sampled.json()["predictions"]).shape == (2, 1, 8, 8)
+    bad = _post(mlflow_server, {"inputs": np.full((1, 1, 8, 8), 16).tolist(),
+                                "params": {"mode": "sample", "n": 99}})
+    assert bad.status_code == 400 and "between 1 and 8" in bad.text
+    assert requests.get(mlflow_server.url + "/ping", timeout=5).status_code == 200

@@ -1,0 +1,129 @@
+"""Helpers shared by tests: free ports, real Ray nodes as processes, waiting for readiness."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not ready yet
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.pop("RAY_ADDRESS", None)
+    env.update(extra)
+    return env
+
+
+class RayNode:
+    """One `ray start --block` process group (a head or a worker node) on 127.0.0.1."""
+
+    def __init__(self, args: list[str], wrapper: list[str] | None = None, cwd: Path | None = None):
+        command = [str(VENV_BIN / "ray"), "start", "--block", "--disable-usage-stats", *args]
+        self.proc = subprocess.Popen(
+            [*(wrapper or []), *command],
+            cwd=cwd,
+            env=subprocess_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(wait_s)
+                return
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+
+
+class LocalRayCluster:
+    """A real multi-process Ray cluster on 127.0.0.1: a head with the dashboard (Jobs API)
+    and optional worker nodes, each 1 CPU. `hide` mounts an empty tmpfs over a path for one
+    worker node (its own mount namespace), to simulate storage that node cannot see."""
+
+    def __init__(self, tmp: Path):
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.nodes: list[RayNode] = []
+        self.tmp = tmp
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start_head(self, num_cpus: int = 1) -> None:
+        self.nodes.append(
+            RayNode(
+                [
+                    "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
+                    f"--num-cpus={num_cpus}", "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                ],
+                cwd=self.tmp,
+            )
+        )
+        import urllib.request
+
+        wait_until(
+            lambda: urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2).status
+            == 200,
+            120,
+            "the Ray head's dashboard",
+        )
+
+    def add_worker(self, num_cpus: int = 1, hide: Path | None = None) -> None:
+        wrapper = None
+        args = [f"--address={self.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}"]
+        if hide is not None:
+            hide.mkdir(parents=True, exist_ok=True)
+            script = f'mount -t tmpfs nfpipe-hidden "{hide}" && exec "$@"'
+            wrapper = ["unshare", "-m", "sh", "-c", script, "sh"]
+        expected = len(self.nodes) + 1
+        self.nodes.append(RayNode(args, wrapper=wrapper, cwd=self.tmp))
+        wait_until(lambda: self.alive_nodes() >= expected, 120, f"{expected} alive Ray nodes")
+
+    def alive_nodes(self) -> int:
+        import json
+        import urllib.request
+
+        url = f"{self.dashboard}/nodes?view=summary"
+        data = json.loads(urllib.request.urlopen(url, timeout=5).read())
+        summary = data["data"]["summary"]
+        return sum(1 for node in summary if node["raylet"]["state"] == "ALIVE")
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()

@@ -1,0 +1,180 @@
+"""The search space: checks before any trial, Ray Tune domains, and a trial's train config.
+
+A trial's configuration is the `train:` section with the trial's overrides applied at their
+dotted paths, then the settings every trial shares (`trial_train_config`): `tune.max_t`
+epochs, an evaluation (and a checkpoint) every epoch, and the tune section's workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from pipeline.config import ConfigError
+from pipeline.train.config import TrainConfig
+from tune.config import ParamDistribution, TuneConfig, check_path, train_leaf_paths
+
+Overrides = dict[str, Any]  # dotted path inside train: -> value
+MAX_BUILDS = 64  # model corners built at most when checking a space
+
+
+class SearchSpaceError(ConfigError, ValueError):
+    """An invalid search space, found before any trial starts; the message names the path."""
+
+
+def apply_overrides(base: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """`base` with each dotted path set to its value, validated as a whole."""
+    raw = base.model_dump(mode="json")
+    for path, value in overrides.items():
+        node = raw
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return TrainConfig.model_validate(raw)
+
+
+def trial_train_config(base: TrainConfig, overrides: Mapping[str, Any], cfg: TuneConfig):
+    """The train config one trial runs: overrides, then the settings all trials share."""
+    shared = {
+        "epochs": cfg.max_t,
+        "eval_every": 1,  # the scheduler compares trials on every epoch's test bpd
+        "eval_at_start": False,  # epoch 0 is never reported to Tune
+        "scaling.num_workers": cfg.workers_per_trial,
+    }
+    return apply_overrides(base, {**overrides, **shared})
+
+
+def to_tune_space(space: Mapping[str, ParamDistribution]) -> dict[str, Any]:
+    """Ray Tune domains, one per dotted path (randint made inclusive of hi)."""
+    from ray import tune
+
+    make = {
+        "choice": lambda args: tune.choice(list(args)),
+        "loguniform": lambda args: tune.loguniform(*args),
+        "uniform": lambda args: tune.uniform(*args),
+        "randint": lambda args: tune.randint(args[0], args[1] + 1),
+    }
+    return {path: make[dist.kind](dist.args) for path, dist in space.items()}
+
+
+def overrides_of(config: Mapping[str, Any], space: Mapping[str, Any]) -> Overrides:
+    """The searched values of a trial's config (what Tune sampled), JSON-friendly."""
+    return {path: _plain(config[path]) for path in space if path in config}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (Tune's samples) -> Python numbers."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def validate_space(
+    cfg: TuneConfig,
+    base: TrainConfig,
+    image_shape: tuple[int, int, int] | None = None,
+    n_bins: int | None = None,
+) -> None:
+    """Raise SearchSpaceError, naming the parameter, for a space no trial could run.
+
+    Checks every path, every corner value against the train config, and (given the
+    dataset's image shape) builds the model at the corners of the model parameters.
+    """
+    _check_shared(cfg, base)
+    for path, dist in cfg.space.items():
+        try:
+            check_path(path)
+        except ValueError as err:
+            raise SearchSpaceError(f"tune.space: {err}") from None
+        _check_kind(path, dist)
+        for value in dist.corners():
+            _check_value(cfg, base, path, dist, value)
+    if image_shape is not None:
+        check_models(cfg, base, tuple(image_shape), n_bins)
+
+
+def _check_shared(cfg: TuneConfig, base: TrainConfig) -> None:
+    try:
+        trial_train_config(base, {}, cfg)
+    except ValidationError as err:
+        raise SearchSpaceError(
+            f"tune: the train config cannot run as a trial (tune.max_t={cfg.max_t}, "
+            f"tune.workers_per_trial={cfg.workers_per_trial}): {_problems(err)}"
+        ) from None
+
+
+def _check_kind(path: str, dist: ParamDistribution) -> None:
+    """Continuous distributions only for float fields (an int field would get 2.37)."""
+    annotation = train_leaf_paths()[path]
+    if dist.kind in ("uniform", "loguniform") and annotation in (int, int | None):
+        raise SearchSpaceError(
+            f"tune.space.{path}: {dist.kind} draws floats but {path} is an integer; "
+            "use randint or choice"
+        )
+
+
+def _problems(err: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or '(train)'}: {e['msg']}" for e in err.errors()
+    )
+
+
+def _check_value(cfg, base, path: str, dist: ParamDistribution, value: Any) -> None:
+    try:
+        trial_train_config(base, {path: value}, cfg)
+    except ValidationError as err:
+        raise SearchSpaceError(
+            f"tune.space.{path}: value {value!r} of {dist.describe()} is invalid for train: "
+            f"{_problems(err)}"
+        ) from None
+
+
+def model_corners(cfg: TuneConfig) -> list[Overrides]:
+    """Combinations of the corner values of the `model.*` parameters (at most MAX_BUILDS).
+
+    `model.hidden` only changes widths, so it is held at its smallest corner. Past
+    MAX_BUILDS combinations, each parameter's corners are tried alone.
+    """
+    params = {
+        path: dist.corners() for path, dist in cfg.space.items() if path.startswith("model.")
+    }
+    if "model.hidden" in params:
+        params["model.hidden"] = (min(params["model.hidden"]),)
+    if not params:
+        return [{}]
+    if math.prod(len(values) for values in params.values()) <= MAX_BUILDS:
+        combos = itertools.product(*params.values())
+        return [dict(zip(params, combo, strict=True)) for combo in combos]
+    return [{path: value} for path, values in params.items() for value in values]
+
+
+def check_models(
+    cfg: TuneConfig, base: TrainConfig, image_shape: tuple[int, int, int], n_bins: int | None
+) -> None:
+    """Build the model at every corner for the dataset's images; raise naming the values."""
+    from flows import build_model
+
+    for corner in model_corners(cfg):
+        train = trial_train_config(base, corner, cfg)
+        model_cfg = train.model.model_copy(
+            update={"image_shape": image_shape, "n_bins": n_bins or 256}
+        )
+        try:
+            build_model(model_cfg)
+        except ValueError as err:
+            shown = ", ".join(f"{p}={v!r}" for p, v in corner.items()) or "the train model"
+            raise SearchSpaceError(
+                f"tune.space: {shown} cannot be built for images "
+                f"{'x'.join(map(str, image_shape))}: {err}"
+            ) from None
+
+
+def count_parameters(train: TrainConfig, image_shape: tuple[int, int, int], n_bins: int) -> int:
+    """Trainable parameters of the model a trial config builds."""
+    from flows import build_model
+
+    model_cfg = train.model.model_copy(update={"image_shape": image_shape, "n_bins": n_bins})
+    return sum(p.numel() for p in build_model(model_cfg).parameters() if p.requires_grad)

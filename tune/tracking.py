@@ -1,0 +1,203 @@
+"""MLflow for a sweep: one parent run, one child run per trial, written by the Tune driver only.
+
+Trials never touch MLflow (a local SQLite store takes one writer): `MlflowTrialLogger` is a Tune
+`Callback`, so it runs in the driver and logs each trial's config at its start and its metrics
+at every result (step = epoch). Runs are found again by tag, and metrics already stored are
+not logged twice (the train stage's `MlflowTracker`), so a restored sweep continues the same
+parent and child runs instead of opening new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ray.tune import Callback
+
+from pipeline.train.config import TrainConfig
+from pipeline.train.tracker import MlflowTracker, flatten
+from tune.config import TuneConfig
+from tune.space import count_parameters, overrides_of, trial_train_config
+
+SWEEP_TAG = "nfpipe.tune_sweep"  # on the parent and every child: the sweep's name
+TRIAL_TAG = "nfpipe.tune_trial"  # on a child: the Tune trial id
+STATUS_TAG = "nfpipe.trial_status"  # running | completed | stopped early | error
+EPOCHS_TAG = "nfpipe.epochs"
+OVERRIDES_TAG = "nfpipe.overrides"  # the trial's searched values, JSON
+PARENT_TAG = "mlflow.parentRunId"
+_PARAMS_BATCH = 100
+_PARAM_MAX = 6000
+# Keys of a Tune result that are bookkeeping, not metrics of the model.
+_NOT_METRICS = {
+    "epoch", "step", "training_iteration", "time_total_s", "time_this_iter_s", "timestamp",
+    "time_since_restore", "iterations_since_restore", "timesteps_since_restore", "pid",
+    "done", "timesteps_total", "episodes_total",
+}
+
+
+def client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def find_run(tracking_uri: str, experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    """The id of the run carrying all `tags`, or None."""
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    found = client(tracking_uri).search_runs([experiment_id], filter_string=where, max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def open_parent(
+    tracking_uri: str,
+    experiment_id: str,
+    sweep: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+) -> str:
+    """The sweep's parent run, reopened when it exists (a resumed sweep), else created."""
+    mlflow = client(tracking_uri)
+    run_id = find_run(tracking_uri, experiment_id, {SWEEP_TAG: sweep, "nfpipe.role": "sweep"})
+    if run_id is not None:
+        mlflow.update_run(run_id, status="RUNNING")
+        return run_id
+    run = mlflow.create_run(
+        experiment_id, tags={SWEEP_TAG: sweep, "nfpipe.role": "sweep", **tags}, run_name=sweep
+    )
+    log_params(run.info.run_id, tracking_uri, params)
+    return run.info.run_id
+
+
+def log_params(run_id: str, tracking_uri: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in params.items()]
+    mlflow = client(tracking_uri)
+    for i in range(0, len(items), _PARAMS_BATCH):
+        mlflow.log_batch(run_id, params=items[i : i + _PARAMS_BATCH])
+
+
+def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list:
+    """Every child run of the sweep (mlflow.entities.Run), oldest first."""
+    return client(tracking_uri).search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=10_000,
+    )
+
+
+def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The model's numbers in a Tune result (the loop's metrics), without Tune's bookkeeping."""
+    return {
+        key: float(value)
+        for key, value in result.items()
+        if key not in _NOT_METRICS
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    }
+
+
+class MlflowTrialLogger(Callback):
+    """Tune driver callback: a child run per trial under the sweep's parent run.
+
+    Holds only plain values, so it survives Tune pickling it into the experiment (a restored
+    sweep gets this object back and reconnects lazily).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        sweep: str,
+        tune_cfg: dict[str, Any],
+        base_train: dict[str, Any],
+        image_shape: tuple[int, int, int],
+        n_bins: int,
+    ):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.sweep = sweep
+        self.tune_cfg = tune_cfg
+        self.base_train = base_train
+        self.image_shape = tuple(image_shape)
+        self.n_bins = n_bins
+        self._trackers: dict[str, MlflowTracker] = {}
+        self._client = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_trackers"], state["_client"] = {}, None  # clients do not pickle; reopened
+        return state
+
+    @property
+    def mlflow(self):
+        if self._client is None:
+            self._client = client(self.tracking_uri)
+        return self._client
+
+    # --- Tune hooks (driver side) ---
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._tracker(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        tracker = self._tracker(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        tracker.add(result_metrics(result), step=epoch)
+        tracker.flush()
+        self.mlflow.set_tag(tracker.run_id, EPOCHS_TAG, str(epoch))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        status = "completed" if epochs >= self.tune_cfg["max_t"] else "stopped early"
+        self._finish(trial, status, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial, "error", "FAILED")
+
+    # --- runs ---
+    def _tracker(self, trial) -> MlflowTracker:
+        tracker = self._trackers.get(trial.trial_id)
+        if tracker is None:
+            tracker = MlflowTracker(self.tracking_uri, self._child_run(trial))
+            self._trackers[trial.trial_id] = tracker
+        return tracker
+
+    def _child_run(self, trial) -> str:
+        tags = {SWEEP_TAG: self.sweep, TRIAL_TAG: trial.trial_id}
+        run_id = find_run(self.tracking_uri, self.experiment_id, tags)
+        mlflow = self.mlflow
+        if run_id is not None:
+            mlflow.update_run(run_id, status="RUNNING")
+            mlflow.set_tag(run_id, STATUS_TAG, "running")
+            return run_id
+        tune_cfg = TuneConfig.model_validate(self.tune_cfg)
+        overrides = overrides_of(trial.config, tune_cfg.space)
+        train = trial_train_config(TrainConfig.model_validate(self.base_train), overrides, tune_cfg)
+        run = mlflow.create_run(
+            self.experiment_id,
+            run_name=f"{self.sweep}-{trial.trial_id}",
+            tags={
+                **tags,
+                PARENT_TAG: self.parent_run_id,
+                "nfpipe.role": "trial",
+                "nfpipe.stage": "tune",
+                STATUS_TAG: "running",
+                OVERRIDES_TAG: json.dumps(overrides, sort_keys=True),
+            },
+        )
+        params = flatten(train.model_dump(mode="json"))
+        params["model.n_params"] = count_parameters(train, self.image_shape, self.n_bins)
+        log_params(run.info.run_id, self.tracking_uri, params)
+        return run.info.run_id
+
+    def _finish(self, trial, status: str, run_status: str) -> None:
+        tracker = self._tracker(trial)
+        tracker.flush()
+        self.mlflow.set_tag(tracker.run_id, STATUS_TAG, status)
+        self.mlflow.set_terminated(tracker.run_id, status=run_status)
