@@ -115,3 +115,12 @@ def test_val_split_and_seed(tmp_path):
     b = Manifest.load(prepare(DataPrepConfig(output_root=tmp_path / "b", seed=3)))
     assert b.splits["test"].shards[0].sha256 != a.splits["test"].shards[0].sha256
     assert json.loads(Path(a.path).read_text())["config"]["val_fraction"] == 0.1
+
+
+def test_progress_reports_every_split_to_its_total(tmp_path):
+    calls = []
+    prepare(DataPrepConfig(output_root=tmp_path, val_fraction=0.1),
+            progress=lambda *a: calls.append(a))
+    last = {split: (done, total) for split, done, total in calls}
+    assert last == {"train": (1258, 1258), "val": (180, 180), "test": (359, 359)}
+    assert all(0 < done <= total for _, done, total in calls)

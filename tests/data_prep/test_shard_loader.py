@@ -141,3 +141,16 @@ def test_flipped_byte_and_missing_shard(digits_copy):
     shard.unlink()
     with pytest.raises(DataPrepError, match=f"{shard}: shard is missing"):
         list(make_loader(digits_copy, "test", 16, mode="eval"))
+
+
+def test_fast_tar_reader_agrees_with_webdataset(digits_manifest):
+    import webdataset as wds
+
+    from data_prep.shards import read_samples
+
+    for path in Manifest.load(digits_manifest).shard_paths("test"):
+        ours, complete = read_samples(path.read_bytes())
+        theirs = list(wds.WebDataset(str(path), shardshuffle=False, nodesplitter=None))
+        assert complete and len(ours) == len(theirs)
+        for a, b in zip(ours, theirs, strict=True):
+            assert (a["__key__"], a["png"], a["cls"]) == (b["__key__"], b["png"], b["cls"])
