@@ -44,34 +44,39 @@ class DensityModel(nn.Module):
                              f" got {list(y.shape)}.")
 
     def dequantize(self, x: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """y = (x + u) / n_bins - 0.5, u ~ U[0, 1) (from `generator` where given)."""
-        return bpd.dequantize(x, self.n_bins, generator)
+                   generator: torch.Generator | int | None = None) -> torch.Tensor:
+        """y = (x + u) / n_bins - 0.5, u ~ U[0, 1) (from `generator` / seed where given)."""
+        return bpd.dequantize(x, self.n_bins, bpd.as_generator(generator))
 
     def to_levels(self, y: torch.Tensor) -> torch.Tensor:
         """Continuous y -> integer levels x (uint8)."""
         return bpd.to_levels(y, self.n_bins)
 
     def log_prob(self, y: torch.Tensor, k: int = 1, *,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | int | None = None) -> torch.Tensor:
         """log p(y) in nats, [B]: exact for flows, the ELBO (k=1) / IWAE bound (k>1) else."""
         raise NotImplementedError
 
     def bits_per_dim(self, x: torch.Tensor, k: int = 1, *,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """(-log p(dequantize(x)) + D·ln n_bins) / (D·ln 2), [B]."""
+                     generator: torch.Generator | int | None = None) -> torch.Tensor:
+        """(-log p(dequantize(x)) + D·ln n_bins) / (D·ln 2), [B].
+
+        `generator` (a torch.Generator or an int seed) drives the dequantisation noise and,
+        for the variational models, the latent samples: evaluation is reproducible with it.
+        """
+        generator = bpd.as_generator(generator)
         y = self.dequantize(x, generator)
         return bpd.bits_per_dim(self.log_prob(y, k, generator=generator), self.n_dims,
                                 self.n_bins)
 
     def forward(self, x: torch.Tensor, k: int = 1,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | int | None = None) -> torch.Tensor:
         """Training objective: bits/dim per example, [B] (take `.mean()` for the loss)."""
         return self.bits_per_dim(x, k, generator=generator)
 
     def sample(self, n: int, temperature: float = 1.0, *,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """n images y [n, C, H, W], latents drawn at the given temperature."""
+               generator: torch.Generator | int | None = None) -> torch.Tensor:
+        """n images y [n, C, H, W], latents drawn at the given temperature (no grad)."""
         raise NotImplementedError
 
     def data_init_pass(self, y: torch.Tensor) -> None:
@@ -83,7 +88,7 @@ class DensityModel(nn.Module):
         if temperature < 0:
             raise ValueError(f"Expected temperature >= 0, got {temperature}.")
         like = next(self.parameters())
-        return bpd.normal((n, d), like.float(), generator) * temperature
+        return bpd.normal((n, d), like.float(), bpd.as_generator(generator)) * temperature
 
 
 class FlowModel(DensityModel):
@@ -105,13 +110,14 @@ class FlowModel(DensityModel):
         return self.stack.decode(z)
 
     def log_prob(self, y: torch.Tensor, k: int = 1, *,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | int | None = None) -> torch.Tensor:
+        """Exact log p(y) [B]; `k` and `generator` are accepted for a uniform API, unused."""
         z, logdet = self.encode(y)
         return bpd.standard_normal_log_prob(z).sum(1) + logdet
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, *,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | int | None = None) -> torch.Tensor:
         return self.decode(self._latent_noise(n, self.n_dims, temperature, generator))
 
 
@@ -153,8 +159,9 @@ class VariationalModel(DensityModel):
         raise NotImplementedError
 
     def log_prob(self, y: torch.Tensor, k: int = 1, *,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | int | None = None) -> torch.Tensor:
         self._check_y(y)
+        generator = bpd.as_generator(generator)
         post = self.posterior(y)
         if k == 1:
             return self.elbo(y, post, generator)

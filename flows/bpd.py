@@ -31,6 +31,13 @@ def _check_levels(x: torch.Tensor, n_bins: int) -> None:
         )
 
 
+def as_generator(seed: torch.Generator | int | None) -> torch.Generator | None:
+    """A CPU generator from an int seed (so noise is the same on any device); else as given."""
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
+    return torch.Generator().manual_seed(int(seed))
+
+
 def uniform_like(x: torch.Tensor, dtype: torch.dtype,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """U[0, 1) noise of x's shape on x's device, drawn from `generator` where given."""

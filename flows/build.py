@@ -34,6 +34,9 @@ def _require_divisible(cfg: ModelConfig, halvings: int, why: str) -> None:
 def _validate(cfg: ModelConfig) -> None:
     _require_data_fields(cfg)
     c, h, w = cfg.image_shape
+    if cfg.name in ("vae", "fvae") and cfg.preprocess == "logit":
+        raise ValueError(f"{cfg.name} has no logit preprocessing (its decoder models y "
+                         "directly); use preprocess: auto or none.")
     if cfg.name in ("glow", "fvae"):
         _require_divisible(cfg, cfg.levels, f"squeezes {cfg.levels} times")
     elif cfg.name == "realnvp":
@@ -53,8 +56,9 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> DensityModel:
     Raises ValueError when image_shape / n_bins are unset or the image cannot go through the
     requested number of levels.
     """
-    if not isinstance(cfg, ModelConfig):
-        cfg = ModelConfig.model_validate(cfg)
+    # re-validate: model_copy(update=...) (how image_shape / n_bins arrive) skips validation
+    data = dict(cfg) if isinstance(cfg, ModelConfig) else cfg
+    cfg = ModelConfig.model_validate(data)
     _validate(cfg)
     from flows.models import MODELS
 

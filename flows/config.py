@@ -46,7 +46,10 @@ class ModelConfig(BaseModel):
         "checkerboard couplings); nice the number of additive couplings.",
     )
     hidden: int = Field(
-        default=64, gt=0, description="Width (channels or units) of every conditioner network."
+        default=64,
+        gt=0,
+        description="Width (channels or units) of every network: coupling conditioners, "
+        "VAE / f-VAE encoder and decoder.",
     )
     coupling: Literal["affine", "additive"] = Field(
         default="affine",
@@ -60,8 +63,9 @@ class ModelConfig(BaseModel):
     )
     learn_prior: bool = Field(
         default=True,
-        description="glow / realnvp / f-VAE flow: learn the mean and log-scale of the top "
-        "latent's Gaussian prior (zero-initialised, i.e. N(0, I) at the start).",
+        description="glow / f-VAE flow: learn the mean and log-scale of the top latent's "
+        "Gaussian prior (zero-initialised, i.e. N(0, I) at the start; realnvp and nice use "
+        "N(0, I)).",
     )
     res_blocks: int = Field(
         default=2,
@@ -73,11 +77,18 @@ class ModelConfig(BaseModel):
         default=4, gt=0, description="nice: hidden layers of each coupling's shift MLP."
     )
     latent_dim: int = Field(default=32, gt=0, description="vae: dimension of the latent z.")
+    preprocess: Literal["auto", "none", "logit"] = Field(
+        default="auto",
+        description="Flows' preprocessing of y (part of the model, its log-det counts): "
+        "logit, or none. auto = logit for realnvp and nice, none for glow (as in the "
+        "papers' image setups; NICE's paper used a logistic prior instead). vae / fvae: "
+        "auto or none only.",
+    )
     logit_alpha: float = Field(
         default=0.05,
         gt=0.0,
         lt=0.5,
-        description="realnvp logit preprocessing: y -> logit(alpha + (1 - 2 alpha)(y + 0.5)); "
+        description="Logit preprocessing: y -> logit(alpha + (1 - 2 alpha)(y + 0.5)); "
         "its log-det counts in the likelihood.",
     )
     fvae_sigma_init: float | None = Field(
@@ -102,3 +113,10 @@ class ModelConfig(BaseModel):
         description="Activation checkpointing of the coupling networks in training "
         "(recomputes them in backward: less memory, ~1/3 more compute).",
     )
+
+    @property
+    def uses_logit(self) -> bool:
+        """Whether the flow starts with the logit transform (resolves `preprocess: auto`)."""
+        if self.preprocess == "auto":
+            return self.name in ("realnvp", "nice")
+        return self.preprocess == "logit"

@@ -18,6 +18,7 @@ from flows.layers import (
     InvConv1x1,
     InvConv1x1LU,
     LearnedPrior,
+    LogitTransform,
     SplitPrior,
     Squeeze,
 )
@@ -41,13 +42,15 @@ def glow_step(cfg: ModelConfig, channels: int) -> list:
     return [ActNorm(channels), invconv(channels), coupling]
 
 
-def glow_stack(cfg: ModelConfig, shape: tuple[int, int, int]) -> MultiScaleStack:
+def glow_stack(cfg: ModelConfig, shape: tuple[int, int, int],
+               logit: bool = False) -> MultiScaleStack:
     """L scales of: squeeze, K steps, then split with a conditional prior (last: top prior)."""
     c, h, w = shape
     scales, keeps = [], []
     for level in range(cfg.levels):
         c, h, w = 4 * c, h // 2, w // 2
-        layers = [Squeeze()]
+        layers = [LogitTransform(cfg.logit_alpha)] if logit and level == 0 else []
+        layers.append(Squeeze())
         for _ in range(cfg.steps):
             layers += glow_step(cfg, c)
         if level < cfg.levels - 1:
@@ -64,7 +67,7 @@ def glow_stack(cfg: ModelConfig, shape: tuple[int, int, int]) -> MultiScaleStack
 
 
 class Glow(FlowModel):
-    """Glow on [B, C, H, W] images with y ∈ [-0.5, 0.5) (no other preprocessing)."""
+    """Glow on [B, C, H, W] images, y ∈ [-0.5, 0.5) (logit first with `preprocess: logit`)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg, glow_stack(cfg, cfg.image_shape))
+        super().__init__(cfg, glow_stack(cfg, cfg.image_shape, logit=cfg.uses_logit))

@@ -2,8 +2,9 @@
 
 Per scale: `steps` checkerboard couplings, squeeze, `steps` channel-wise couplings, factor
 out half; the last scale has `steps + 1` checkerboard couplings (paper: 3, 3 and 4).
-Logit preprocessing comes first and its log-det counts. ActNorm after every coupling stands in
-for the paper's batch normalisation (which would couple the examples of a batch).
+Logit preprocessing (`preprocess: auto`) comes first and its log-det counts. ActNorm after
+every coupling stands in for the paper's batch normalisation (which would couple the examples
+of a batch).
 
 Reference: Dinh, Sohl-Dickstein & Bengio, Density estimation using Real NVP (2016),
 https://arxiv.org/abs/1605.08803
@@ -42,7 +43,7 @@ def realnvp_stack(cfg: ModelConfig, shape: tuple[int, int, int]) -> MultiScaleSt
     scales, keeps = [], []
     for level in range(cfg.levels):
         last = level == cfg.levels - 1
-        layers = [LogitTransform(cfg.logit_alpha)] if level == 0 else []
+        layers = [LogitTransform(cfg.logit_alpha)] if cfg.uses_logit and level == 0 else []
         for j in range(cfg.steps + 1 if last else cfg.steps):
             layers += _coupling(cfg, CheckerboardPartition(c, flip=j % 2 == 1))
         if not last:
