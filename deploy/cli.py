@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -167,7 +168,7 @@ def _resolved_version(uri: str) -> str | None:
     if "@" in ref:
         name, alias = ref.split("@", 1)
         holder = champion_version(client_for(), name, alias)
-        return holder.version if holder else None
+        return str(holder.version) if holder else None
     return ref.split("/", 1)[1] if "/" in ref else None
 
 
@@ -186,15 +187,14 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if not rows:
         Console().print(f"no registered models in {uri}")
         return EXIT_OK
-    table = Table(title=f"registered models ({uri})")
-    for column in ("model", "version", "aliases", "test bpd", "dataset", "manifest", "decision",
-                   "run"):
-        table.add_column(column, justify="right" if column in ("version", "test bpd") else "left")
+    table = Table(title=f"registered models ({uri})", box=box.SIMPLE_HEAD)
+    for column in ("model", "v", "aliases", "test bpd", "dataset", "manifest", "decision"):
+        table.add_column(column, justify="right" if column in ("v", "test bpd") else "left",
+                         no_wrap=True)
     for row in rows:
         bpd = "" if row["test_bpd"] is None else f"{row['test_bpd']:.4f}"
         table.add_row(row["model"], str(row["version"]), ", ".join(row["aliases"]), bpd,
-                      row["dataset"], row["manifest_fingerprint"][:12], row["promotion"],
-                      row["run_id"][:12])
+                      row["dataset"], row["manifest_fingerprint"][:8], row["promotion"])
     Console().print(table)
     return EXIT_OK
 

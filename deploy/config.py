@@ -19,7 +19,7 @@ class EvaluateConfig(_Section):
     )
     k: int = Field(
         1, gt=0, le=10000, description="Dequantization noise draws per image for exact flows "
-        "(the bpd of each image is the bound of the k-sample average)."
+        "(the bpd of each image is averaged over the k draws: the same bound, less noise)."
     )
     iw_samples: int = Field(
         100, gt=0, le=100000, description="Importance samples K of the IWAE bound for VAE and "

@@ -2,8 +2,9 @@
 
 The model is logged "from code" (`deploy/pyfunc_model.py` is executed at load time), its
 artifacts are the bundle files (safetensors weights, `model_config.json`, `meta.json`: no
-pickle), and the `flows` and `deploy` packages travel with it as `code_paths`, so any process
-with MLflow, torch and safetensors can `mlflow.pyfunc.load_model("models:/NAME@champion")`.
+pickle), and the `flows` package and this module travel with it as `code_paths`, so any
+process with MLflow, torch, safetensors and pydantic can
+`mlflow.pyfunc.load_model("models:/NAME@champion")`.
 
 Request forms of `predict(model_input, params)` (and of `/invocations` on any server):
 
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow.pyfunc import PythonModel
 
 BUNDLE_FILES = ("model.safetensors", "model_config.json", "meta.json")
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -63,10 +65,9 @@ def check_images(x: Any, image_shape: tuple[int, int, int], n_bins: int, max_bat
         raise BadRequest(
             f"Expected integer levels (uint8) in [0, {n_bins}), got dtype {array.dtype}."
         )
-    expected = (-1, *image_shape)
     if array.ndim != 4 or tuple(array.shape[1:]) != tuple(image_shape):
         raise BadRequest(f"Expected shape [B, {', '.join(map(str, image_shape))}] "
-                         f"(B, C, H, W), got {list(array.shape)}; expected {list(expected)}.")
+                         f"(B, C, H, W), got {list(array.shape)}.")
     if not 1 <= array.shape[0] <= max_batch:
         raise BadRequest(f"Expected 1 to {max_batch} images per request, got {array.shape[0]}.")
     low, high = int(array.min()), int(array.max())
@@ -111,7 +112,7 @@ def score_levels(model: Any, x: Any, k: int = 1, seed: int | Any = 0) -> np.ndar
 
     device = next(model.parameters()).device
     generator = _generator(seed, device)
-    x = torch.as_tensor(np.asarray(x)).to(device)
+    x = (x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))).to(device)
     with torch.no_grad():
         if not model.exact:
             return model.bits_per_dim(x, k=k, generator=generator).double().cpu().numpy()
@@ -135,12 +136,6 @@ def _generator(seed: int | Any, device: Any):
     if isinstance(seed, torch.Generator):
         return seed
     return torch.Generator(device=device).manual_seed(int(seed))
-
-
-try:  # the base class lives in mlflow; keep this module importable for type checks without it
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover
-    PythonModel = object  # type: ignore[misc,assignment]
 
 
 class FlowPyfunc(PythonModel):
@@ -177,9 +172,13 @@ class FlowPyfunc(PythonModel):
     def n_bins(self) -> int:
         return int(self.model.config.n_bins)
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would
-        # try to derive a schema from them; the signature is given explicitly at logging
-        """Score (default) or sample; see the module docstring for the request forms."""
+    def predict(self, context: Any, model_input: np.ndarray,
+                params: dict[str, Any] | None = None) -> np.ndarray:
+        """Score (default) or sample; see the module docstring for the request forms.
+
+        (`np.ndarray` is a hint MLflow takes as is: no conversion; the explicit signature,
+        `signature_for`, describes the input.)
+        """
         from mlflow.exceptions import MlflowException
 
         try:
@@ -242,17 +241,18 @@ def stage_bundle(bundle_dir: Path, into: Path) -> Path:
 
 
 def stage_code(into: Path) -> list[str]:
-    """Copies of the `flows` and `deploy` packages (no caches) to ship as `code_paths`."""
-    import deploy
+    """Copies (no caches) of the `flows` package and of the part of `deploy` the model needs
+    at load time, to ship as `code_paths`."""
     import flows
 
-    paths = []
-    for package in (flows, deploy):
-        source = Path(package.__file__).parent
-        target = into / "code" / source.name
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        paths.append(str(target))
-    return paths
+    source = Path(flows.__file__).parent
+    shutil.copytree(source, into / "code" / "flows",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    package = into / "code" / "deploy"
+    package.mkdir(parents=True)
+    for name in ("__init__.py", "pyfunc.py"):
+        shutil.copy2(Path(__file__).with_name(name), package / name)
+    return [str(into / "code" / "flows"), str(package)]
 
 
 def log_bundle(bundle_dir: str | Path, limits: Limits = Limits(), name: str = ARTIFACT_PATH):

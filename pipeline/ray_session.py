@@ -20,4 +20,10 @@ def ensure_ray(cfg: RayConfig) -> None:
         ray.init(address=cfg.address, log_to_driver=True)
         return
     log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus or "all")
-    ray.init(num_cpus=cfg.num_cpus, include_dashboard=cfg.dashboard, log_to_driver=True)
+    # address="local": always a new local Ray, never a `ray start` cluster found on this machine
+    ray.init(
+        address="local",
+        num_cpus=cfg.num_cpus,
+        include_dashboard=cfg.dashboard,
+        log_to_driver=True,
+    )

@@ -8,6 +8,7 @@ and scores the first `deploy.smoke_images` test images through it. Serving itsel
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -21,6 +22,7 @@ def run(ctx: StageContext) -> StageOutputs:
     from deploy.images import save_level_grid
     from pipeline.tracking import absolute_tracking_uri
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # rich owns the console
     cfg = ctx.config.deploy
     promoted = ctx.inputs["promote"]
     tracking = absolute_tracking_uri(ctx.config.mlflow.tracking_uri)

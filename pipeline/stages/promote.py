@@ -7,6 +7,7 @@ pipelines finishing at once are serialised.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from pipeline.stages.base import StageContext, StageOutputs
@@ -16,6 +17,7 @@ def run(ctx: StageContext) -> StageOutputs:
     from deploy.registry import Candidate, model_name_for, register_and_promote
     from pipeline.tracking import absolute_tracking_uri, ensure_experiment
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # rich owns the console
     evaluated = ctx.inputs["evaluate"]
     meta = _bundle_meta(evaluated["model_dir"])
     candidate = Candidate(

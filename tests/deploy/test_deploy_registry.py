@@ -66,27 +66,35 @@ def test_other_test_split_is_not_comparable(client, logged):
 
 
 def _race(uri: str, client, logged, name: str) -> tuple[str, str]:
-    """Two pipelines: A (worse, registered first) reads the champion, stalls, then writes;
-    B (better) promotes meanwhile. Returns the final champion version."""
+    """Two pipelines finish at once: A (worse, registered first) reads the champion, then
+    stalls before writing while B (better) promotes. Returns (final champion, B's version).
+
+    A stalls until B is done, or 1.5 s when B cannot finish first (B waits for A's turn)."""
     reg.promote(client, name, _register(client, name, logged, 4.0))
     a = _register(client, name, logged, 3.0)
     b = _register(client, name, logged, 2.0)
-    errors = []
+    a_has_read, b_done, errors = threading.Event(), threading.Event(), []
 
-    def pipeline(version: str, after_read=None) -> None:
+    def stall() -> None:
+        a_has_read.set()
+        b_done.wait(1.5)
+
+    def pipeline(version: str, after_read=None, done=None) -> None:
         try:
-            reg.promote(reg.client_for(uri), name, version, poll_s=0.05,
-                        after_read=after_read)
+            reg.promote(reg.client_for(uri), name, version, poll_s=0.05, after_read=after_read)
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
+        finally:
+            if done is not None:
+                done.set()
 
-    threads = [threading.Thread(target=pipeline, args=(a, lambda: time.sleep(1.0))),
-               threading.Thread(target=pipeline, args=(b,))]
-    threads[0].start()
-    time.sleep(0.3)  # A has read the champion (v1) and stalls before writing
-    threads[1].start()
-    for t in threads:
-        t.join(30)
+    first = threading.Thread(target=pipeline, args=(a, stall))
+    second = threading.Thread(target=pipeline, args=(b, None, b_done))
+    first.start()
+    assert a_has_read.wait(30), "A never read the champion"
+    second.start()
+    for t in (first, second):
+        t.join(60)
     assert not errors, errors
     return str(client.get_model_version_by_alias(name, "champion").version), b
 

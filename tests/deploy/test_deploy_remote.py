@@ -13,7 +13,13 @@ from helpers import VENV_BIN
 from deploy import cli
 from deploy.config import PromoteConfig
 from deploy.pyfunc import score_levels
-from deploy.registry import Candidate, client_for, register_and_promote
+from deploy.registry import (
+    Candidate,
+    client_for,
+    promote,
+    register_and_promote,
+    register_version,
+)
 
 NAME = "remote-glow"
 
@@ -45,10 +51,14 @@ def test_register_promote_pull_over_http(tracking_server, bundle, model, test_im
         uri, NAME, bundle, Candidate(3.0, "digits", manifest.fingerprint, runs[0], "glow"), cfg)
     assert first.promoted and first.champion_version == "1"
     assert version_uri == f"models:/{NAME}/1"
-    worse, _ = register_and_promote(
-        uri, NAME, bundle, Candidate(3.2, "digits", manifest.fingerprint, runs[1], "glow"), cfg)
+    # a second pipeline's worse model (the same logged files, registered from its own run)
+    logged = client.get_model_version(NAME, "1")
+    second = register_version(client, NAME, logged.source, Candidate(
+        3.2, "digits", manifest.fingerprint, runs[1], "glow"), logged.source.split("/")[-1])
+    worse = promote(client, NAME, second.version, cfg.margin)
     assert not worse.promoted and worse.champion_version == "1"
 
+    capsys.readouterr()  # MLflow prints "View run … at …" links when a run ends
     assert cli.main(["models", "list", "--tracking-uri", uri, "--name", NAME, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["version"], r["aliases"], r["promotion"]) for r in rows] == [

@@ -1,0 +1,157 @@
+"""evaluate -> promote -> deploy stages on a real model bundle, real shards and real MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from deploy_helpers import new_run
+from pydantic import ValidationError
+from rich.console import Console
+
+from deploy.config import DeployConfig, EvaluateConfig, PromoteConfig
+from pipeline.config import validate
+from pipeline.stages import deploy as deploy_stage
+from pipeline.stages import evaluate, promote
+from pipeline.stages.base import StageContext
+
+
+@pytest.fixture(scope="module")
+def pipeline_cfg(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stages")
+    return validate({
+        "name": "digits",
+        "workdir": str(tmp / "work"),
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "stages",
+                   "artifact_root": str(tmp / "artifacts")},
+        "evaluate": {"batch_size": 100, "k": 2, "grid_samples": 4, "temperatures": [1.0, 0.5]},
+        "promote": {"margin": 0.01, "max_samples": 8, "max_batch": 64},
+        "deploy": {"smoke_samples": 4, "smoke_images": 10},
+    })
+
+
+@pytest.fixture(scope="module")
+def train_run(pipeline_cfg) -> str:
+    from pipeline.tracking import ensure_experiment
+
+    experiment = ensure_experiment(pipeline_cfg.mlflow)
+    return new_run(pipeline_cfg.mlflow.tracking_uri, experiment)
+
+
+def _ctx(cfg, stage: str, inputs: dict) -> StageContext:
+    stage_dir = Path(cfg.workdir) / stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    return StageContext(cfg, stage_dir, inputs, Console(quiet=True))
+
+
+@pytest.fixture(scope="module")
+def evaluated(pipeline_cfg, train_run, bundle, manifest):
+    inputs = {"data_prep": {"manifest": str(manifest.path),
+                            "manifest_fingerprint": manifest.fingerprint},
+              "train": {"model_dir": str(bundle), "run_id": train_run, "test_bpd": 9.9}}
+    return evaluate.run(_ctx(pipeline_cfg, "evaluate", inputs)), inputs
+
+
+def test_evaluate_scores_the_whole_test_split_and_logs_to_the_run(evaluated, pipeline_cfg,
+                                                                  model, manifest, train_run):
+    import mlflow
+    import torch
+
+    from data_prep import make_loader
+
+    out, inputs = evaluated
+    assert out["run_id"] == train_run and out["manifest_fingerprint"] == manifest.fingerprint
+    assert out["source"] == "train" and out["k"] == 2 and out["family"] == "glow"
+    # an independent pass over every test image (other batching, other noise): same bound
+    x = torch.cat([x for x, _ in make_loader(manifest, "test", 512, mode="eval")])
+    assert len(x) == manifest.split("test").count
+    with torch.no_grad():
+        reference = float(model.bits_per_dim(x, generator=torch.Generator().manual_seed(1))
+                          .double().mean())
+    assert out["test_bpd"] == pytest.approx(reference, abs=0.02)
+    # fixed seed: a second evaluation gives the identical number
+    again = evaluate.run(_ctx(pipeline_cfg, "evaluate-again", inputs))
+    assert again["test_bpd"] == out["test_bpd"]
+
+    run = mlflow.MlflowClient(pipeline_cfg.mlflow.tracking_uri).get_run(train_run)
+    assert run.data.metrics["eval_test_bpd"] == pytest.approx(out["test_bpd"])
+    assert run.data.metrics["eval_test_images"] == manifest.split("test").count
+    logged = {Path(a.path).name for a in mlflow.MlflowClient(
+        pipeline_cfg.mlflow.tracking_uri).list_artifacts(train_run, "evaluate")}
+    assert logged == {"evaluation.json", "samples_T1.png", "samples_T0.5.png"}
+    assert all(Path(p).exists() for p in out["sample_grids"])
+
+
+def test_promote_then_deploy_pull_the_champion(evaluated, pipeline_cfg):
+    out, _ = evaluated
+    first = promote.run(_ctx(pipeline_cfg, "promote", {"evaluate": out}))
+    assert first["model_name"] == "digits-glow" and first["promoted"]
+    assert first["champion_version"] == first["version"] == "1"
+
+    worse = {**out, "test_bpd": out["test_bpd"] + 0.005}  # within the 0.01 margin
+    second = promote.run(_ctx(pipeline_cfg, "promote", {"evaluate": worse}))
+    assert not second["promoted"] and second["champion_version"] == "1"
+    assert "does not beat champion v1" in second["reason"]
+
+    deployed = deploy_stage.run(_ctx(pipeline_cfg, "deploy", {"promote": second}))
+    assert deployed["model_uri"] == "models:/digits-glow@champion" and deployed["version"] == "1"
+    assert Path(deployed["sample_grid"]).stat().st_size > 0
+    scores = json.loads(Path(deployed["scores"]).read_text())
+    assert scores["count"] == 10 and np.isfinite(scores["bpd"]).all()
+
+
+def test_evaluate_prefers_the_better_tuned_model():
+    train = {"model_dir": "a", "run_id": "r1", "test_bpd": 3.0}
+    tuned = {"model_dir": "b", "run_id": "r2", "best_test_bpd": 2.9}
+    assert evaluate.pick_model({"train": train, "tune": tuned})["model_dir"] == "b"
+    assert evaluate.pick_model({"train": train, "tune": {**tuned, "best_test_bpd": 3.1}}
+                               )["model_dir"] == "a"
+    assert evaluate.pick_model({"train": train})["run_id"] == "r1"
+
+
+@pytest.mark.parametrize("model, raw", [
+    (EvaluateConfig, {"temperatures": [0.0]}),
+    (EvaluateConfig, {"k": 0}),
+    (EvaluateConfig, {"device": "tpu"}),
+    (EvaluateConfig, {"batchsize": 3}),
+    (PromoteConfig, {"margin": -0.1}),
+    (PromoteConfig, {"max_samples": 0}),
+    (DeployConfig, {"port": 70000}),
+    (DeployConfig, {"alias": ""}),
+])
+def test_configs_reject_bad_values(model, raw):
+    with pytest.raises(ValidationError):
+        model.model_validate(raw)
+
+
+def test_configs_are_frozen_and_documented():
+    for model in (EvaluateConfig, PromoteConfig, DeployConfig):
+        assert all(field.description for field in model.model_fields.values()), model
+        with pytest.raises(ValidationError):
+            setattr(model(), next(iter(model.model_fields)), None)
+    assert DeployConfig().host == "127.0.0.1"
+
+
+def test_evaluate_reports_the_iwae_bound_for_a_vae(pipeline_cfg, train_run, manifest, tmp_path):
+    import mlflow
+
+    from flows import ModelConfig, build_model
+    from flows.io import save_model
+
+    vae = build_model(ModelConfig(name="vae", image_shape=(1, 8, 8), n_bins=17, levels=1,
+                                  hidden=8, latent_dim=4, res_blocks=1))
+    save_model(vae.eval(), tmp_path / "vae", {"dataset": "digits"})
+    cfg = pipeline_cfg.model_copy(
+        update={"evaluate": pipeline_cfg.evaluate.model_copy(update={"iw_samples": 8})})
+    run_id = new_run(cfg.mlflow.tracking_uri,
+                     mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(train_run)
+                     .info.experiment_id)
+    inputs = {"data_prep": {"manifest": str(manifest.path)},
+              "train": {"model_dir": str(tmp_path / "vae"), "run_id": run_id, "test_bpd": 9.0}}
+    out = evaluate.run(_ctx(cfg, "evaluate-vae", inputs))
+    assert out["k"] == 8 and out["family"] == "vae"
+    metrics = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(run_id).data.metrics
+    assert metrics["eval_test_bpd"] == pytest.approx(out["test_bpd"])
+    assert metrics["eval_test_bpd_elbo"] >= out["test_bpd"] - 0.01  # IWAE: at least as tight
