@@ -23,7 +23,14 @@ import difflib
 from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from pipeline.train.config import TrainConfig
 
@@ -89,6 +96,11 @@ class ParamDistribution(BaseModel):
             raise ValueError(f"randint needs lo <= hi, got {list(value)}")
         return self
 
+    @model_serializer
+    def _compact(self) -> dict[str, list[Any]]:
+        """Only the distribution given: {'choice': [1, 2]} (also what the stage hash sees)."""
+        return {self.kind: list(self.args)}
+
     @property
     def kind(self) -> str:
         return next(name for name in DISTRIBUTIONS if getattr(self, name) is not None)
@@ -128,8 +140,8 @@ class TuneConfig(BaseModel):
         description="Search space: dotted path inside `train:` (model.levels, model.steps, "
         "model.coupling, model.hidden, model.name, optim.lr, …) -> distribution "
         "({choice: [...]}, {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi]} "
-        "inclusive; a bare list is a choice; null removes a parameter). Everything not in the "
-        "space comes from `train:`.",
+        "inclusive; a bare list is a choice; null removes a parameter). A space given replaces "
+        "this default one. Everything not in the space comes from `train:`.",
     )
     num_samples: int = Field(4, gt=0, description="Number of trials (configurations sampled).")
     metric: Literal["test_bpd", "train_bpd"] = Field(

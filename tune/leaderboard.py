@@ -135,7 +135,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.3g}"
     return str(value)
 
 
@@ -145,6 +145,7 @@ def plot_curves(rows: list[TrialRow], path: Path, metric: str, mode: str) -> Pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for rank, row in enumerate(rows):
@@ -160,6 +161,7 @@ def plot_curves(rows: list[TrialRow], path: Path, metric: str, mode: str) -> Pat
             label=label[:60],
         )
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{metric} (bits/dim)" if "bpd" in metric else metric)
     ax.set_title(f"sweep: {metric} per epoch ({'lower' if mode == 'min' else 'higher'} is better)")
     ax.grid(alpha=0.3)
@@ -173,24 +175,28 @@ def plot_curves(rows: list[TrialRow], path: Path, metric: str, mode: str) -> Pat
 
 def leaderboard_table(rows: list[TrialRow], metric: str, mode: str, title: str) -> Table:
     """The final leaderboard for the console: compact, best first (full names in the CSV)."""
-    table = Table(title=title, title_justify="left")
+    better = "lower" if mode == "min" else "higher"
+    table = Table(
+        title=f"{title}, {metric} {better} is better", title_justify="left", box=None,
+        pad_edge=False, padding=(0, 1, 0, 0), header_style="bold underline",
+    )
     params = _columns(rows)
     short = {path: path.rsplit(".", 1)[-1] for path in params}
     if len(set(short.values())) < len(short):
         short = {path: path for path in params}
-    for column in ("#", "trial", "status", "epochs", metric, "@epoch", *short.values(), "params"):
-        table.add_column(column, justify="left" if column in ("trial", "status") else "right")
+    for column in ("#", "trial", "status", "epochs", "best@epoch", *short.values(), "params"):
+        justify = "left" if column in ("trial", "status") else "right"
+        table.add_column(column, justify=justify, no_wrap=True)
     styles = {"completed": "green", "stopped early": "yellow", "error": "red"}
     for rank, row in enumerate(rows, start=1):
         best_epoch, best = row.best(mode)
-        status = {"stopped early": "stopped"}.get(row.status, row.status)
+        status = {"stopped early": "stopped", "completed": "done"}.get(row.status, row.status)
         table.add_row(
             str(rank),
             row.trial_id.rsplit("_", 1)[-1],
             f"[{styles.get(row.status, 'dim')}]{status}[/]",
             str(row.epochs),
-            f"{best:.4f}" if math.isfinite(best) else "",
-            str(best_epoch),
+            f"{best:.4f}@{best_epoch}" if math.isfinite(best) else "",
             *(_cell(row.overrides.get(path)) for path in params),
             _cell(row.n_params),
             style="bold" if rank == 1 else None,

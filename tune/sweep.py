@@ -14,13 +14,8 @@ trials are not run again, unfinished and errored ones resume from their last che
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
-import shutil
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,36 +27,15 @@ from pipeline.train.config import TrainConfig
 from pipeline.train.tracker import flatten, git_commit
 from tune import progress
 from tune.config import TuneConfig
-from tune.leaderboard import TrialRow, collect_rows, leaderboard_table, write_leaderboard
-from tune.space import SearchSpaceError, to_tune_space, trial_train_config, validate_space
-from tune.tracking import MlflowTrialLogger, client, log_params, open_parent
+from tune.results import Sweep, SweepResult, summarize
+from tune.space import SearchSpaceError, to_tune_space, validate_space
+from tune.tracking import MlflowTrialLogger, client, open_parent
 from tune.trial import TrialSetup, run_trial
 
-MODEL_DIR = "model"
 _QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # the new engine prints its header even at verbose=0
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # every epoch saves
 }
-LEADERBOARD_DIR = "leaderboard"
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    """What a finished sweep leaves (JSON-friendly via `asdict`)."""
-
-    name: str
-    experiment_path: str
-    best_trial_id: str
-    best_config: dict[str, Any]  # the best trial's overrides (dotted path -> value)
-    best_test_bpd: float  # the best trial's best reported metric
-    best_epoch: int
-    checkpoint: str  # the best trial's checkpoint folder with that metric
-    model_dir: str  # flows model bundle exported from that checkpoint
-    run_id: str  # the best trial's MLflow child run
-    parent_run_id: str
-    trials: int
-    stopped_early: int
-    trial_epochs: int  # epochs trained over all trials (the sweep's cost)
 
 
 def sweep_name(pipeline_name: str, fingerprint: str) -> str:
@@ -130,11 +104,14 @@ def make_scheduler(cfg: TuneConfig):
 
     if cfg.scheduler == "fifo":
         return FIFOScheduler()
+    # Rungs at grace·rf^k epochs strictly below max_t: a trial that reaches max_t ends by
+    # itself (stop_last_trials=False) rather than being stopped at its last epoch.
     return ASHAScheduler(
         time_attr="epoch",
-        max_t=cfg.max_t,
+        max_t=max(cfg.grace_period, cfg.max_t - 1),
         grace_period=cfg.grace_period,
         reduction_factor=cfg.reduction_factor,
+        stop_last_trials=False,
     )
 
 
@@ -208,52 +185,44 @@ def run_sweep(
     experiment_id = ensure_experiment(cfg.mlflow)
     parent = open_parent(tracking_uri, experiment_id, name, _parent_params(cfg),
                          _parent_tags(cfg, manifest))
-    storage = storage_root(cfg, out_dir)
+    sweep = Sweep(cfg, name, storage_root(cfg, out_dir), out_dir, manifest, tracking_uri,
+                  experiment_id, parent, console)
     setup = TrialSetup(
         tune=cfg.tune.model_dump(mode="json"),
         train=cfg.train.model_dump(mode="json"),
         manifest_path=str(Path(manifest_path).resolve()),
         bundle_meta={"manifest_fingerprint": manifest.fingerprint, "dataset": manifest.dataset,
                      "sweep": name, "parent_run_id": parent},
-        train_storage=str(storage / name / "train_runs"),
+        train_storage=str(sweep.train_runs),
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup), trial_resources(cfg.tune, cfg.train)
     )
     progress.use_console(console)
     try:
-        grid = _fit(trainable, cfg, name, storage, concurrency, tracking_uri, experiment_id,
-                    parent, manifest, console)
-        result = summarize(grid, cfg, name, storage, out_dir, manifest, tracking_uri,
-                           experiment_id, parent, console)
-    except BaseException:
+        return summarize(_fit(sweep, trainable, concurrency), sweep)
+    except BaseException as err:
         progress.stop_live()
-        client(tracking_uri).set_terminated(parent, status="FAILED")
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        client(tracking_uri).set_terminated(parent, status=status)
         raise
-    return result
 
 
-def _fit(trainable, cfg, name, storage, concurrency, tracking_uri, experiment_id, parent,
-         manifest, console):
+def _fit(sweep: Sweep, trainable, concurrency: int):
+    """Restore the sweep's Tune experiment when one is on disk, else start it; run it."""
     from ray import tune
 
-    exp_dir = storage / name
-    if tune.Tuner.can_restore(str(exp_dir)):
-        console.print(f"    resuming sweep {name} from {exp_dir}")
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+    cfg = sweep.cfg
+    if tune.Tuner.can_restore(str(sweep.exp_dir)):
+        sweep.console.print(f"    resuming sweep {sweep.name} from {sweep.exp_dir}")
+        tuner = tune.Tuner.restore(str(sweep.exp_dir), trainable=trainable, resume_errored=True)
     else:
-        callbacks = [
-            MlflowTrialLogger(tracking_uri, experiment_id, parent, name,
-                              cfg.tune.model_dump(mode="json"), cfg.train.model_dump(mode="json"),
-                              tuple(manifest.image_shape), manifest.n_bins),
-            progress.LiveTrialTable(cfg.tune.metric, cfg.tune.mode, cfg.tune.max_t,
-                                    list(cfg.tune.space)),
-        ]
-        console.print(
-            f"    sweep {name}: {cfg.tune.num_samples} trials, {cfg.tune.scheduler}, "
-            f"{cfg.tune.search} search, {concurrency} at once → {exp_dir}"
+        sweep.console.print(
+            f"    sweep {sweep.name}: {cfg.tune.num_samples} trials, {cfg.tune.scheduler}, "
+            f"{cfg.tune.search} search, {concurrency} at once → {sweep.exp_dir}"
         )
-        tuner = build_tuner(trainable, cfg, name, storage, concurrency, callbacks)
+        tuner = build_tuner(trainable, cfg, sweep.name, sweep.storage, concurrency,
+                            _callbacks(sweep))
     with quiet_tune():
         return tuner.fit()
 
@@ -271,6 +240,21 @@ def quiet_tune() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _callbacks(sweep: Sweep) -> list:
+    """Driver-side Tune callbacks: MLflow child runs (the only writer) and the live table."""
+    cfg = sweep.cfg
+    logger = MlflowTrialLogger(
+        sweep.tracking_uri, sweep.experiment_id, sweep.parent_run_id, sweep.name,
+        cfg.tune.model_dump(mode="json"), cfg.train.model_dump(mode="json"),
+        tuple(sweep.manifest.image_shape), sweep.manifest.n_bins,
+    )
+    if not cfg.tune.verbose:
+        return [logger]
+    live = progress.LiveTrialTable(cfg.tune.metric, cfg.tune.mode, cfg.tune.max_t,
+                                   list(cfg.tune.space))
+    return [logger, live]
 
 
 def _cluster_cpus() -> float:
@@ -300,137 +284,3 @@ def _parent_tags(cfg: PipelineConfig, manifest: Manifest) -> dict[str, str]:
     return tags
 
 
-# --- after the fit ---
-def trial_checkpoints(result, train_runs: Path, metric: str) -> list[tuple[str, float]]:
-    """(folder, metric) of a trial's kept checkpoints.
-
-    In-process trials report their checkpoints to Tune; TorchTrainer trials keep them in
-    their Train run (`train_runs/trial-{id}`), each with the model bundle's meta.json.
-    """
-    kept = [
-        (ckpt.path, float(metrics[metric]))
-        for ckpt, metrics in (result.best_checkpoints or [])
-        if metric in metrics
-    ]
-    if kept:
-        return kept
-    trial_id = (result.metrics or {}).get("trial_id")
-    found = []
-    run_dir = train_runs / f"trial-{trial_id}"
-    for meta_path in sorted(run_dir.glob("checkpoint_*/model/meta.json")):
-        meta = json.loads(meta_path.read_text())
-        if metric in meta:
-            found.append((str(meta_path.parent.parent), float(meta[metric])))
-    return found
-
-
-def pick_best(grid, train_runs: Path, metric: str, mode: str) -> tuple[str, str, float]:
-    """(trial_id, checkpoint folder, metric) of the best checkpoint of any non-failed trial."""
-    sign = 1.0 if mode == "min" else -1.0
-    best: tuple[str, str, float] | None = None
-    for result in grid:
-        if result.error is not None:
-            continue
-        trial_id = (result.metrics or {}).get("trial_id")
-        for path, value in trial_checkpoints(result, train_runs, metric):
-            if math.isfinite(value) and (best is None or sign * value < sign * best[2]):
-                best = (trial_id, path, value)
-    if best is None:
-        errors = [str(r.error).splitlines()[0][:200] for r in grid if r.error is not None]
-        raise RuntimeError(
-            f"no trial of the sweep produced a checkpoint with a finite {metric}"
-            + (f"; {len(errors)} trial(s) failed, e.g. {errors[0]}" if errors else "")
-        )
-    return best
-
-
-def export_model(checkpoint: str, out_dir: Path, meta: dict[str, Any]) -> Path:
-    """The checkpoint's model bundle re-saved (flows.io) with the sweep's meta."""
-    from flows.io import load_meta, load_model, save_model
-    from pipeline.train.checkpoint import model_bundle
-
-    source = model_bundle(Path(checkpoint))
-    target = out_dir / MODEL_DIR
-    if target.exists():
-        shutil.rmtree(target)
-    save_model(load_model(source), target, {**load_meta(source), **meta})
-    return target
-
-
-def summarize(grid, cfg: PipelineConfig, name: str, storage: Path, out_dir: Path,
-              manifest: Manifest, tracking_uri: str, experiment_id: str, parent: str,
-              console: Console) -> SweepResult:
-    """Best trial, model bundle, leaderboard on the parent run; close the parent run."""
-    tune_cfg = cfg.tune
-    trial_id, checkpoint, value = pick_best(grid, storage / name / "train_runs",
-                                            tune_cfg.metric, tune_cfg.mode)
-    rows = collect_rows(tracking_uri, experiment_id, parent, tune_cfg.metric, tune_cfg.mode)
-    best_row = next(row for row in rows if row.trial_id == trial_id)
-    best_epoch = int(json.loads((Path(checkpoint) / "model" / "meta.json").read_text())["epoch"])
-    train = trial_train_config(cfg.train, best_row.overrides, tune_cfg)
-    model_dir = export_model(checkpoint, out_dir, {
-        "source": "tune", "sweep": name, "trial_id": trial_id, "run_id": best_row.run_id,
-        "parent_run_id": parent, "manifest_fingerprint": manifest.fingerprint,
-        "dataset": manifest.dataset, "best_config": best_row.overrides,
-        tune_cfg.metric: value, "epoch": best_epoch, "train_config": train.model_dump(mode="json"),
-    })
-    result = SweepResult(
-        name=name,
-        experiment_path=str(storage / name),
-        best_trial_id=trial_id,
-        best_config=best_row.overrides,
-        best_test_bpd=value,
-        best_epoch=best_epoch,
-        checkpoint=str(checkpoint),
-        model_dir=str(model_dir),
-        run_id=best_row.run_id,
-        parent_run_id=parent,
-        trials=len(rows),
-        stopped_early=sum(row.status == "stopped early" for row in rows),
-        trial_epochs=sum(row.epochs for row in rows),
-    )
-    _log_to_parent(result, rows, cfg, out_dir, tracking_uri)
-    console.print(leaderboard_table(rows, tune_cfg.metric, tune_cfg.mode,
-                                    f"leaderboard: {name} ({result.trial_epochs} trial-epochs)"))
-    return result
-
-
-def _log_to_parent(result: SweepResult, rows: list[TrialRow], cfg: PipelineConfig,
-                   out_dir: Path, tracking_uri: str) -> None:
-    from mlflow.entities import Metric
-
-    metric, mode = cfg.tune.metric, cfg.tune.mode
-    board_dir = out_dir / LEADERBOARD_DIR
-    files = write_leaderboard(rows, board_dir, metric, mode)
-    best_file = board_dir / "best_config.json"
-    train = trial_train_config(cfg.train, result.best_config, cfg.tune)
-    best_file.write_text(json.dumps({
-        "trial_id": result.best_trial_id, "run_id": result.run_id,
-        "overrides": result.best_config, metric: result.best_test_bpd,
-        "epoch": result.best_epoch, "train": train.model_dump(mode="json"),
-    }, indent=2, sort_keys=True))
-    mlflow = client(tracking_uri)
-    for path in [*files, best_file]:
-        mlflow.log_artifact(result.parent_run_id, str(path), LEADERBOARD_DIR)
-    existing = mlflow.get_run(result.parent_run_id).data.params
-    best_params = {f"best.{k}": v for k, v in result.best_config.items()
-                   if f"best.{k}" not in existing}
-    log_params(result.parent_run_id, tracking_uri, best_params)
-    now = int(time.time() * 1000)
-    mlflow.log_batch(result.parent_run_id, metrics=[
-        Metric(f"best_{metric}", result.best_test_bpd, now, 0),
-        Metric("trials", result.trials, now, 0),
-        Metric("stopped_early", result.stopped_early, now, 0),
-        Metric("trial_epochs", result.trial_epochs, now, 0),
-    ])
-    for key, value in {"nfpipe.best_run_id": result.run_id,
-                       "nfpipe.best_trial": result.best_trial_id}.items():
-        mlflow.set_tag(result.parent_run_id, key, value)
-    mlflow.set_terminated(result.parent_run_id, status="FINISHED")
-
-
-def as_outputs(result: SweepResult, manifest: Manifest) -> dict[str, Any]:
-    """The stage's outputs (docs/contracts.md), JSON-friendly."""
-    outputs = asdict(result)
-    outputs["manifest_fingerprint"] = manifest.fingerprint
-    return outputs

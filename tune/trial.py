@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,39 +88,24 @@ def report_to_tune(metrics: Metrics, checkpoint_dir: Path | None) -> None:
     checkpoint = (
         ray.tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
     )
-    ray.tune.report(dict(metrics), checkpoint=checkpoint)
+    try:
+        ray.tune.report(dict(metrics), checkpoint=checkpoint)
+    except SystemExit:
+        # The scheduler stopped this trial while its (daemon) thread waited in report. Unwinding
+        # now would free torch tensors while the actor's interpreter shuts down, which aborts
+        # the process inside torch's GIL handling; instead the thread parks until the exit.
+        threading.Event().wait()
 
 
 def _train_with_trainer(train: TrainConfig, job: TrainJob, storage: Path, name: str) -> None:
-    """A data-parallel Train run as the trial (a Tune trial driver holding 1 bundle)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    """A data-parallel Train run as the trial; this function is its driver (1 Tune bundle)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.train.distributed import SCORE, scaling_config, train_worker
+    from pipeline.train.distributed import build_trainer
     from pipeline.train.loop import NonFiniteLossError
 
     _record_attempt(job.run_dir, None)
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"train": train.model_dump(mode="json"), "job": asdict(job)},
-        scaling_config=scaling_config(train.scaling),
-        torch_config=TorchConfig(
-            backend="nccl" if train.scaling.use_gpu else "gloo",
-            timeout_s=train.collective_timeout_s,
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=train.max_failures),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=train.checkpoints_keep,
-                checkpoint_score_attribute=SCORE,
-                checkpoint_score_order="min",
-            ),
-            callbacks=[TuneReportCallback()],
-        ),
-    )
+    trainer = build_trainer(train, job, storage, name, callbacks=[TuneReportCallback()])
     summary = trainer.fit().return_value or {}
     if summary.get("status") == "nonfinite":
         raise NonFiniteLossError(summary["message"])

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from data_prep import Manifest
 from pipeline.stages.base import StageContext, StageOutputs
-from tune.sweep import as_outputs, run_sweep, sweep_name
+from tune.results import as_outputs
+from tune.sweep import run_sweep, sweep_name
 
 
 def run(ctx: StageContext) -> StageOutputs:

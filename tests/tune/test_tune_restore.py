@@ -1,0 +1,120 @@
+"""A sweep whose driver is killed (SIGKILL) after a trial finished resumes with Tuner.restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import subprocess_env, wait_until
+from mlflow import MlflowClient
+from rich.console import Console
+from tune_helpers import pipeline_dict
+
+from pipeline.config import validate
+from tune.sweep import run_sweep
+from tune.trial import read_attempts
+
+NAME = "restore-test"
+MAX_T = 3
+TUNE = {
+    "space": {"model.coupling": ["affine", "additive"], "optim.lr": {"loguniform": [1e-3, 3e-3]}},
+    "num_samples": 3,
+    "scheduler": "fifo",
+    "max_t": MAX_T,
+    "max_concurrent_trials": 1,
+    "verbose": False,
+}
+CHILD = """
+import json, os, sys
+import ray
+from rich.console import Console
+from pipeline.config import validate
+from tune.sweep import run_sweep
+cfg = validate(json.loads(os.environ["SWEEP_CFG"]))
+ray.init(address=os.environ["SWEEP_GCS"], log_to_driver=False)
+run_sweep(cfg, sys.argv[1], sys.argv[2], sys.argv[3], Console(quiet=True))
+"""
+
+
+def trial_states(exp_dir: Path) -> dict[str, tuple[str, dict]]:
+    """trial id -> (status, last result) from Tune's saved experiment state."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    try:
+        data = json.loads(states[-1].read_text()) if states else {"trial_data": []}
+    except json.JSONDecodeError:
+        return {}
+    trials = {}
+    for trial_json, runtime_json in data["trial_data"]:
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        trials[trial["trial_id"]] = (trial["status"], runtime.get("last_result") or {})
+    return trials
+
+
+def finished_one_and_checkpointed_another(exp_dir: Path) -> bool:
+    statuses = trial_states(exp_dir).values()
+    return any(s == "TERMINATED" for s, _ in statuses) and any(
+        s == "RUNNING" and r.get("checkpoint_dir_name") for s, r in statuses
+    )
+
+
+def test_killed_sweep_resumes_and_does_not_rerun_finished_trials(
+    ray_local, tmp_path, shards_root, manifest_path
+):
+    cfg = validate(pipeline_dict(tmp_path, shards_root, TUNE))
+    out = tmp_path / "out"
+    exp_dir = out / "ray_results" / NAME
+    env = subprocess_env(
+        SWEEP_CFG=cfg.model_dump_json(),
+        SWEEP_GCS=ray_local.get_runtime_context().gcs_address,
+        TUNE_GLOBAL_CHECKPOINT_S="0",  # save the experiment state at every step
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(manifest_path), str(out), NAME],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(
+            lambda: finished_one_and_checkpointed_another(exp_dir) or driver.poll() is not None,
+            180, "a finished trial and a checkpointed running one",
+        )
+        assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+        at_kill = trial_states(exp_dir)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the whole driver, as a crash would
+        driver.wait(30)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment_id = client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
+    finished_before = [
+        f"trial_{r.data.tags['nfpipe.tune_trial']}"
+        for r in client.search_runs([experiment_id], "tags.`nfpipe.role` = 'trial'")
+        if r.info.status == "FINISHED"
+    ]
+    assert finished_before, "no trial had finished before the kill"
+
+    result = run_sweep(cfg, manifest_path, out, NAME, Console(quiet=True))
+
+    attempts = {d.name: read_attempts(d) for d in exp_dir.glob("trial_*")}
+    assert len(attempts) == TUNE["num_samples"]
+    for done in finished_before:
+        assert len(attempts[done]) == 1, f"{done} was run again: {attempts}"
+    interrupted = {f"trial_{tid}": last["epoch"] for tid, (status, last) in at_kill.items()
+                   if status == "RUNNING" and last.get("checkpoint_dir_name")}
+    assert interrupted
+    for name, epoch in interrupted.items():  # resumed from its checkpoint, not from scratch
+        assert [a["start_epoch"] for a in attempts[name]][0] == 0
+        assert attempts[name][-1]["start_epoch"] >= epoch >= 1, attempts[name]
+    runs = client.search_runs([experiment_id])
+    parents = [r for r in runs if r.data.tags.get("nfpipe.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("nfpipe.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.run_id == result.parent_run_id
+    assert len(children) == TUNE["num_samples"]
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "test_bpd")]
+        assert sorted(steps) == list(range(1, MAX_T + 1)), steps  # no epoch logged twice
+        assert child.info.status == "FINISHED"
+    assert result.trial_epochs == TUNE["num_samples"] * MAX_T
+    assert Path(result.model_dir, "model.safetensors").exists()

@@ -1,0 +1,40 @@
+"""Helpers of the tune tests: tiny trial settings and pipeline files with absolute paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Every sweep in these tests trains tiny Glows (hidden 8) on digits for a few epochs.
+TINY_TRAIN: dict[str, Any] = {
+    "model": {"name": "glow", "hidden": 8, "levels": 1, "steps": 1},
+    "batch_size": 64,
+    "optim": {"warmup_steps": 10},
+    "sample_n": 16,
+    "sample_temperatures": [1.0],
+    "checkpoints_keep": 1,
+}
+
+
+def pipeline_dict(workdir: Path, shards_root: Path, tune: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline with absolute paths (workdir, MLflow store, shards) and the tiny trials."""
+    return {
+        "name": "tunetest",
+        "workdir": str(workdir / "work"),
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
+            "artifact_root": str(workdir / "mlartifacts"),
+        },
+        "data_prep": {"dataset": "digits", "output_root": str(shards_root)},
+        "train": TINY_TRAIN,
+        "tune": tune,
+    }
+
+
+def write_pipeline(workdir: Path, shards_root: Path, tune: dict[str, Any]) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline_dict(workdir, shards_root, tune)))
+    return path
