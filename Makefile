@@ -7,13 +7,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.nfpipe-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: run test lint bench lock clean
+.PHONY: run test docs lint bench lock clean
 
 run: $(STAMP)
 	$(BIN)/nfpipe run $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
+
+docs: $(STAMP)
+	$(BIN)/nfpipe config reference --update README.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

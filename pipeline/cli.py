@@ -117,6 +117,10 @@ def add_config_command(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(show)
     show.set_defaults(func=cmd_config_show)
     reference = config_sub.add_parser("reference", help="print every key as Markdown")
+    reference.add_argument(
+        "--update", type=Path, default=None, metavar="README",
+        help="rewrite the reference block of this file instead of printing",
+    )
     reference.set_defaults(func=cmd_config_reference)
 
 
@@ -127,9 +131,13 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
-    from pipeline.reference import config_reference
+    from pipeline.reference import config_reference, with_reference
 
-    print(config_reference(PipelineConfig), end="")
+    table = config_reference(PipelineConfig)
+    if args.update is None:
+        print(table, end="")
+    else:
+        args.update.write_text(with_reference(args.update.read_text(), table))
     return 0
 
 

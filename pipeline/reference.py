@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
+from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from pipeline.config import _model_type
 
@@ -41,4 +42,14 @@ def _default(value: Any) -> str:
         return "required"
     if isinstance(value, BaseModel):
         return "…"
-    return f"`{value!r}`".replace("|", "/")
+    return f"`{json.dumps(to_jsonable_python(value))}`".replace("|", "/")
+
+
+START, END = "<!-- reference:start -->", "<!-- reference:end -->"
+
+
+def with_reference(readme: str, table: str) -> str:
+    """`readme` with the text between the reference markers replaced by `table`."""
+    head, _, rest = readme.partition(START)
+    _, _, tail = rest.partition(END)
+    return f"{head}{START}\n{table}{END}{tail}"

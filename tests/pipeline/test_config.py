@@ -98,3 +98,14 @@ def test_config_reference_lists_every_section():
     text = config_reference(PipelineConfig)
     for key in ("`mlflow.tracking_uri`", "`data_prep.dataset`", "`train.model.name`"):
         assert key in text
+
+
+def test_readme_reference_is_current():
+    from pipeline.config import PipelineConfig
+    from pipeline.reference import config_reference, with_reference
+
+    readme = (REPO / "README.md").read_text()
+    assert with_reference(readme, config_reference(PipelineConfig)) == readme, (
+        "README's pipeline.yaml reference is stale: run "
+        "`.venv/bin/nfpipe config reference --update README.md`"
+    )
