@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_prep import Manifest
+from pipeline.cluster import check_visible_on_all_nodes
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
 from pipeline.tracking import absolute_tracking_uri, ensure_experiment
 from pipeline.train import tracker
 from pipeline.train.config import TrainConfig
-from pipeline.train.distributed import fit, run_name
+from pipeline.train.distributed import FitResult, check_resources, fit, run_name
 from pipeline.train.export import export_bundle, history_table
 from pipeline.train.loop import TrainJob, resolve_model_config
 
@@ -19,30 +20,50 @@ def run(ctx: StageContext) -> StageOutputs:
     cfg = ctx.config
     manifest_path = Path(ctx.inputs["data_prep"]["manifest"]).resolve()
     manifest = Manifest.load(manifest_path)
-    ensure_ray(cfg.ray)
     uri = absolute_tracking_uri(cfg.mlflow.tracking_uri)
-    experiment_id = ensure_experiment(cfg.mlflow)
+    storage = _prepare_cluster(ctx, manifest_path, uri)
     name = run_name(cfg.name, cfg.train, manifest.fingerprint)
-    storage = Path(cfg.train.storage_path or Path(cfg.workdir) / "ray_results").resolve()
-    run_id = tracker.open_run(
-        uri, experiment_id, name, _params(ctx, manifest), _tags(cfg.name, manifest, cfg.train)
-    )
+    run_id = tracker.open_run(uri, ensure_experiment(cfg.mlflow), name, _params(ctx, manifest),
+                              _tags(cfg.name, manifest, cfg.train))
     meta = {"dataset": manifest.dataset, "manifest_fingerprint": manifest.fingerprint,
             "train_run": name}
     job = TrainJob(str(manifest_path), str(storage / name), uri, run_id, meta)
     ctx.console.print(f"    Ray Train run {name} ({cfg.train.scaling.num_workers} workers) → "
                       f"{storage / name}; MLflow run {run_id}")
-    try:
-        result = fit(cfg.train, job, storage, name)
-    except BaseException as err:
-        tracker.finish_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else
-                           "FAILED")
-        raise
+    result = _fit_tracked(cfg.train, job, storage, name)
     model_dir = export_bundle(Path(result.best_checkpoint), ctx.stage_dir / "model",
                               {**meta, "run_id": run_id, "checkpoint": result.best_checkpoint})
     tracker.log_artifacts(uri, run_id, model_dir, "model_bundle")
+    _record_ddp_check(ctx, uri, run_id, result.summary.get("step1_digests") or [])
     tracker.finish_run(uri, run_id)
     ctx.console.print(history_table(result.summary.get("history", []), name))
+    return _outputs(result, model_dir, run_id)
+
+
+def _prepare_cluster(ctx: StageContext, manifest_path: Path, tracking_uri: str) -> Path:
+    """Start or join Ray, check the workers fit and see the shards, storage and SQLite store;
+    return the (absolute) Ray Train storage path."""
+    cfg = ctx.config
+    ensure_ray(cfg.ray)
+    if not cfg.ray.address:  # the embedded local Ray cannot grow: fail now, not hang
+        check_resources(cfg.train.scaling)
+    storage = Path(cfg.train.storage_path or Path(cfg.workdir) / "ray_results").resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    check_visible_on_all_nodes([manifest_path.parent, storage, *_local_store(tracking_uri)])
+    return storage
+
+
+def _fit_tracked(train: TrainConfig, job: TrainJob, storage: Path, name: str) -> FitResult:
+    """`fit`, marking the MLflow run FAILED (or KILLED on Ctrl-C) when it raises."""
+    try:
+        return fit(train, job, storage, name)
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        tracker.finish_run(job.tracking_uri, job.mlflow_run_id, status)
+        raise
+
+
+def _outputs(result: FitResult, model_dir: Path, run_id: str) -> StageOutputs:
     outputs: StageOutputs = {
         "model_dir": str(model_dir),
         "checkpoint": result.best_checkpoint,
@@ -51,9 +72,25 @@ def run(ctx: StageContext) -> StageOutputs:
         "best_epoch": int(result.best_metrics["epoch"]),
         "ray_run": result.run_path,
     }
-    if "test_bpd_iwae" in result.summary.get("final", {}):
-        outputs["test_bpd_iwae"] = float(result.summary["final"]["test_bpd_iwae"])
+    final = result.summary.get("final", {})
+    if "test_bpd_iwae" in final:  # VAE / f-VAE: the importance-weighted bound at the end
+        outputs["test_bpd_iwae"] = float(final["test_bpd_iwae"])
     return outputs
+
+
+def _local_store(tracking_uri: str) -> list[Path]:
+    """The folder of a SQLite tracking store (rank 0 writes it from whichever node it is on)."""
+    prefix = "sqlite:///"
+    return [Path(tracking_uri[len(prefix) :]).parent] if tracking_uri.startswith(prefix) else []
+
+
+def _record_ddp_check(ctx: StageContext, uri: str, run_id: str, digests: list[str]) -> None:
+    """Tag the run with every rank's weight digest after step 1 (all equal under correct DDP)."""
+    if not digests:
+        return
+    tracker.set_tags(uri, run_id, {"ddp.step1_digests": ",".join(d[:16] for d in digests)})
+    if len(set(digests)) > 1:
+        ctx.console.print("[bold red]warning[/]: ranks held different weights after step 1")
 
 
 def _params(ctx: StageContext, manifest: Manifest) -> dict[str, object]:

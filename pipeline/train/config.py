@@ -66,16 +66,22 @@ class ScalingSpec(_Section):
 class FaultInjection(_Section):
     """Deliberate failures, for testing restart and the non-finite guard. Off by default."""
 
-    fail_at_step: int | None = Field(
-        None,
-        ge=1,
-        description="Raise in the worker of rank `fail_rank` at this global step, once per "
-        "run (a marker file in the run's storage folder makes 'once' survive the restart).",
+    fail_at_steps: tuple[int, ...] = Field(
+        (),
+        description="Raise in the worker of rank `fail_rank` at each of these global steps, "
+        "once per run (a marker file in the run's storage folder makes 'once' survive the "
+        "restart).",
     )
-    fail_rank: int = Field(0, ge=0, description="Rank that raises at `fail_at_step`.")
+    fail_rank: int = Field(0, ge=0, description="Rank that raises at `fail_at_steps`.")
     nan_at_steps: tuple[int, ...] = Field(
         (), description="Global steps whose loss is replaced by NaN (all ranks)."
     )
+
+    @model_validator(mode="after")
+    def _positive_steps(self) -> FaultInjection:
+        if any(s < 1 for s in (*self.fail_at_steps, *self.nan_at_steps)):
+            raise ValueError("fault injection steps count from 1")
+        return self
     nan_from_step: int | None = Field(
         None, ge=1, description="Replace the loss by NaN at every step from this one on."
     )

@@ -53,8 +53,35 @@ def scaling_config(spec: ScalingSpec):
     )
 
 
-def build_trainer(cfg: TrainConfig, job: TrainJob, storage_path: Path, name: str):
-    """The TorchTrainer of one run (gloo on CPU, NCCL on GPU)."""
+def check_resources(spec: ScalingSpec) -> None:
+    """Fail fast when the workers can never be placed on the connected Ray cluster.
+
+    Ray Train would otherwise wait for the resources forever (an autoscaling cluster would
+    add nodes; call this only for a fixed-size cluster such as the embedded local Ray).
+    """
+    import ray
+
+    total = ray.cluster_resources()
+    need = {"CPU": spec.num_workers * spec.cpus_per_worker}
+    if spec.use_gpu:
+        need["GPU"] = spec.num_workers * spec.gpus_per_worker
+    short = {kind: amount for kind, amount in need.items() if amount > total.get(kind, 0)}
+    if short:
+        have = ", ".join(f"{total.get(kind, 0):g} {kind}" for kind in short)
+        want = ", ".join(f"{amount:g} {kind}" for kind, amount in short.items())
+        raise ValueError(
+            f"train.scaling asks for {want} ({spec.num_workers} workers) but the Ray cluster "
+            f"has {have}; lower train.scaling.num_workers / cpus_per_worker or add nodes"
+        )
+
+
+def build_trainer(
+    cfg: TrainConfig, job: TrainJob, storage_path: Path, name: str, callbacks: list | None = None
+):
+    """The TorchTrainer of one run (gloo on CPU, NCCL on GPU).
+
+    `callbacks` go to `RunConfig` (a Tune trial passes `[TuneReportCallback()]`).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -67,6 +94,7 @@ def build_trainer(cfg: TrainConfig, job: TrainJob, storage_path: Path, name: str
             checkpoint_score_attribute=SCORE,
             checkpoint_score_order="min",
         ),
+        callbacks=callbacks,
     )
     return TorchTrainer(
         train_worker,

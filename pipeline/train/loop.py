@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +42,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class InjectedFault(RuntimeError):
-    """A failure raised on purpose by `fault_injection.fail_at_step`."""
+    """A failure raised on purpose by `fault_injection.fail_at_steps`."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,19 @@ class _EpochTally:
     batches: int = 0
     data_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    cpu_started: float = field(default_factory=time.process_time)
+
+
+@dataclass
+class _Run:
+    """What every part of one worker's run reads (the mutable state lives in TrainState)."""
+
+    cfg: TrainConfig
+    job: TrainJob
+    world: WorkerInfo
+    manifest: Manifest
+    report: Reporter
+    tracker: MlflowTracker | None = None
 
 
 def resolve_model_config(cfg: TrainConfig, manifest: Manifest) -> ModelConfig:
@@ -122,11 +136,11 @@ def _inject_nan(loss: torch.Tensor, step: int, faults: FaultInjection) -> torch.
 
 
 def _maybe_fail(faults: FaultInjection, step: int, world: WorkerInfo, job: TrainJob) -> None:
-    """Raise once at `fail_at_step` on `fail_rank`; the marker file makes it once per run."""
-    if faults.fail_at_step != step or world.rank != faults.fail_rank:
+    """Raise once at each `fail_at_steps` on `fail_rank`; a marker file makes it once per run."""
+    if step not in faults.fail_at_steps or world.rank != faults.fail_rank:
         return
     if job.run_dir is None:
-        raise ValueError("fault_injection.fail_at_step needs a run_dir for its marker file")
+        raise ValueError("fault_injection.fail_at_steps needs a run_dir for its marker files")
     marker = Path(job.run_dir) / f"fault_injected_step{step}_rank{world.rank}"
     if marker.exists():
         return
@@ -135,24 +149,18 @@ def _maybe_fail(faults: FaultInjection, step: int, world: WorkerInfo, job: Train
     raise InjectedFault(f"injected failure at step {step} on rank {world.rank}")
 
 
-def run_epoch(
-    state: TrainState,
-    cfg: TrainConfig,
-    manifest: Manifest,
-    world: WorkerInfo,
-    job: TrainJob,
-    tracker: MlflowTracker | None,
-) -> Metrics:
+def _run_epoch(state: TrainState, run: _Run) -> Metrics:
     """Train one epoch on this rank's shards; returns the epoch's metrics (all ranks' means)."""
+    cfg, world, tracker = run.cfg, run.world, run.tracker
     epoch = state.epoch + 1
-    loader = _train_loader(cfg, manifest, world, epoch)
+    loader = _train_loader(cfg, run.manifest, world, epoch)
     seed_all(derive_seed(cfg.seed, "train", world.rank, epoch))
     device = torch.device(world.device)
     tally = _EpochTally()
     mark = time.perf_counter()
     for x, _ in loader:
         tally.data_s += time.perf_counter() - mark
-        _maybe_fail(cfg.fault_injection, state.step + 1, world, job)
+        _maybe_fail(cfg.fault_injection, state.step + 1, world, run.job)
         y = state.model.dequantize(x.to(device, non_blocking=True))
         if cfg.channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
@@ -218,8 +226,9 @@ def _epoch_metrics(
         "lr": state.lr,
         "skipped_steps": state.skipped,
         "images_per_s": images / elapsed if elapsed > 0 else math.nan,
-        "epoch_s": elapsed,
-        "data_s": tally.data_s,
+        "epoch_s": elapsed,  # rank 0's wall time of the epoch's training part
+        "data_s": tally.data_s,  # ... of it waiting for batches
+        "cpu_s": time.process_time() - tally.cpu_started,  # rank 0's process CPU time
     }
 
 
@@ -261,94 +270,103 @@ def train(
     model_cfg = resolve_model_config(cfg, manifest)
     init_x = None if resume else _first_batch(cfg, manifest, world)
     state = build_state(cfg, model_cfg, world, init_x, resume)
-    tracker = _open_tracker(job, world)
+    run = _Run(cfg, job, world, manifest, report, _open_tracker(job, world))
     try:
         if resume is None and cfg.eval_at_start:
-            _evaluate_start(state, cfg, manifest, world, job, tracker)
+            _evaluate_start(state, run)
         while state.epoch < cfg.epochs:
-            metrics = run_epoch(state, cfg, manifest, world, job, tracker)
+            metrics = _run_epoch(state, run)
             state.epoch += 1
-            _finish_epoch(state, cfg, manifest, world, job, tracker, metrics, report)
-    finally:
-        if tracker is not None:
-            tracker.flush()
+            _finish_epoch(state, run, metrics)
+    except BaseException:
+        _flush_quietly(run.tracker)  # keep the steps logged before the failure
+        raise
     return summarize(state)
 
 
-def _evaluate_start(state, cfg, manifest, world, job, tracker) -> None:
-    test_bpd = _evaluate(state, cfg, manifest, world)
+def _flush_quietly(tracker: MlflowTracker | None) -> None:
+    if tracker is None:
+        return
+    try:
+        tracker.flush()
+    except Exception as err:  # noqa: BLE001 - never mask the error that stopped training
+        print(f"[train] could not flush MLflow metrics: {err}", flush=True)
+
+
+def _evaluate_start(state: TrainState, run: _Run) -> None:
+    test_bpd = _evaluate(state, run)
     state.history.append({"epoch": 0, "step": 0, "test_bpd": test_bpd})
-    if tracker is not None:
-        tracker.add({"test_bpd": test_bpd}, step=0)
-    _print_line(world, state, cfg, job, state.history[-1])
+    if run.tracker is not None:
+        run.tracker.add({"test_bpd": test_bpd}, step=0)
+    _print_line(state, run, state.history[-1])
 
 
-def _evaluate(state: TrainState, cfg: TrainConfig, manifest: Manifest, world, k: int = 1):
-    batch = (cfg.eval_batch_size or cfg.batch_size) // world.world_size
-    return evaluate(
-        state.eval_model, manifest, world, batch_size=max(batch, 1), seed=cfg.seed, k=k
-    )
+def _evaluate(state: TrainState, run: _Run, k: int = 1) -> float:
+    cfg, world = run.cfg, run.world
+    batch = max((cfg.eval_batch_size or cfg.batch_size) // world.world_size, 1)
+    return evaluate(state.eval_model, run.manifest, world, batch_size=batch, seed=cfg.seed, k=k)
 
 
-def _finish_epoch(state, cfg, manifest, world, job, tracker, metrics, report) -> None:
-    """Evaluate when due, log, checkpoint (rank 0) and report (every rank, equally often)."""
+def _finish_epoch(state: TrainState, run: _Run, metrics: Metrics) -> None:
+    """Evaluate when due, log, checkpoint (rank 0) and report (every rank, equally often).
+
+    Metrics reach MLflow before the report commits the checkpoint: a failure in between
+    replays the epoch, and the tracker drops the (metric, step) pairs it already holds.
+    """
+    cfg = run.cfg
     evaluated = state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs
     if evaluated:
-        metrics["test_bpd"] = _evaluate(state, cfg, manifest, world)
+        metrics["test_bpd"] = _evaluate(state, run)
     if state.epoch == cfg.epochs and not state.model.exact and cfg.eval_k > 1:
-        metrics["test_bpd_iwae"] = _evaluate(state, cfg, manifest, world, k=cfg.eval_k)
+        metrics["test_bpd_iwae"] = _evaluate(state, run, k=cfg.eval_k)
     state.history.append(metrics)
-    _print_line(world, state, cfg, job, metrics)
-    with _checkpoint_dir(state, cfg, job, world, metrics, evaluated) as ckpt:
-        if tracker is not None:
-            tracker.add({k: v for k, v in metrics.items() if k not in ("epoch", "step")},
-                        state.epoch)
+    _print_line(state, run, metrics)
+    with _checkpoint_dir(state, run, metrics, evaluated) as ckpt:
+        if run.tracker is not None:
+            logged = {k: v for k, v in metrics.items() if k not in ("epoch", "step")}
+            run.tracker.add(logged, state.epoch)
             if ckpt is not None:
-                tracker.log_files(sorted((ckpt / "samples").glob("*.png")), "samples")
-            tracker.flush()
-        report(metrics, ckpt)
+                run.tracker.log_files(sorted((ckpt / "samples").glob("*.png")), "samples")
+            run.tracker.flush()
+        run.report(metrics, ckpt)
 
 
 @contextlib.contextmanager
 def _checkpoint_dir(
-    state: TrainState,
-    cfg: TrainConfig,
-    job: TrainJob,
-    world: WorkerInfo,
-    metrics: Metrics,
-    evaluated: bool,
+    state: TrainState, run: _Run, metrics: Metrics, evaluated: bool
 ) -> Iterator[Path | None]:
     """Rank 0, evaluated epoch: a temporary checkpoint folder (bundle, state, samples)."""
-    if not (world.is_chief and evaluated):
+    if not (run.world.is_chief and evaluated):
         yield None
         return
     from flows.io import save_model
 
+    cfg = run.cfg
     with tempfile.TemporaryDirectory(prefix="nfpipe-ckpt-") as tmp:
         folder = Path(tmp)
-        meta = {**job.bundle_meta, "epoch": state.epoch, "step": state.step,
-                "test_bpd": metrics["test_bpd"], "run_id": job.mlflow_run_id}
+        meta = {**run.job.bundle_meta, "epoch": state.epoch, "step": state.step,
+                "test_bpd": metrics["test_bpd"], "run_id": run.job.mlflow_run_id}
         save_model(state.eval_model, checkpoint.model_bundle(folder), meta)
         checkpoint.save_state(folder, state.snapshot())
         save_samples(state.eval_model, folder / "samples", epoch=state.epoch,
                      temperatures=cfg.sample_temperatures, n=cfg.sample_n, seed=cfg.seed,
-                     device=world.device)
+                     device=run.world.device)
         yield folder
 
 
-def _print_line(
-    world: WorkerInfo, state: TrainState, cfg: TrainConfig, job: TrainJob, m: Metrics
-) -> None:
-    if not (world.is_chief and job.verbose):
+def _print_line(state: TrainState, run: _Run, m: Metrics) -> None:
+    """One progress line per epoch, rank 0 only."""
+    if not (run.world.is_chief and run.job.verbose):
         return
+    cfg = run.cfg
     speed = f"{m['images_per_s']:8.1f} img/s" if "images_per_s" in m else " " * 14
     train_bpd = f"train {m['train_bpd']:.4f}" if "train_bpd" in m else " " * 12
     test_bpd = f"test {m['test_bpd']:.4f}" if "test_bpd" in m else ""
-    print(
-        f"[train] epoch {state.epoch}/{cfg.epochs} step {state.step} {speed} "
-        f"{train_bpd} {test_bpd} bpd (skipped {state.skipped})",
-        flush=True,
-    )
+    line = (f"[train] epoch {state.epoch}/{cfg.epochs} step {state.step} {speed} "
+            f"{train_bpd} {test_bpd} bpd (skipped {state.skipped})")
+    # the process's own stdout: Ray Train's patched print would also tee a wrapped
+    # sys.stdout (MLflow wraps it on rank 0) and show every line twice
+    print(line, file=sys.__stdout__ or sys.stdout, flush=True)
 
 
 def summarize(state: TrainState) -> dict[str, Any]:

@@ -52,6 +52,12 @@ def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None
     _client(tracking_uri).set_terminated(run_id, status=status)
 
 
+def set_tags(tracking_uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
 def log_artifacts(tracking_uri: str, run_id: str, local_dir: Path, artifact_path: str) -> None:
     _client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
 
