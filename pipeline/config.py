@@ -52,7 +52,14 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(
         None, gt=0, description="CPUs of a local Ray (default: all of this machine's)."
     )
-    dashboard: bool = Field(False, description="Start the Ray dashboard with a local Ray.")
+    dashboard: bool = Field(
+        True,
+        description="Start the Ray dashboard with a local Ray (http://127.0.0.1:8265; Ray "
+        "Train's state API needs it).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Log level of Ray's own loggers in the driver and workers."
+    )
 
 
 class PipelineConfig(_Section):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
@@ -22,13 +23,12 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
         nested = _model_type(field.annotation)
-        if nested is not None:
+        if nested is not None and get_origin(field.annotation) not in (dict, Mapping):
             rows.extend(_rows(nested, prefix=f"{path}."))
             continue
-        rows.append(
-            f"| `{path}` | {_type_name(field.annotation)} | {_default(field.default)} "
-            f"| {(field.description or '').replace('|', '/')} |"
-        )
+        default = _default(field.get_default(call_default_factory=True))
+        description = (field.description or "").replace("|", "/")
+        rows.append(f"| `{path}` | {_type_name(field.annotation)} | {default} | {description} |")
     return rows
 
 

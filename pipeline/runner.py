@@ -105,7 +105,9 @@ def _run_or_skip(
         console.print(f"  [dim]↷ {stage.name:<10} up to date, skipped[/]")
         return Outcome(stage.name, "skipped", 0.0, "up to date"), previous
     log.info("running %s: %s", stage.name, reason)
-    record = StageRecord(stage.name, "running", fingerprint, config_hash, inputs, started=time.time())
+    record = StageRecord(
+        stage.name, "running", fingerprint, config_hash, inputs, started=time.time()
+    )
     write_record(workdir, record)
     ctx = StageContext(
         config=cfg,

@@ -63,7 +63,25 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
 def _client(address: str):
     from ray.job_submission import JobSubmissionClient
 
+    use_local_auth_token()
     return JobSubmissionClient(address)
+
+
+def use_local_auth_token() -> None:
+    """Send this machine's Ray auth token when there is one.
+
+    Clusters started here enable token auth once `~/.ray/auth_token` exists (Ray >= 2.5x), but
+    Ray's clients only send the token when RAY_AUTH_MODE=token; an explicit setting wins.
+    """
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_MODE" in os.environ or not (
+        "RAY_AUTH_TOKEN" in os.environ or token_file.exists()
+    ):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from ray._raylet import Config
+
+    Config.initialize("")  # Ray caches the mode at import: refresh it, as ray.init does
 
 
 def job_payload(cfg: PipelineConfig, stages: str | None) -> tuple[str, dict]:

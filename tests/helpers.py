@@ -95,18 +95,18 @@ class LocalRayCluster:
                 cwd=self.tmp,
             )
         )
-        import urllib.request
+        from ray.job_submission import JobSubmissionClient
 
-        wait_until(
-            lambda: urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2).status
-            == 200,
-            120,
-            "the Ray head's dashboard",
-        )
+        from pipeline.submit import use_local_auth_token
+
+        use_local_auth_token()  # Ray >= 2.5x enables token auth on clusters by default
+        wait_until(lambda: JobSubmissionClient(self.dashboard) is not None, 120, "the Ray head")
 
     def add_worker(self, num_cpus: int = 1, hide: Path | None = None) -> None:
         wrapper = None
-        args = [f"--address={self.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}"]
+        args = [
+            f"--address={self.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+        ]
         if hide is not None:
             hide.mkdir(parents=True, exist_ok=True)
             script = f'mount -t tmpfs nfpipe-hidden "{hide}" && exec "$@"'
@@ -116,14 +116,13 @@ class LocalRayCluster:
         wait_until(lambda: self.alive_nodes() >= expected, 120, f"{expected} alive Ray nodes")
 
     def alive_nodes(self) -> int:
-        import json
-        import urllib.request
+        from ray.util.state import list_nodes
 
-        url = f"{self.dashboard}/nodes?view=summary"
-        data = json.loads(urllib.request.urlopen(url, timeout=5).read())
-        summary = data["data"]["summary"]
-        return sum(1 for node in summary if node["raylet"]["state"] == "ALIVE")
+        nodes = list_nodes(address=self.dashboard, filters=[("state", "=", "ALIVE")])
+        return len(nodes)
 
     def stop(self) -> None:
         for node in reversed(self.nodes):
             node.stop()
+        # `ray start` left its address for ray.init() to find; it would point at a dead cluster
+        Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, VENV_BIN, LocalRayCluster, subprocess_env, wait_until
 
 
