@@ -107,6 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.verbose:
             console.print_exception()
         return 1
+    from pipeline.next_steps import print_next_steps
+
+    print_next_steps(cfg, console)
     return 0
 
 
