@@ -8,9 +8,8 @@ closest valid key.
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from data_prep.config import DataPrepConfig
 from deploy.config import DeployConfig, EvaluateConfig, PromoteConfig
 from pipeline.train.config import TrainConfig
+from pipeline.typed import model_type, suggest
 from tune.config import TuneConfig
 
 StageName = Literal["data_prep", "train", "tune", "evaluate", "promote", "deploy"]
@@ -156,22 +156,8 @@ def _field_names_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         fields = getattr(current, "model_fields", None)
         if fields is None or part not in fields:
             return []
-        current = _model_type(fields[part].annotation)
+        current = model_type(fields[part].annotation)
     return list(getattr(current, "model_fields", {}))
-
-
-def _model_type(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation) if get_origin(annotation) else ():
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None
-
-
-def suggest(word: str, candidates: Any) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

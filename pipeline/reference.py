@@ -9,7 +9,7 @@ from typing import Any, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from pipeline.config import _model_type
+from pipeline.typed import model_type
 
 
 def config_reference(model: type[BaseModel]) -> str:
@@ -22,7 +22,7 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
-        nested = _model_type(field.annotation)
+        nested = model_type(field.annotation)
         if nested is not None and get_origin(field.annotation) not in (dict, Mapping):
             rows.extend(_rows(nested, prefix=f"{path}."))
             continue

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import ConfigError, PipelineConfig, suggest
+from pipeline.config import ConfigError, PipelineConfig
 from pipeline.records import (
     StageRecord,
     missing_paths,
@@ -22,6 +22,7 @@ from pipeline.records import (
 )
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage, StageContext
+from pipeline.typed import suggest
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,27 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def stop_process_group(proc: subprocess.Popen, term_wait_s: float = 3) -> None:
+    """SIGTERM the process group started with start_new_session=True, then SIGKILL it."""
+    for sig, wait_s in ((signal.SIGTERM, term_wait_s), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(wait_s)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+
+
+def cluster_local_settings(tmp: Path) -> list[str]:
+    """--set flags that keep a pipeline's state (work dir, shards, MLflow) inside `tmp`."""
+    return [
+        "--set", f"workdir={tmp / 'work'}",
+        "--set", f"data_prep.output_root={tmp / 'shards'}",
+        "--set", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+        "--set", f"mlflow.artifact_root={tmp / 'artifacts'}",
+    ]
+
+
 class RayNode:
     """One `ray start --block` process group (a head or a worker node) on 127.0.0.1."""
 
@@ -57,13 +78,7 @@ class RayNode:
         )
 
     def stop(self) -> None:
-        for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(wait_s)
-                return
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        stop_process_group(self.proc, term_wait_s=5)
 
 
 class LocalRayCluster:

@@ -19,9 +19,8 @@ size are checked by `tune.space.validate_space` before any trial starts.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,6 +32,7 @@ from pydantic import (
 )
 
 from pipeline.train.config import TrainConfig
+from pipeline.typed import model_type, suggest
 
 DISTRIBUTIONS = ("choice", "loguniform", "uniform", "randint")
 # Paths a sweep may not vary, and why (the tune section or the dataset owns them).
@@ -245,21 +245,12 @@ def train_leaf_paths(model: type[BaseModel] = TrainConfig, prefix: str = "") -> 
     """Every settable dotted path of the train config -> its field annotation."""
     paths: dict[str, Any] = {}
     for name, field in model.model_fields.items():
-        sub = _model_type(field.annotation)
+        sub = model_type(field.annotation)
         if sub is not None:
             paths.update(train_leaf_paths(sub, f"{prefix}{name}."))
         else:
             paths[f"{prefix}{name}"] = field.annotation
     return paths
-
-
-def _model_type(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation) if get_origin(annotation) else ():
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None
 
 
 def check_path(path: str) -> None:
@@ -273,6 +264,4 @@ def check_path(path: str) -> None:
     if path in sections:
         fields = sorted(leaf for leaf in leaves if leaf.startswith(path + "."))
         raise ValueError(f"{path!r} is a section, not a value; search one of {fields[:8]}")
-    close = difflib.get_close_matches(path, list(leaves), n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(f"unknown parameter {path!r} in train:{hint}")
+    raise ValueError(f"unknown parameter {path!r} in train:{suggest(path, leaves)}")

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import REPO, VENV_BIN, LocalRayCluster, subprocess_env
+from helpers import REPO, VENV_BIN, LocalRayCluster, cluster_local_settings, subprocess_env
 
 TINY_TRAIN = [
     "--set", "train.epochs=1",
@@ -19,19 +19,10 @@ TINY_TRAIN = [
 ]
 
 
-def settings(tmp: Path) -> list[str]:
-    return [
-        "--set", f"workdir={tmp / 'work'}",
-        "--set", f"data_prep.output_root={tmp / 'shards'}",
-        "--set", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
-        "--set", f"mlflow.artifact_root={tmp / 'artifacts'}",
-    ]
-
-
 def run_train(cluster: LocalRayCluster, tmp: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(VENV_BIN / "nfpipe"), "run", "--address", cluster.address, "--stages", "train",
-         *settings(tmp), *TINY_TRAIN],
+         *cluster_local_settings(tmp), *TINY_TRAIN],
         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=400,
     )
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
-from helpers import REPO, VENV_BIN, LocalRayCluster, subprocess_env, wait_until
+from helpers import (
+    REPO,
+    VENV_BIN,
+    LocalRayCluster,
+    cluster_local_settings,
+    subprocess_env,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +39,10 @@ def job_status(head: LocalRayCluster, job_id: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def local_settings(tmp: Path) -> list[str]:
-    return [
-        "--set", f"workdir={tmp / 'work'}",
-        "--set", f"data_prep.output_root={tmp / 'shards'}",
-        "--set", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
-        "--set", f"mlflow.artifact_root={tmp / 'artifacts'}",
-    ]
-
-
 def test_submitted_pipeline_succeeds_and_status_and_logs_work(head, tmp_path):
     proc = nfpipe(
         "submit", "--address", head.dashboard, "--stages", "data_prep", "--wait",
-        *local_settings(tmp_path),
+        *cluster_local_settings(tmp_path),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job_id = proc.stdout.splitlines()[0].strip()
@@ -60,7 +57,7 @@ def test_submitted_pipeline_succeeds_and_status_and_logs_work(head, tmp_path):
 def test_stop_stops_a_running_job(head, tmp_path):
     proc = nfpipe(
         "submit", "--address", head.dashboard, "--stages", "train",
-        "--set", "train.epochs=500", *local_settings(tmp_path),
+        "--set", "train.epochs=500", *cluster_local_settings(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip()

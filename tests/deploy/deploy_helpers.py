@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-from helpers import REPO, free_port, subprocess_env
+from helpers import REPO, free_port, stop_process_group, subprocess_env
 
 MODEL_NAME = "digits-glow"
 
@@ -71,10 +69,4 @@ class Server:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
     def stop(self) -> None:
-        for sig, wait_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(wait_s)
-                return
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        stop_process_group(self.proc)
