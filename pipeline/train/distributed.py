@@ -82,7 +82,7 @@ def build_trainer(
 
     `callbacks` go to `RunConfig` (a Tune trial passes `[TuneReportCallback()]`).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_config = RunConfig(
@@ -95,6 +95,8 @@ def build_trainer(
             checkpoint_score_order="min",
         ),
         callbacks=callbacks,
+        # per-report INFO lines of Ray Train drown the epoch lines; warnings still show
+        logging_config=LoggingConfig(log_level="WARNING"),
     )
     return TorchTrainer(
         train_worker,
