@@ -15,12 +15,12 @@ from typing import Any
 
 from rich.table import Table
 
+from pipeline.train.tracker import client
 from tune.tracking import (
     OVERRIDES_TAG,
     STATUS_TAG,
     TRIAL_TAG,
     child_runs,
-    client,
 )
 
 

@@ -19,9 +19,9 @@ from rich.console import Console
 from data_prep import Manifest
 from pipeline.config import PipelineConfig
 from pipeline.train.export import export_bundle
+from pipeline.train.tracker import client, log_params
 from tune.leaderboard import TrialRow, collect_rows, leaderboard_table, write_leaderboard
 from tune.space import trial_train_config
-from tune.tracking import client, log_params
 
 MODEL_DIR = "model"
 LEADERBOARD_DIR = "leaderboard"
@@ -174,7 +174,7 @@ def log_to_parent(result: SweepResult, rows: list[TrialRow], sweep: Sweep) -> No
     existing = mlflow.get_run(result.parent_run_id).data.params
     best_params = {f"best.{k}": v for k, v in result.best_config.items()
                    if f"best.{k}" not in existing}
-    log_params(result.parent_run_id, tracking_uri, best_params)
+    log_params(tracking_uri, result.parent_run_id, best_params)
     now = int(time.time() * 1000)
     mlflow.log_batch(result.parent_run_id, metrics=[
         Metric(f"best_{metric}", result.best_test_bpd, now, 0),

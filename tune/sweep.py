@@ -24,12 +24,12 @@ from rich.console import Console
 from data_prep import Manifest
 from pipeline.config import PipelineConfig
 from pipeline.train.config import TrainConfig
-from pipeline.train.tracker import flatten, git_commit
+from pipeline.train.tracker import client, flatten, git_commit
 from tune import progress
 from tune.config import TuneConfig
 from tune.results import Sweep, SweepResult, summarize
 from tune.space import SearchSpaceError, to_tune_space, validate_space
-from tune.tracking import MlflowTrialLogger, client, open_parent
+from tune.tracking import MlflowTrialLogger, open_parent
 from tune.trial import TrialSetup, run_trial
 
 _QUIET_ENV = {

@@ -17,7 +17,14 @@ from typing import Any
 from ray.tune import Callback
 
 from pipeline.train.config import TrainConfig
-from pipeline.train.tracker import MlflowTracker, flatten
+from pipeline.train.tracker import (
+    MlflowTracker,
+    client,
+    find_run,
+    flatten,
+    log_params,
+    reopen_or_create,
+)
 from tune.config import TuneConfig
 from tune.space import count_parameters, overrides_of, trial_train_config
 
@@ -27,27 +34,12 @@ STATUS_TAG = "nfpipe.trial_status"  # running | completed | stopped early | erro
 EPOCHS_TAG = "nfpipe.epochs"
 OVERRIDES_TAG = "nfpipe.overrides"  # the trial's searched values, JSON
 PARENT_TAG = "mlflow.parentRunId"
-_PARAMS_BATCH = 100
-_PARAM_MAX = 6000
 # Keys of a Tune result that are bookkeeping, not metrics of the model.
 _NOT_METRICS = {
     "epoch", "step", "training_iteration", "time_total_s", "time_this_iter_s", "timestamp",
     "time_since_restore", "iterations_since_restore", "timesteps_since_restore", "pid",
     "done", "timesteps_total", "episodes_total",
 }
-
-
-def client(tracking_uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def find_run(tracking_uri: str, experiment_id: str, tags: Mapping[str, str]) -> str | None:
-    """The id of the run carrying all `tags`, or None."""
-    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    found = client(tracking_uri).search_runs([experiment_id], filter_string=where, max_results=1)
-    return found[0].info.run_id if found else None
 
 
 def open_parent(
@@ -58,25 +50,8 @@ def open_parent(
     tags: Mapping[str, str],
 ) -> str:
     """The sweep's parent run, reopened when it exists (a resumed sweep), else created."""
-    mlflow = client(tracking_uri)
-    run_id = find_run(tracking_uri, experiment_id, {SWEEP_TAG: sweep, "nfpipe.role": "sweep"})
-    if run_id is not None:
-        mlflow.update_run(run_id, status="RUNNING")
-        return run_id
-    run = mlflow.create_run(
-        experiment_id, tags={SWEEP_TAG: sweep, "nfpipe.role": "sweep", **tags}, run_name=sweep
-    )
-    log_params(run.info.run_id, tracking_uri, params)
-    return run.info.run_id
-
-
-def log_params(run_id: str, tracking_uri: str, params: Mapping[str, Any]) -> None:
-    from mlflow.entities import Param
-
-    items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in params.items()]
-    mlflow = client(tracking_uri)
-    for i in range(0, len(items), _PARAMS_BATCH):
-        mlflow.log_batch(run_id, params=items[i : i + _PARAMS_BATCH])
+    identity = {SWEEP_TAG: sweep, "nfpipe.role": "sweep"}
+    return reopen_or_create(tracking_uri, experiment_id, identity, sweep, params, tags)
 
 
 def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list:
@@ -193,7 +168,7 @@ class MlflowTrialLogger(Callback):
         )
         params = flatten(train.model_dump(mode="json"))
         params["model.n_params"] = count_parameters(train, self.image_shape, self.n_bins)
-        log_params(run.info.run_id, self.tracking_uri, params)
+        log_params(self.tracking_uri, run.info.run_id, params)
         return run.info.run_id
 
     def _finish(self, trial, status: str, run_status: str) -> None:

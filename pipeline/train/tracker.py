@@ -20,7 +20,7 @@ _PARAMS_BATCH = 100  # ... and of params per log_batch
 _PARAM_MAX = 6000  # characters of one param value
 
 
-def _client(tracking_uri: str):
+def client(tracking_uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
@@ -34,40 +34,61 @@ def open_run(
     tags: Mapping[str, str],
 ) -> str:
     """The id of the MLflow run tagged `train_run`, reopened; created (with params) if new."""
-    client = _client(tracking_uri)
-    found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{train_run}'", max_results=1
+    return reopen_or_create(
+        tracking_uri, experiment_id, {RUN_TAG: train_run}, train_run, params, tags
     )
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
+
+
+def find_run(tracking_uri: str, experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    """The id of the run carrying all `tags`, or None."""
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    found = client(tracking_uri).search_runs([experiment_id], filter_string=where, max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def reopen_or_create(
+    tracking_uri: str,
+    experiment_id: str,
+    identity: Mapping[str, str],
+    run_name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+) -> str:
+    """The run whose tags include `identity`, set RUNNING again (a resumed run), else a new run
+    with those tags plus `tags`, and `params` logged once."""
+    run_id = find_run(tracking_uri, experiment_id, identity)
+    mlflow = client(tracking_uri)
+    if run_id is not None:
+        mlflow.update_run(run_id, status="RUNNING")
         return run_id
-    run = client.create_run(experiment_id, tags={RUN_TAG: train_run, **tags}, run_name=train_run)
-    _log_params(client, run.info.run_id, params)
+    run = mlflow.create_run(experiment_id, tags={**identity, **tags}, run_name=run_name)
+    log_params(tracking_uri, run.info.run_id, params)
     return run.info.run_id
 
 
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run FINISHED / FAILED / KILLED."""
-    _client(tracking_uri).set_terminated(run_id, status=status)
+    client(tracking_uri).set_terminated(run_id, status=status)
 
 
 def set_tags(tracking_uri: str, run_id: str, tags: Mapping[str, str]) -> None:
-    client = _client(tracking_uri)
+    mlflow = client(tracking_uri)
     for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+        mlflow.set_tag(run_id, key, value)
 
 
 def log_artifacts(tracking_uri: str, run_id: str, local_dir: Path, artifact_path: str) -> None:
-    _client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
+    client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
 
 
-def _log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params in batches, each value cut to what MLflow stores."""
     from mlflow.entities import Param
 
     items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in params.items()]
+    mlflow = client(tracking_uri)
     for i in range(0, len(items), _PARAMS_BATCH):
-        client.log_batch(run_id, params=items[i : i + _PARAMS_BATCH])
+        mlflow.log_batch(run_id, params=items[i : i + _PARAMS_BATCH])
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -99,7 +120,7 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str, run_id: str):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self._client = _client(tracking_uri)
+        self._client = client(tracking_uri)
         self._pending: list[tuple[str, float, int]] = []
         self._last_step = self._logged_steps()
 

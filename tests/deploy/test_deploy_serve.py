@@ -109,7 +109,7 @@ def test_binds_loopback_only(deploy_server):
 
     tcp = Path("/proc/net/tcp")
     if not tcp.exists():
-        pytest.skip("needs Linux /proc/net/tcp")
+        pytest.skip(reason="needs Linux /proc/net/tcp")
     listening = [line.split()[1] for line in tcp.read_text().splitlines()[1:]
                  if line.split()[3] == "0A"
                  and int(line.split()[1].split(":")[1], 16) == deploy_server.port]
