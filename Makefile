@@ -7,13 +7,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.nfpipe-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: run test docs lint bench lock clean
+.PHONY: run test test-fast docs lint bench lock clean
 
 run: $(STAMP)
 	$(BIN)/nfpipe run $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
+
+# Unit tests only: no Ray cluster, no server process, no whole pipeline (about a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 docs: $(STAMP)
 	$(BIN)/nfpipe config reference --update README.md

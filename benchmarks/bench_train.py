@@ -31,10 +31,10 @@ import torch  # noqa: E402
 from bench_shards import write_archive  # noqa: E402
 
 from data_prep import DataPrepConfig, Manifest, prepare  # noqa: E402
-from pipeline.train.config import TrainConfig  # noqa: E402
-from pipeline.train.ddp import WorkerInfo  # noqa: E402
-from pipeline.train.distributed import fit  # noqa: E402
-from pipeline.train.loop import TrainJob, resolve_model_config, train  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.ddp import WorkerInfo  # noqa: E402
+from train.distributed import fit  # noqa: E402
+from train.loop import TrainJob, resolve_model_config, train  # noqa: E402
 
 MODEL = {"name": "glow", "levels": 3, "steps": 4, "hidden": 64}
 

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from data_prep import DataPrepConfig, prepare
 from pipeline.config import validate
+from pipeline.stages.tune import sweep_spec
 from tune.sweep import run_sweep
 
 EPOCH_SHARE, BPD_GAP = 0.50, 0.02  # target: <= 50% of the epochs, best bpd within 0.02
@@ -65,8 +66,8 @@ def sweep_config(workdir: Path, shards: Path, args, scheduler: str) -> dict:
 def run(workdir: Path, shards: Path, manifest: Path, args, scheduler: str) -> dict:
     cfg = validate(sweep_config(workdir / scheduler, shards, args, scheduler))
     start = time.perf_counter()
-    result = run_sweep(cfg, manifest, workdir / scheduler / "out", f"bench-{scheduler}",
-                       Console(quiet=True))
+    spec = sweep_spec(cfg, manifest, workdir / scheduler / "out", f"bench-{scheduler}")
+    result = run_sweep(spec, Console(quiet=True))
     return {"scheduler": scheduler, "wall_s": time.perf_counter() - start,
             "epochs": result.trial_epochs, "best": result.best_test_bpd,
             "stopped": result.stopped_early, "config": result.best_config}

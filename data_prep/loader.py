@@ -89,11 +89,6 @@ class ShardLoader:
     def __len__(self) -> int:
         return self.num_batches
 
-    @property
-    def num_samples(self) -> int:
-        """Samples this rank sees per epoch."""
-        return self.end - self.start
-
     def set_epoch(self, epoch: int) -> None:
         """Shuffle differently (train mode) on the next iteration."""
         self.epoch = epoch

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
+from flows.scoring import sample_levels, score_levels
+
 BUNDLE_FILES = ("model.safetensors", "model_config.json", "meta.json")
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 ARTIFACT_PATH = "model"  # name of the logged model inside its run
@@ -101,41 +103,9 @@ def _check_int(name: str, value: Any, low: int, high: int) -> int:
     return int(value)
 
 
-def score_levels(model: Any, x: Any, k: int = 1, seed: int | Any = 0) -> np.ndarray:
-    """Bits/dim of each image [B] (float64) under seeded dequantization noise.
-
-    Exact flows average the bpd of `k` noise draws (an estimate of the same bound with less
-    variance); VAE / f-VAE use `k` importance samples (the IWAE bound, tighter for larger k).
-    `seed` is an int or a `torch.Generator` (to continue one stream over many batches).
-    """
-    import torch
-
-    device = next(model.parameters()).device
-    generator = _generator(seed, device)
-    x = (x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))).to(device)
-    with torch.no_grad():
-        if not model.exact:
-            return model.bits_per_dim(x, k=k, generator=generator).double().cpu().numpy()
-        total = sum(model.bits_per_dim(x, generator=generator).double() for _ in range(k))
-    return (total / k).cpu().numpy()
-
-
-def sample_levels(model: Any, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
-    """`n` samples at `temperature` as uint8 levels [n, C, H, W] (seeded)."""
-    import torch
-
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        y = model.sample(n, temperature=temperature, generator=_generator(seed, device))
-    return model.to_levels(y).to(torch.uint8).cpu().numpy()
-
-
-def _generator(seed: int | Any, device: Any):
-    import torch
-
-    if isinstance(seed, torch.Generator):
-        return seed
-    return torch.Generator(device=device).manual_seed(int(seed))
+def draws(model: Any, k: int) -> dict[str, int]:
+    """A request's `k`: noise draws for exact flows, importance samples for VAE / f-VAE."""
+    return {"noise_draws": k} if model.exact else {"importance_samples": k}
 
 
 class FlowPyfunc(PythonModel):
@@ -195,13 +165,13 @@ class FlowPyfunc(PythonModel):
                 params.get("n", 16), params.get("temperature", 1.0), self.limits.max_samples
             )
             with self._lock:
-                return sample_levels(self.model, n, temperature, seed)
+                return sample_levels(self.model, n, temperature, generator=seed)
         if mode != "score":
             raise BadRequest(f"'mode' must be 'score' or 'sample', got {mode!r}.")
         k = _check_int("k", params.get("k", 1), 1, MAX_K)
         x = check_images(model_input, self.image_shape, self.n_bins, self.limits.max_batch)
         with self._lock:
-            return score_levels(self.model, x, k=k, seed=seed)
+            return score_levels(self.model, x, generator=seed, **draws(self.model, k))
 
 
 def signature_for(image_shape: tuple[int, int, int]):

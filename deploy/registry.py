@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import math
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tracking
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Candidate:
             "manifest_fingerprint": self.manifest_fingerprint,
             "training_run_id": self.run_id,
             "model_family": self.family,
-            "git_commit": self.git_commit or git_commit(),
+            "git_commit": self.git_commit or tracking.git_commit() or "unknown",
             PROMOTION_TAG: PENDING,
         }
 
@@ -66,29 +67,6 @@ class Decision:
     champion_version: str | None
     promoted: bool
     reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def client_for(tracking_uri: str | None = None):
-    """An `MlflowClient` whose registry is the tracking server (SQLite file or http://)."""
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def git_commit(cwd: Path | None = None) -> str:
-    """The commit of the code (with '-dirty' for uncommitted changes), or 'unknown'."""
-    cwd = cwd or Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("-dirty" if dirty.strip() else "")
 
 
 def register_version(client, name: str, model_uri: str, candidate: Candidate,
@@ -234,11 +212,6 @@ def _bpd(version: Any) -> float | None:
         return None
 
 
-def model_name_for(cfg: Any) -> str:
-    """The registered model name of a pipeline: `promote.model_name` or '{name}-{family}'."""
-    return cfg.promote.model_name or f"{cfg.name}-{cfg.train.model.name}"
-
-
 def register_and_promote(tracking_uri: str, name: str, bundle_dir: str | Path,
                          candidate: Candidate, cfg: Any,
                          after_read: Callable[[], None] | None = None) -> tuple[Decision, str]:
@@ -252,7 +225,7 @@ def register_and_promote(tracking_uri: str, name: str, bundle_dir: str | Path,
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    client = client_for(tracking_uri)
+    client = tracking.client(tracking_uri)
     version = _pending_version_of_run(client, name, candidate.run_id)
     if version is None:
         info = _log_into_run(bundle_dir, candidate.run_id, cfg)

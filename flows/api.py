@@ -43,10 +43,11 @@ class DensityModel(nn.Module):
             raise ValueError(f"Expected y of shape [B, {', '.join(map(str, self.image_shape))}],"
                              f" got {list(y.shape)}.")
 
-    def dequantize(self, x: torch.Tensor,
-                   generator: torch.Generator | int | None = None) -> torch.Tensor:
-        """y = (x + u) / n_bins - 0.5, u ~ U[0, 1) (from `generator` / seed where given)."""
-        return bpd.dequantize(x, self.n_bins, bpd.as_generator(generator))
+    def dequantize(self, x: torch.Tensor, generator: torch.Generator | int | None = None,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+        """y = (x + u) / n_bins - 0.5, u ~ U[0, 1): `noise` when given, else drawn (from
+        `generator` / seed where given). y keeps x's memory format (channels_last)."""
+        return bpd.dequantize(x, self.n_bins, bpd.as_generator(generator), noise=noise)
 
     def to_levels(self, y: torch.Tensor) -> torch.Tensor:
         """Continuous y -> integer levels x (uint8)."""
@@ -58,21 +59,27 @@ class DensityModel(nn.Module):
         raise NotImplementedError
 
     def bits_per_dim(self, x: torch.Tensor, k: int = 1, *,
-                     generator: torch.Generator | int | None = None) -> torch.Tensor:
+                     generator: torch.Generator | int | None = None,
+                     noise: torch.Tensor | None = None) -> torch.Tensor:
         """(-log p(dequantize(x)) + D·ln n_bins) / (D·ln 2), [B].
 
         `generator` (a torch.Generator or an int seed) drives the dequantisation noise and,
         for the variational models, the latent samples: evaluation is reproducible with it.
+        `noise` gives the dequantisation noise u itself (same shape as x).
         """
         generator = bpd.as_generator(generator)
-        y = self.dequantize(x, generator)
+        y = self.dequantize(x, generator, noise)
         return bpd.bits_per_dim(self.log_prob(y, k, generator=generator), self.n_dims,
                                 self.n_bins)
 
-    def forward(self, x: torch.Tensor, k: int = 1,
-                generator: torch.Generator | int | None = None) -> torch.Tensor:
-        """Training objective: bits/dim per example, [B] (take `.mean()` for the loss)."""
-        return self.bits_per_dim(x, k, generator=generator)
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The training objective: bits/dim of integer levels x per example, [B].
+
+        The one objective every trainer uses (take `.mean()` for the loss): x is dequantised
+        here (with `noise` u when given, else fresh uniform noise), so a DDP wrapper around the
+        model sees the whole computation.
+        """
+        return self.bits_per_dim(x, noise=noise)
 
     def sample(self, n: int, temperature: float = 1.0, *,
                generator: torch.Generator | int | None = None) -> torch.Tensor:

@@ -55,11 +55,24 @@ def normal(shape: tuple[int, ...], like: torch.Tensor,
 
 
 def dequantize(x: torch.Tensor, n_bins: int, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """y = (x + u) / n_bins - 0.5 with u ~ U[0, 1): a point in [-0.5, 0.5)^D."""
+               dtype: torch.dtype = torch.float32,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+    """y = (x + u) / n_bins - 0.5 with u ~ U[0, 1) (`noise` when given): a point in
+    [-0.5, 0.5)^D. y has x's memory format, so channels_last levels give channels_last y."""
     _check_levels(x, n_bins)
-    u = uniform_like(x, dtype, generator)
-    return (x.to(dtype) + u) / n_bins - 0.5
+    if noise is None:
+        noise = uniform_like(x, dtype, generator)
+    elif noise.shape != x.shape:
+        raise ValueError(f"Expected noise of shape {list(x.shape)}, got {list(noise.shape)}.")
+    y = (x.to(noise.dtype) + noise.to(x.device)) / n_bins - 0.5
+    return y.contiguous(memory_format=_memory_format(x))
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.dim() == 4 and not x.is_contiguous()
+    if channels_last and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def to_levels(y: torch.Tensor, n_bins: int) -> torch.Tensor:

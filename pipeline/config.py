@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_prep.config import DataPrepConfig
 from deploy.config import DeployConfig, EvaluateConfig, PromoteConfig
-from pipeline.train.config import TrainConfig
-from pipeline.typed import model_type, suggest
+from train.config import TrainConfig
+from train.typed import model_type, suggest
 from tune.config import TuneConfig
 
 StageName = Literal["data_prep", "train", "tune", "evaluate", "promote", "deploy"]
@@ -170,3 +170,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def registered_model_name(cfg: PipelineConfig) -> str:
+    """The registered model of a pipeline: `promote.model_name` or '{name}-{family}'."""
+    return cfg.promote.model_name or f"{cfg.name}-{cfg.train.model.name}"

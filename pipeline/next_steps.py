@@ -8,7 +8,7 @@ from rich.console import Console
 
 from pipeline.config import PipelineConfig
 from pipeline.records import read_record
-from pipeline.tracking import absolute_tracking_uri
+from tracking import absolute_tracking_uri
 
 
 def print_next_steps(cfg: PipelineConfig, console: Console) -> None:

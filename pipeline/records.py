@@ -8,13 +8,17 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+RecordStatus = Literal["ok", "failed", "running"]
 
 
 @dataclass
 class StageRecord:
+    """What a stage consumed and produced, written before it runs and when it ends."""
+
     stage: str
-    status: str  # "ok" | "failed" | "running"
+    status: RecordStatus
     fingerprint: str  # hash of this stage's config and its upstream fingerprints
     config_hash: str
     inputs: dict[str, str] = field(default_factory=dict)  # upstream stage -> its fingerprint

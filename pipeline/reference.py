@@ -9,7 +9,7 @@ from typing import Any, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from pipeline.typed import model_type
+from train.typed import model_type
 
 
 def config_reference(model: type[BaseModel]) -> str:

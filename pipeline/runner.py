@@ -8,6 +8,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
@@ -22,21 +23,33 @@ from pipeline.records import (
 )
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage, StageContext
-from pipeline.typed import suggest
+from train.typed import suggest
 
 log = logging.getLogger(__name__)
 
 
-class StageFailed(Exception):
-    """A stage raised; its record says why and the next run resumes at it."""
+OutcomeStatus = Literal["ran", "skipped", "failed"]
 
 
 @dataclass
 class Outcome:
+    """What one stage did in this invocation."""
+
     stage: str
-    status: str  # "ran" | "skipped" | "failed"
+    status: OutcomeStatus
     seconds: float
     note: str = ""
+
+
+class StageFailed(Exception):
+    """A stage raised `error`; its record says why and the next run resumes at it."""
+
+    def __init__(self, stage: str, error: BaseException, outcome: Outcome):
+        super().__init__(stage, error, outcome)
+        self.stage, self.error, self.outcome = stage, error, outcome
+
+    def __str__(self) -> str:
+        return f"stage {self.stage} failed: {type(self.error).__name__}: {self.error}"
 
 
 def plan(targets: Sequence[str], graph: Mapping[str, Stage] = STAGES) -> list[Stage]:
@@ -79,7 +92,7 @@ def run_pipeline(
                     stage, cfg, workdir, done, stage.name in forced, console
                 )
             except StageFailed as failure:
-                outcomes.append(failure.args[2])
+                outcomes.append(failure.outcome)
                 raise
             outcomes.append(outcome)
             done[stage.name] = record

@@ -7,16 +7,12 @@ The project code travels as the job's working_dir, without data, checkpoints or 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import re
 import sys
 import time
 from pathlib import Path
-
-from rich.console import Console
 
 from pipeline.config import PipelineConfig
 
@@ -28,39 +24,10 @@ EXCLUDES = [
     "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "benchmarks",
 ]
 FINAL_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 60.0  # a freshly started head accepts jobs only once its job agent is up
 
 
-def register_commands(sub: argparse._SubParsersAction) -> None:
-    from pipeline.cli import add_config_arguments
-
-    submit = sub.add_parser("submit", help="send the pipeline to a Ray cluster as a job")
-    add_config_arguments(submit)
-    _add_address(submit)
-    submit.add_argument("--stages", default=None, help="comma-separated stages to run")
-    submit.add_argument("--wait", action="store_true", help="follow the logs until it ends")
-    submit.set_defaults(func=cmd_submit)
-    for name, func, text in (
-        ("status", cmd_status, "state, current stage and latest metrics of a job"),
-        ("logs", cmd_logs, "print (or -f follow) a job's logs"),
-        ("stop", cmd_stop, "stop a running job"),
-    ):
-        command = sub.add_parser(name, help=text)
-        command.add_argument("job_id")
-        _add_address(command)
-        if name == "logs":
-            command.add_argument("-f", "--follow", action="store_true")
-        command.set_defaults(func=func)
-
-
-def _add_address(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--address",
-        default=os.environ.get("RAY_API_SERVER_ADDRESS", DEFAULT_ADDRESS),
-        help=f"Ray dashboard address (default: $RAY_API_SERVER_ADDRESS or {DEFAULT_ADDRESS})",
-    )
-
-
-def _client(address: str):
+def job_client(address: str):
     from ray.job_submission import JobSubmissionClient
 
     use_local_auth_token()
@@ -101,58 +68,21 @@ def job_payload(cfg: PipelineConfig, stages: str | None) -> tuple[str, dict]:
     return entrypoint, runtime_env
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.cli import config_from_args
-
-    cfg = config_from_args(args)
-    entrypoint, runtime_env = job_payload(cfg, args.stages)
-    client = _client(args.address)
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env=runtime_env,
-        metadata={"nfpipe.pipeline": cfg.name, "nfpipe.profile": cfg.profile or ""},
-    )
-    print(job_id)
-    if not args.wait:
-        return 0
-    _follow(client, job_id)
-    status = _wait_final(client, job_id)
-    Console(stderr=True).print(f"job {job_id}: {status}")
-    return 0 if status == "SUCCEEDED" else 1
+def submit_job(client, entrypoint: str, runtime_env: dict, metadata: dict,
+               wait_s: float = AGENT_WAIT_S) -> str:
+    """`client.submit_job`, retried while the head says its job agent is not up yet."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+                                     metadata=metadata)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    client = _client(args.address)
-    info = client.get_job_info(args.job_id)
-    logs = client.get_job_logs(args.job_id)
-    summary = {
-        "job_id": args.job_id,
-        "status": str(info.status.value if hasattr(info.status, "value") else info.status),
-        "message": info.message,
-        "stage": current_stage(logs),
-        "latest_metrics": latest_metrics(logs),
-    }
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-def cmd_logs(args: argparse.Namespace) -> int:
-    client = _client(args.address)
-    if args.follow:
-        _follow(client, args.job_id)
-    else:
-        sys.stdout.write(client.get_job_logs(args.job_id))
-    return 0
-
-
-def cmd_stop(args: argparse.Namespace) -> int:
-    client = _client(args.address)
-    stopped = client.stop_job(args.job_id)
-    print(f"job {args.job_id}: {'stop requested' if stopped else 'not running'}")
-    return 0
-
-
-def _follow(client, job_id: str) -> None:
+def follow_logs(client, job_id: str) -> None:
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
             sys.stdout.write(chunk)
@@ -161,7 +91,7 @@ def _follow(client, job_id: str) -> None:
     asyncio.run(tail())
 
 
-def _wait_final(client, job_id: str, timeout_s: float = 60.0) -> str:
+def wait_final(client, job_id: str, timeout_s: float = 60.0) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
         status = str(client.get_job_status(job_id).value)

@@ -1,4 +1,8 @@
-"""Shared fixtures: one real local Ray per test session, a SQLite-backed MLflow per test."""
+"""Shared fixtures: one real local Ray per test session, a SQLite-backed MLflow per test.
+
+Tests that need a Ray cluster, a server process or a whole pipeline are marked `slow`
+(explicitly, or by using the `ray_local` fixture); `make test-fast` leaves them out.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,13 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the session's Ray is slow, whatever its module says."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """nfpipe tune: Ray Tune sweeps over the train config (depth, coupling, learning rate, …).
 
-`tune.config.TuneConfig` declares the sweep; `tune.sweep.run_sweep` runs or resumes it with
-trials that call the train stage's own loop (`tune.trial`), ASHA stopping the weak, MLflow
-parent/child runs written by the driver only (`tune.tracking`) and a leaderboard at the end.
+`config.TuneConfig` declares the sweep and `spec.SweepSpec` is one resolved by the pipeline;
+`sweep.run_sweep` runs or resumes it on the connected Ray with trials that run the training
+function they are given (`trial`), ASHA stopping the weak, MLflow parent/child runs written by
+the driver only (`trial_logger`), and a leaderboard at the end (`results`, `leaderboard`).
 """

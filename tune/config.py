@@ -31,8 +31,8 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.train.config import TrainConfig
-from pipeline.typed import model_type, suggest
+from train.config import leaf_paths
+from train.typed import suggest
 
 DISTRIBUTIONS = ("choice", "loguniform", "uniform", "randint")
 # Paths a sweep may not vary, and why (the tune section or the dataset owns them).
@@ -241,21 +241,9 @@ def flatten_space(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return {path: value for path, value in flat.items() if value is not None}
 
 
-def train_leaf_paths(model: type[BaseModel] = TrainConfig, prefix: str = "") -> dict[str, Any]:
-    """Every settable dotted path of the train config -> its field annotation."""
-    paths: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        sub = model_type(field.annotation)
-        if sub is not None:
-            paths.update(train_leaf_paths(sub, f"{prefix}{name}."))
-        else:
-            paths[f"{prefix}{name}"] = field.annotation
-    return paths
-
-
 def check_path(path: str) -> None:
     """Raise ValueError naming `path` when it is not a searchable train setting."""
-    leaves = train_leaf_paths()
+    leaves = leaf_paths()
     if path in RESERVED_PATHS:
         raise ValueError(f"{path!r} cannot be searched: {RESERVED_PATHS[path]}")
     if path in leaves:

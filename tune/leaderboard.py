@@ -15,8 +15,8 @@ from typing import Any
 
 from rich.table import Table
 
-from pipeline.train.tracker import client
-from tune.tracking import (
+from tracking import client
+from tune.trial_logger import (
     OVERRIDES_TAG,
     STATUS_TAG,
     TRIAL_TAG,

@@ -17,11 +17,11 @@ from typing import Any
 from rich.console import Console
 
 from data_prep import Manifest
-from pipeline.config import PipelineConfig
-from pipeline.train.export import export_bundle
-from pipeline.train.tracker import client, log_params
+from tracking import client, log_params
+from train.export import export_bundle
 from tune.leaderboard import TrialRow, collect_rows, leaderboard_table, write_leaderboard
 from tune.space import trial_train_config
+from tune.spec import SweepSpec
 
 MODEL_DIR = "model"
 LEADERBOARD_DIR = "leaderboard"
@@ -29,26 +29,13 @@ LEADERBOARD_DIR = "leaderboard"
 
 @dataclass(frozen=True)
 class Sweep:
-    """One sweep's fixed facts: its config, names, folders and MLflow runs."""
+    """One running sweep: its spec, dataset, MLflow experiment and parent run, console."""
 
-    cfg: PipelineConfig
-    name: str
-    storage: Path  # Tune storage_path; the experiment is storage / name
-    out_dir: Path  # the stage folder: model bundle and leaderboard files
+    spec: SweepSpec
     manifest: Manifest
-    tracking_uri: str
     experiment_id: str
     parent_run_id: str
     console: Console
-
-    @property
-    def exp_dir(self) -> Path:
-        return self.storage / self.name
-
-    @property
-    def train_runs(self) -> Path:
-        """Where trials with a TorchTrainer keep their Train runs."""
-        return self.exp_dir / "train_runs"
 
 
 @dataclass(frozen=True)
@@ -115,26 +102,26 @@ def pick_best(grid, train_runs: Path, metric: str, mode: str) -> tuple[str, str,
 
 def summarize(grid, sweep: Sweep) -> SweepResult:
     """Best trial, model bundle, leaderboard on the parent run; close the parent run."""
-    tune_cfg = sweep.cfg.tune
-    trial_id, checkpoint, value = pick_best(grid, sweep.train_runs, tune_cfg.metric,
+    tune_cfg = sweep.spec.tune
+    trial_id, checkpoint, value = pick_best(grid, sweep.spec.train_runs, tune_cfg.metric,
                                             tune_cfg.mode)
-    rows = collect_rows(sweep.tracking_uri, sweep.experiment_id, sweep.parent_run_id,
+    rows = collect_rows(sweep.spec.tracking_uri, sweep.experiment_id, sweep.parent_run_id,
                         tune_cfg.metric, tune_cfg.mode)
     best_row = next((row for row in rows if row.trial_id == trial_id), None)
     if best_row is None:
         raise RuntimeError(f"best trial {trial_id} has no MLflow child run under "
                            f"{sweep.parent_run_id}")
     best_epoch = int(json.loads((Path(checkpoint) / "model" / "meta.json").read_text())["epoch"])
-    train = trial_train_config(sweep.cfg.train, best_row.overrides, tune_cfg)
-    model_dir = export_bundle(Path(checkpoint), sweep.out_dir / MODEL_DIR, {
-        "source": "tune", "sweep": sweep.name, "trial_id": trial_id, "run_id": best_row.run_id,
+    train = trial_train_config(sweep.spec.train, best_row.overrides, tune_cfg)
+    model_dir = export_bundle(Path(checkpoint), sweep.spec.out_dir / MODEL_DIR, {
+        "source": "tune", "sweep": sweep.spec.name, "trial_id": trial_id, "run_id": best_row.run_id,
         "parent_run_id": sweep.parent_run_id, "dataset": sweep.manifest.dataset,
         "manifest_fingerprint": sweep.manifest.fingerprint, "best_config": best_row.overrides,
         tune_cfg.metric: value, "epoch": best_epoch, "train_config": train.model_dump(mode="json"),
     })
     result = SweepResult(
-        name=sweep.name,
-        experiment_path=str(sweep.exp_dir),
+        name=sweep.spec.name,
+        experiment_path=str(sweep.spec.exp_dir),
         best_trial_id=trial_id,
         best_config=best_row.overrides,
         best_test_bpd=value,
@@ -148,7 +135,7 @@ def summarize(grid, sweep: Sweep) -> SweepResult:
         trial_epochs=sum(row.epochs for row in rows),
     )
     log_to_parent(result, rows, sweep)
-    title = f"leaderboard: {sweep.name} ({result.trial_epochs} trial-epochs)"
+    title = f"leaderboard: {sweep.spec.name} ({result.trial_epochs} trial-epochs)"
     sweep.console.print(leaderboard_table(rows, tune_cfg.metric, tune_cfg.mode, title))
     return result
 
@@ -157,12 +144,12 @@ def log_to_parent(result: SweepResult, rows: list[TrialRow], sweep: Sweep) -> No
     """Leaderboard files, best config (params + JSON), summary metrics; FINISHED."""
     from mlflow.entities import Metric
 
-    cfg, tracking_uri = sweep.cfg, sweep.tracking_uri
-    metric, mode = cfg.tune.metric, cfg.tune.mode
-    board_dir = sweep.out_dir / LEADERBOARD_DIR
+    spec, tracking_uri = sweep.spec, sweep.spec.tracking_uri
+    metric, mode = spec.tune.metric, spec.tune.mode
+    board_dir = sweep.spec.out_dir / LEADERBOARD_DIR
     files = write_leaderboard(rows, board_dir, metric, mode)
     best_file = board_dir / "best_config.json"
-    train = trial_train_config(cfg.train, result.best_config, cfg.tune)
+    train = trial_train_config(spec.train, result.best_config, spec.tune)
     best_file.write_text(json.dumps({
         "trial_id": result.best_trial_id, "run_id": result.run_id,
         "overrides": result.best_config, metric: result.best_test_bpd,

@@ -14,16 +14,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.config import ConfigError
-from pipeline.train.config import TrainConfig
-from tune.config import ParamDistribution, TuneConfig, check_path, train_leaf_paths
+from train.config import TrainConfig, leaf_paths
+from tune.config import ParamDistribution, TuneConfig, check_path
 
 Overrides = dict[str, Any]  # dotted path inside train: -> value
 MAX_BUILDS = 64  # model corners built at most when checking a space
 
 
-class SearchSpaceError(ConfigError, ValueError):
-    """An invalid search space, found before any trial starts; the message names the path."""
+class SearchSpaceError(ValueError):
+    """An invalid search space, found before any trial starts; the message names the path.
+
+    A configuration error: the CLI prints it without a traceback and exits with code 2."""
 
 
 def apply_overrides(base: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
@@ -108,7 +109,7 @@ def _check_shared(cfg: TuneConfig, base: TrainConfig) -> None:
 
 def _check_kind(path: str, dist: ParamDistribution) -> None:
     """Continuous distributions only for float fields (an int field would get 2.37)."""
-    annotation = train_leaf_paths()[path]
+    annotation = leaf_paths()[path]
     if dist.kind in ("uniform", "loguniform") and annotation in (int, int | None):
         raise SearchSpaceError(
             f"tune.space.{path}: {dist.kind} draws floats but {path} is an integer; "

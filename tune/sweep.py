@@ -21,16 +21,16 @@ from typing import Any
 
 from rich.console import Console
 
+import tracking
 from data_prep import Manifest
-from pipeline.config import PipelineConfig
-from pipeline.train.config import TrainConfig
-from pipeline.train.tracker import client, flatten, git_commit
+from train.config import TrainConfig
 from tune import progress
 from tune.config import TuneConfig
 from tune.results import Sweep, SweepResult, summarize
 from tune.space import SearchSpaceError, to_tune_space, validate_space
-from tune.tracking import MlflowTrialLogger, open_parent
+from tune.spec import SweepSpec
 from tune.trial import TrialSetup, run_trial
+from tune.trial_logger import MlflowTrialLogger, open_parent
 
 _QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # the new engine prints its header even at verbose=0
@@ -41,13 +41,6 @@ _QUIET_ENV = {
 def sweep_name(pipeline_name: str, fingerprint: str) -> str:
     """Deterministic experiment name: the same pipeline run resumes the same sweep."""
     return f"{pipeline_name}-tune-{fingerprint[:12]}"
-
-
-def storage_root(cfg: PipelineConfig, out_dir: Path) -> Path:
-    """Tune storage: train.storage_path/tune when set (shared storage), else the stage folder."""
-    if cfg.train.storage_path is not None:
-        return (Path(cfg.train.storage_path) / "tune").resolve()
-    return (Path(out_dir) / "ray_results").resolve()
 
 
 def trial_cpus(cfg: TuneConfig, train: TrainConfig) -> float:
@@ -130,12 +123,11 @@ def make_search(cfg: TuneConfig, concurrency: int):
     return BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrency)
 
 
-def build_tuner(trainable, cfg: PipelineConfig, name: str, storage: Path, concurrency: int,
-                callbacks: list):
+def build_tuner(trainable, spec: SweepSpec, concurrency: int, callbacks: list):
     """A new Tuner for the sweep (every setting that a restore must find again)."""
     from ray import tune
 
-    tune_cfg = cfg.tune
+    tune_cfg = spec.tune
     return tune.Tuner(
         trainable,
         param_space=to_tune_space(tune_cfg.space),
@@ -148,11 +140,11 @@ def build_tuner(trainable, cfg: PipelineConfig, name: str, storage: Path, concur
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(storage),
+            name=spec.name,
+            storage_path=str(spec.storage),
             callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=cfg.train.checkpoints_keep,
+                num_to_keep=spec.train.checkpoints_keep,
                 checkpoint_score_attribute=tune_cfg.metric,
                 checkpoint_score_order=tune_cfg.mode,
             ),
@@ -162,41 +154,31 @@ def build_tuner(trainable, cfg: PipelineConfig, name: str, storage: Path, concur
     )
 
 
-def run_sweep(
-    cfg: PipelineConfig,
-    manifest_path: str | Path,
-    out_dir: Path,
-    name: str,
-    console: Console | None = None,
-) -> SweepResult:
-    """Run or resume the sweep `name` into `out_dir`; raise SearchSpaceError before any trial."""
+def run_sweep(spec: SweepSpec, console: Console | None = None) -> SweepResult:
+    """Run or resume the sweep on the connected Ray; raise SearchSpaceError before any trial
+    (and before any MLflow run) when the space cannot run on the dataset."""
     from ray import tune
 
-    from pipeline.ray_session import ensure_ray
-    from pipeline.tracking import absolute_tracking_uri, ensure_experiment
-
     console = console or Console()
-    out_dir = Path(out_dir).resolve()
-    manifest = Manifest.load(manifest_path)
-    validate_space(cfg.tune, cfg.train, tuple(manifest.image_shape), manifest.n_bins)
-    ensure_ray(cfg.ray)
-    concurrency = plan_concurrency(cfg.tune, cfg.train, _cluster_cpus())
-    tracking_uri = absolute_tracking_uri(cfg.mlflow.tracking_uri)
-    experiment_id = ensure_experiment(cfg.mlflow)
-    parent = open_parent(tracking_uri, experiment_id, name, _parent_params(cfg),
-                         _parent_tags(cfg, manifest))
-    sweep = Sweep(cfg, name, storage_root(cfg, out_dir), out_dir, manifest, tracking_uri,
-                  experiment_id, parent, console)
+    manifest = Manifest.load(spec.manifest_path)
+    validate_space(spec.tune, spec.train, tuple(manifest.image_shape), manifest.n_bins)
+    concurrency = plan_concurrency(spec.tune, spec.train, _cluster_cpus())
+    experiment_id = tracking.ensure_experiment(spec.tracking_uri, spec.experiment,
+                                               spec.artifact_root)
+    parent = open_parent(spec.tracking_uri, experiment_id, spec.name, _parent_params(spec),
+                         _parent_tags(spec, manifest))
+    sweep = Sweep(spec, manifest, experiment_id, parent, console)
     setup = TrialSetup(
-        tune=cfg.tune.model_dump(mode="json"),
-        train=cfg.train.model_dump(mode="json"),
-        manifest_path=str(Path(manifest_path).resolve()),
+        tune=spec.tune.model_dump(mode="json"),
+        train=spec.train.model_dump(mode="json"),
+        manifest_path=str(Path(spec.manifest_path).resolve()),
         bundle_meta={"manifest_fingerprint": manifest.fingerprint, "dataset": manifest.dataset,
-                     "sweep": name, "parent_run_id": parent},
-        train_storage=str(sweep.train_runs),
+                     "sweep": spec.name, "parent_run_id": parent},
+        train_storage=str(spec.train_runs),
+        train_fn=spec.train_fn,
     )
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, setup=setup), trial_resources(cfg.tune, cfg.train)
+        tune.with_parameters(run_trial, setup=setup), trial_resources(spec.tune, spec.train)
     )
     progress.use_console(console)
     try:
@@ -204,7 +186,7 @@ def run_sweep(
     except BaseException as err:
         progress.stop_live()
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        client(tracking_uri).set_terminated(parent, status=status)
+        tracking.finish_run(spec.tracking_uri, parent, status)
         raise
 
 
@@ -212,17 +194,16 @@ def _fit(sweep: Sweep, trainable, concurrency: int):
     """Restore the sweep's Tune experiment when one is on disk, else start it; run it."""
     from ray import tune
 
-    cfg = sweep.cfg
-    if tune.Tuner.can_restore(str(sweep.exp_dir)):
-        sweep.console.print(f"    resuming sweep {sweep.name} from {sweep.exp_dir}")
-        tuner = tune.Tuner.restore(str(sweep.exp_dir), trainable=trainable, resume_errored=True)
+    spec = sweep.spec
+    if tune.Tuner.can_restore(str(spec.exp_dir)):
+        sweep.console.print(f"    resuming sweep {spec.name} from {spec.exp_dir}")
+        tuner = tune.Tuner.restore(str(spec.exp_dir), trainable=trainable, resume_errored=True)
     else:
         sweep.console.print(
-            f"    sweep {sweep.name}: {cfg.tune.num_samples} trials, {cfg.tune.scheduler}, "
-            f"{cfg.tune.search} search, {concurrency} at once → {sweep.exp_dir}"
+            f"    sweep {spec.name}: {spec.tune.num_samples} trials, {spec.tune.scheduler}, "
+            f"{spec.tune.search} search, {concurrency} at once → {spec.exp_dir}"
         )
-        tuner = build_tuner(trainable, cfg, sweep.name, sweep.storage, concurrency,
-                            _callbacks(sweep))
+        tuner = build_tuner(trainable, spec, concurrency, _callbacks(sweep))
     with quiet_tune():
         return tuner.fit()
 
@@ -244,16 +225,16 @@ def quiet_tune() -> Iterator[None]:
 
 def _callbacks(sweep: Sweep) -> list:
     """Driver-side Tune callbacks: MLflow child runs (the only writer) and the live table."""
-    cfg = sweep.cfg
+    spec = sweep.spec
     logger = MlflowTrialLogger(
-        sweep.tracking_uri, sweep.experiment_id, sweep.parent_run_id, sweep.name,
-        cfg.tune.model_dump(mode="json"), cfg.train.model_dump(mode="json"),
+        spec.tracking_uri, sweep.experiment_id, sweep.parent_run_id, spec.name,
+        spec.tune.model_dump(mode="json"), spec.train.model_dump(mode="json"),
         tuple(sweep.manifest.image_shape), sweep.manifest.n_bins,
     )
-    if not cfg.tune.verbose:
+    if not spec.tune.verbose:
         return [logger]
-    live = progress.LiveTrialTable(cfg.tune.metric, cfg.tune.mode, cfg.tune.max_t,
-                                   list(cfg.tune.space))
+    live = progress.LiveTrialTable(spec.tune.metric, spec.tune.mode, spec.tune.max_t,
+                                   list(spec.tune.space))
     return [logger, live]
 
 
@@ -263,24 +244,23 @@ def _cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
-def _parent_params(cfg: PipelineConfig) -> dict[str, Any]:
-    tune_cfg = cfg.tune.model_dump(mode="json")
-    space = {f"space.{path}": dist.describe() for path, dist in cfg.tune.space.items()}
+def _parent_params(spec: SweepSpec) -> dict[str, Any]:
+    tune_cfg = spec.tune.model_dump(mode="json")
+    space = {f"space.{path}": dist.describe() for path, dist in spec.tune.space.items()}
     tune_cfg.pop("space")
+    train = tracking.flatten(spec.train.model_dump(mode="json"))
     return {**{f"tune.{k}": v for k, v in tune_cfg.items()}, **space,
-            **{f"train.{k}": v for k, v in flatten(cfg.train.model_dump(mode="json")).items()}}
+            **{f"train.{k}": v for k, v in train.items()}}
 
 
-def _parent_tags(cfg: PipelineConfig, manifest: Manifest) -> dict[str, str]:
+def _parent_tags(spec: SweepSpec, manifest: Manifest) -> dict[str, str]:
     tags = {
         "nfpipe.stage": "tune",
-        "nfpipe.pipeline": cfg.name,
+        "nfpipe.pipeline": spec.pipeline,
         "nfpipe.dataset": manifest.dataset,
         "nfpipe.manifest_fingerprint": manifest.fingerprint,
     }
-    commit = git_commit(Path(__file__).resolve().parent)
+    commit = tracking.git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return tags
-
-

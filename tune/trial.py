@@ -2,8 +2,9 @@
 
 Two compositions, as Ray Train V2 recommends for Train inside Tune:
 
-- `workers_per_trial == 1`: the trial process itself runs `pipeline.train.loop.train` as a
-  single-rank job (no process group), with `cpus_per_trial` torch threads.
+- `workers_per_trial == 1`: the trial process itself runs the sweep's training function (the
+  train stage's `train.loop.train`) as a single-rank job (no process group), with
+  `cpus_per_trial` torch threads.
 - `workers_per_trial > 1`: the trial function is a driver that fits a `TorchTrainer` with the
   train stage's `train_worker`; `TuneReportCallback` forwards rank 0's reports to Tune. The
   Train run is named after the trial, so a restored trial resumes its Train run.
@@ -16,16 +17,16 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.train.config import TrainConfig
-from pipeline.train.loop import Metrics, TrainJob
+from train.config import TrainConfig
+from train.loop import TrainJob
 from tune.config import TuneConfig
 from tune.space import overrides_of, trial_train_config
+from tune.spec import TrainFn
 
 ATTEMPTS_FILE = "attempts.jsonl"  # one line per start of a trial (restores included)
 
@@ -39,6 +40,7 @@ class TrialSetup:
     manifest_path: str
     bundle_meta: dict[str, Any]
     train_storage: str  # where per-trial TorchTrainer runs live (workers_per_trial > 1)
+    train_fn: TrainFn  # what an in-process trial runs (loop.train)
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
@@ -58,51 +60,31 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         verbose=False,
     )
     if tune_cfg.workers_per_trial == 1:
-        _train_in_process(train, job, tune_cfg.cpus_per_trial)
+        _train_in_process(setup.train_fn, train, job, tune_cfg.cpus_per_trial)
     else:
         _train_with_trainer(train, job, Path(setup.train_storage), f"trial-{trial_id}")
 
 
-def _train_in_process(train: TrainConfig, job: TrainJob, threads: int) -> None:
+def _train_in_process(train_fn: TrainFn, train: TrainConfig, job: TrainJob,
+                      threads: int) -> None:
     import ray.tune
 
-    from pipeline.train import checkpoint
-    from pipeline.train.ddp import WorkerInfo
-    from pipeline.train.loop import train as train_loop
+    from train.ddp import WorkerInfo
+    from train.reporting import latest_state, reporter
 
-    resume = None
-    latest = ray.tune.get_checkpoint()
-    if latest is not None:
-        with latest.as_directory() as folder:
-            resume = checkpoint.load_state(Path(folder))
+    resume = latest_state(ray.tune)
     _record_attempt(job.run_dir, resume)
     device = "cuda:0" if train.scaling.use_gpu else "cpu"
     world = WorkerInfo(rank=0, world_size=1, device=device, threads=threads)
-    train_loop(train, job, world, report_to_tune, resume=resume)
-
-
-def report_to_tune(metrics: Metrics, checkpoint_dir: Path | None) -> None:
-    """The loop's reporter in a trial: metrics every epoch, the checkpoint persisted now."""
-    import ray.tune
-
-    checkpoint = (
-        ray.tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-    )
-    try:
-        ray.tune.report(dict(metrics), checkpoint=checkpoint)
-    except SystemExit:
-        # The scheduler stopped this trial while its (daemon) thread waited in report. Unwinding
-        # now would free torch tensors while the actor's interpreter shuts down, which aborts
-        # the process inside torch's GIL handling; instead the thread parks until the exit.
-        threading.Event().wait()
+    train_fn(train, job, world, reporter(ray.tune), resume)
 
 
 def _train_with_trainer(train: TrainConfig, job: TrainJob, storage: Path, name: str) -> None:
     """A data-parallel Train run as the trial; this function is its driver (1 Tune bundle)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.train.distributed import build_trainer
-    from pipeline.train.loop import NonFiniteLossError
+    from train.distributed import build_trainer
+    from train.loop import NonFiniteLossError
 
     _record_attempt(job.run_dir, None)
     trainer = build_trainer(train, job, storage, name, callbacks=[TuneReportCallback()])
@@ -120,11 +102,3 @@ def _record_attempt(run_dir: str | None, resume: dict[str, Any] | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         handle.write(json.dumps({"start_epoch": start_epoch, "time": time.time()}) + "\n")
-
-
-def read_attempts(trial_dir: str | Path) -> list[dict[str, Any]]:
-    """The starts `_record_attempt` wrote for one trial (empty when it never started)."""
-    path = Path(trial_dir) / ATTEMPTS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from tracking import absolute_tracking_uri, ensure_experiment
+
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
 
@@ -24,6 +26,16 @@ class StageContext:
     inputs: Mapping[str, Mapping[str, Any]]  # outputs of upstream stages, by stage name
     console: Console
     fingerprint: str = ""  # this stage's fingerprint: config + upstream; stable across resumes
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI, a relative SQLite path made absolute."""
+        return absolute_tracking_uri(self.config.mlflow.tracking_uri)
+
+    def experiment_id(self) -> str:
+        """Point MLflow at the store; the id of the pipeline's experiment (created if new)."""
+        mlflow = self.config.mlflow
+        return ensure_experiment(self.tracking_uri, mlflow.experiment, mlflow.artifact_root)
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,14 @@ from pipeline.stages.base import StageContext, StageOutputs
 def run(ctx: StageContext) -> StageOutputs:
     import mlflow
 
-    from deploy.cli import load_served
     from deploy.images import save_level_grid
-    from pipeline.tracking import absolute_tracking_uri
+    from deploy.load import load_served
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # rich owns the console
     cfg = ctx.config.deploy
     promoted = ctx.inputs["promote"]
-    tracking = absolute_tracking_uri(ctx.config.mlflow.tracking_uri)
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(tracking)
+    mlflow.set_tracking_uri(ctx.tracking_uri)
+    mlflow.set_registry_uri(ctx.tracking_uri)
     if promoted.get("champion_version") is None:
         ctx.console.print(f"    {promoted['model_name']} has no {cfg.alias}; nothing to deploy")
         return {"model_uri": None, "version": None, "sample_grid": None, "scores": None}

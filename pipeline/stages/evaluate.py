@@ -85,16 +85,19 @@ def check_compatible(model: Any, manifest: Any) -> None:
 
 def test_bits_per_dim(model: Any, manifest: Any, batch_size: int, k: int,
                       seed: int) -> tuple[float, int]:
-    """(mean bits/dim over the whole test split, images scored); one seeded noise stream."""
+    """(mean bits/dim over the whole test split, images scored); one seeded noise stream.
+
+    `k`: noise draws for exact flows, importance samples for VAE / f-VAE."""
     import torch
 
     from data_prep import make_loader
-    from deploy.pyfunc import score_levels
+    from flows.scoring import score_levels
 
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    draws = {"noise_draws": k} if model.exact else {"importance_samples": k}
     total, count = 0.0, 0
     for x, _ in make_loader(manifest, "test", batch_size, mode="eval"):
-        bpd = score_levels(model, x, k=k, seed=generator)
+        bpd = score_levels(model, x, generator=generator, **draws)
         total += float(bpd.sum())
         count += len(bpd)
     if count == 0:
@@ -109,12 +112,12 @@ def sample_grids(model: Any, out_dir: Path, n: int, temperatures: tuple[float, .
                  seed: int) -> list[Path]:
     """One PNG grid of `n` samples per temperature (seeded), stretched to 0..255."""
     from deploy.images import save_level_grid
-    from deploy.pyfunc import sample_levels
+    from flows.scoring import sample_levels
 
     if n == 0:
         return []
     return [
-        save_level_grid(sample_levels(model, n, t, seed), model.config.n_bins,
+        save_level_grid(sample_levels(model, n, t, generator=seed), model.config.n_bins,
                         out_dir / f"samples_T{t:g}.png")
         for t in temperatures
     ]
@@ -123,11 +126,10 @@ def sample_grids(model: Any, out_dir: Path, n: int, temperatures: tuple[float, .
 def log_to_run(ctx: StageContext, run_id: str, metrics: dict[str, float],
                files: list[Path]) -> None:
     """Metrics and files (under `evaluate/`) into the training run."""
-    from deploy.registry import client_for
-    from pipeline.tracking import absolute_tracking_uri, ensure_experiment
+    from tracking import client as mlflow_client
 
-    ensure_experiment(ctx.config.mlflow)
-    client = client_for(absolute_tracking_uri(ctx.config.mlflow.tracking_uri))
+    ctx.experiment_id()
+    client = mlflow_client(ctx.tracking_uri)
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
     for path in files:

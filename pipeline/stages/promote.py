@@ -10,12 +10,12 @@ import json
 import os
 from pathlib import Path
 
+from pipeline.config import registered_model_name
 from pipeline.stages.base import StageContext, StageOutputs
 
 
 def run(ctx: StageContext) -> StageOutputs:
-    from deploy.registry import Candidate, model_name_for, register_and_promote
-    from pipeline.tracking import absolute_tracking_uri, ensure_experiment
+    from deploy.registry import Candidate, register_and_promote
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # rich owns the console
     evaluated = ctx.inputs["evaluate"]
@@ -27,12 +27,10 @@ def run(ctx: StageContext) -> StageOutputs:
         run_id=evaluated["run_id"],
         family=evaluated.get("family") or ctx.config.train.model.name,
     )
-    ensure_experiment(ctx.config.mlflow)
-    name = model_name_for(ctx.config)
-    decision, uri = register_and_promote(
-        absolute_tracking_uri(ctx.config.mlflow.tracking_uri), name, evaluated["model_dir"],
-        candidate, ctx.config.promote,
-    )
+    ctx.experiment_id()
+    name = registered_model_name(ctx.config)
+    decision, uri = register_and_promote(ctx.tracking_uri, name, evaluated["model_dir"],
+                                         candidate, ctx.config.promote)
     verdict = "[bold green]promoted[/]" if decision.promoted else "[yellow]kept champion[/]"
     ctx.console.print(f"    {name} v{decision.version}: {verdict} - {decision.reason}")
     return {

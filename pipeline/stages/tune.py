@@ -1,23 +1,51 @@
 """tune stage: a Ray Tune sweep over the train config (see tune/sweep.py).
 
-Reads the manifest from data_prep; the sweep's name comes from this stage's fingerprint, so a
-re-run after an interruption resumes the same Tune experiment instead of starting over.
+Composes the sweep from the pipeline config: the sweep's name comes from this stage's
+fingerprint, so a re-run after an interruption resumes the same Tune experiment instead of
+starting over; the trials run the train stage's own loop.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from data_prep import Manifest
+from pipeline.config import PipelineConfig
+from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
+from tracking import absolute_tracking_uri
+from train.loop import train
 from tune.results import as_outputs
+from tune.spec import SweepSpec
 from tune.sweep import run_sweep, sweep_name
 
 
 def run(ctx: StageContext) -> StageOutputs:
     manifest_path = ctx.inputs["data_prep"]["manifest"]
     name = sweep_name(ctx.config.name, ctx.fingerprint or "adhoc")
-    result = run_sweep(ctx.config, manifest_path, ctx.stage_dir, name, ctx.console)
+    ensure_ray(ctx.config.ray)
+    result = run_sweep(sweep_spec(ctx.config, manifest_path, ctx.stage_dir, name), ctx.console)
     ctx.console.print(
         f"    best trial {result.best_trial_id}: {ctx.config.tune.metric} "
         f"{result.best_test_bpd:.4f} at epoch {result.best_epoch} with {result.best_config}"
     )
     return as_outputs(result, Manifest.load(manifest_path))
+
+
+def sweep_spec(cfg: PipelineConfig, manifest_path: str | Path, out_dir: Path,
+               name: str) -> SweepSpec:
+    """The sweep of `cfg` on a dataset, writing to `out_dir` (the stage folder).
+
+    Tune's storage is `train.storage_path/tune` when set (shared storage on a cluster), else
+    the stage folder's `ray_results`.
+    """
+    out_dir = Path(out_dir).resolve()
+    storage = (Path(cfg.train.storage_path) / "tune" if cfg.train.storage_path is not None
+               else out_dir / "ray_results")
+    return SweepSpec(
+        name=name, pipeline=cfg.name, tune=cfg.tune, train=cfg.train,
+        manifest_path=Path(manifest_path), out_dir=out_dir, storage=storage.resolve(),
+        tracking_uri=absolute_tracking_uri(cfg.mlflow.tracking_uri),
+        experiment=cfg.mlflow.experiment, artifact_root=Path(cfg.mlflow.artifact_root),
+        train_fn=train,
+    )

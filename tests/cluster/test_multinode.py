@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, VENV_BIN, LocalRayCluster, cluster_local_settings, subprocess_env
 
+pytestmark = pytest.mark.slow
+
 TINY_TRAIN = [
     "--set", "train.epochs=1",
     "--set", "train.model.name=glow",

@@ -15,6 +15,7 @@ from helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):

@@ -91,9 +91,10 @@ def champion(registry, logged):
     """The logged bundle registered as MODEL_NAME and promoted to champion."""
     from deploy_helpers import MODEL_NAME
 
+    import tracking
     from deploy import registry as reg
 
-    client = reg.client_for(registry[0])
+    client = tracking.client(registry[0])
     run_id, info = logged
     candidate = reg.Candidate(3.0, "digits", "fp", run_id, "glow")
     version = reg.register_version(client, MODEL_NAME, info.model_uri, candidate, info.model_id)

@@ -9,9 +9,10 @@ import pytest
 from deploy_helpers import MODEL_NAME
 from PIL import Image
 
-from deploy import cli
 from deploy.images import grid_shape
-from deploy.pyfunc import score_levels
+from deploy.load import model_uri
+from flows.scoring import score_levels
+from pipeline import cli
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_score_png_files_and_a_shard(uri, tmp_path, capsys, model, test_images, 
                                               for row in scores[3:])
     # the CLI scores in chunks of max_batch (64) with the request's seed, like a server would
     images = np.concatenate([test_images[:3], _shard_images(shard)])
-    expected = np.concatenate([score_levels(model, images[i:i + 64], k=1, seed=5)
+    expected = np.concatenate([score_levels(model, images[i:i + 64], noise_draws=1, generator=5)
                                for i in range(0, len(images), 64)])
     np.testing.assert_allclose([row["bpd"] for row in scores], expected, rtol=0, atol=1e-5)
     assert result["mean_bpd"] == pytest.approx(expected.mean())
@@ -82,8 +83,8 @@ def test_models_list_table_and_unknown_model(uri, capsys, monkeypatch):
 
 
 def test_model_spec_forms():
-    assert cli.model_uri("m@challenger", "x", "champion") == "models:/m@challenger"
-    assert cli.model_uri("m/3", "x", "champion") == "models:/m/3"
-    assert cli.model_uri("m", "x", "champion") == "models:/m@champion"
-    assert cli.model_uri(None, "digits-glow", "champion") == "models:/digits-glow@champion"
-    assert cli.model_uri("runs:/abc/model", "x", "champion") == "runs:/abc/model"
+    assert model_uri("m@challenger", "x", "champion") == "models:/m@challenger"
+    assert model_uri("m/3", "x", "champion") == "models:/m/3"
+    assert model_uri("m", "x", "champion") == "models:/m@champion"
+    assert model_uri(None, "digits-glow", "champion") == "models:/digits-glow@champion"
+    assert model_uri("runs:/abc/model", "x", "champion") == "runs:/abc/model"

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+import tracking
 from deploy import registry as reg
 from deploy.registry import Candidate
 
@@ -25,7 +26,7 @@ def _register(client, name: str, logged, bpd: float, fingerprint: str = "fp-a") 
 
 @pytest.fixture
 def client(registry):
-    return reg.client_for(registry[0])
+    return tracking.client(registry[0])
 
 
 def test_gate_keeps_worse_takes_better_and_history_shows_both(client, logged):
@@ -81,7 +82,7 @@ def _race(uri: str, client, logged, name: str) -> tuple[str, str]:
 
     def pipeline(version: str, after_read=None, done=None) -> None:
         try:
-            reg.promote(reg.client_for(uri), name, version, poll_s=0.05, after_read=after_read)
+            reg.promote(tracking.client(uri), name, version, poll_s=0.05, after_read=after_read)
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
         finally:

@@ -10,16 +10,18 @@ import pytest
 from deploy_helpers import Server, use_tracking
 from helpers import VENV_BIN
 
-from deploy import cli
+import tracking
 from deploy.config import PromoteConfig
-from deploy.pyfunc import score_levels
 from deploy.registry import (
     Candidate,
-    client_for,
     promote,
     register_and_promote,
     register_version,
 )
+from flows.scoring import score_levels
+from pipeline import cli
+
+pytestmark = pytest.mark.slow
 
 NAME = "remote-glow"
 
@@ -42,7 +44,7 @@ def tracking_server(tmp_path_factory):
 def test_register_promote_pull_over_http(tracking_server, bundle, model, test_images,
                                          manifest, capsys):
     uri = tracking_server.url
-    client = client_for(uri)
+    client = tracking.client(uri)
     experiment = client.create_experiment("remote")  # artifacts go through the server
     cfg = PromoteConfig(margin=0.01, max_batch=64, max_samples=8)
     runs = [client.create_run(experiment).info.run_id for _ in range(2)]
@@ -71,8 +73,8 @@ def test_register_promote_pull_over_http(tracking_server, bundle, model, test_im
     pulled = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     assert pulled.metadata.run_id == runs[0]  # logged into the evaluated training run
     served = pulled.predict(test_images, params={"seed": 11})
-    np.testing.assert_allclose(served, score_levels(model, test_images, k=1, seed=11),
-                               rtol=0, atol=1e-5)
+    expected = score_levels(model, test_images, noise_draws=1, generator=11)
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
 
 
 def test_deploy_commands_take_the_server_from_the_environment(tracking_server, monkeypatch,

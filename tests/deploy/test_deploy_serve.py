@@ -9,14 +9,15 @@ import pytest
 import requests
 from deploy_helpers import MODEL_NAME, Server
 
-from deploy.pyfunc import score_levels
+from flows.scoring import score_levels
 
+pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def deploy_server(champion, registry, tmp_path_factory):
-    """`python -m deploy.cli deploy serve` on a free loopback port (started once, killed)."""
+    """`python -m pipeline.cli deploy serve` on a free loopback port (started once, killed)."""
     tmp = tmp_path_factory.mktemp("serve")
-    server = Server([sys.executable, "-m", "deploy.cli", "deploy", "serve",
+    server = Server([sys.executable, "-m", "pipeline.cli", "deploy", "serve",
                      "--model", f"{MODEL_NAME}@champion", "--tracking-uri", registry[0],
                      "--port", "{port}"], cwd=tmp, log=tmp / "serve.log")
     try:
@@ -55,7 +56,7 @@ def test_health_names_the_model(deploy_server, champion):
 def test_scores_a_batch_like_the_in_memory_model(deploy_server, model, test_images):
     response = _post(deploy_server, {"inputs": test_images.tolist(), "params": {"seed": 3}})
     assert response.status_code == 200, response.text
-    expected = score_levels(model, test_images, k=1, seed=3)
+    expected = score_levels(model, test_images, noise_draws=1, generator=3)
     np.testing.assert_allclose(response.json()["predictions"], expected, rtol=0, atol=1e-5)
 
 
@@ -119,7 +120,7 @@ def test_binds_loopback_only(deploy_server):
 def test_mlflow_models_serve_speaks_the_same_protocol(mlflow_server, model, test_images):
     scored = _post(mlflow_server, {"inputs": test_images.tolist(), "params": {"seed": 3}})
     assert scored.status_code == 200, scored.text
-    expected = score_levels(model, test_images, k=1, seed=3)
+    expected = score_levels(model, test_images, noise_draws=1, generator=3)
     np.testing.assert_allclose(scored.json()["predictions"], expected, rtol=0, atol=1e-5)
     sampled = _post(mlflow_server, {"inputs": ZEROS[:1],
                                     "params": {"mode": "sample", "n": 2, "temperature": 0.7}})

@@ -34,9 +34,10 @@ def pipeline_cfg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def train_run(pipeline_cfg) -> str:
-    from pipeline.tracking import ensure_experiment
+    from tracking import ensure_experiment
 
-    experiment = ensure_experiment(pipeline_cfg.mlflow)
+    mlflow = pipeline_cfg.mlflow
+    experiment = ensure_experiment(mlflow.tracking_uri, mlflow.experiment, mlflow.artifact_root)
     return new_run(pipeline_cfg.mlflow.tracking_uri, experiment)
 
 

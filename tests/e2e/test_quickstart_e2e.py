@@ -7,7 +7,10 @@ import json
 import shutil
 import subprocess
 
+import pytest
 from helpers import REPO, VENV_BIN, subprocess_env
+
+pytestmark = pytest.mark.slow
 
 TINY = {
     "train.epochs": 2,

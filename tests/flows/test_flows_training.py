@@ -55,11 +55,12 @@ def train_and_score(digits, iterations: int, lr: float, **fields) -> float:
 @pytest.mark.parametrize(
     ("iterations", "lr", "fields"),
     [
-        (800, 1e-2, dict(name="glow", levels=2, steps=3, hidden=32)),
-        (200, 5e-3, dict(name="realnvp", levels=2, steps=1, hidden=16, res_blocks=1)),
-        (400, 5e-3, dict(name="nice", steps=4, hidden=64, mlp_layers=2)),
+        pytest.param(800, 1e-2, dict(name="glow", levels=2, steps=3, hidden=32),
+                     id="glow", marks=pytest.mark.slow),  # ~20 s of training
+        pytest.param(200, 5e-3, dict(name="realnvp", levels=2, steps=1, hidden=16,
+                                     res_blocks=1), id="realnvp"),
+        pytest.param(400, 5e-3, dict(name="nice", steps=4, hidden=64, mlp_layers=2), id="nice"),
     ],
-    ids=["glow", "realnvp", "nice"],
 )
 def test_flows_beat_the_independent_baseline(digits, iterations, lr, fields):
     baseline = independent_baseline_bpd(*digits)

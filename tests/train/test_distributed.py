@@ -11,21 +11,24 @@ from train_helpers import tiny_train
 
 from data_prep import Manifest, make_loader
 from flows.config import ModelConfig
-from pipeline.train.config import TrainConfig
-from pipeline.train.ddp import WorkerInfo, gather_digests
-from pipeline.train.distributed import fit
-from pipeline.train.loop import TrainJob, resolve_model_config, train, train_step
-from pipeline.train.state import build_state
+from train.config import TrainConfig
+from train.ddp import WorkerInfo, gather_digests
+from train.distributed import fit
+from train.hooks import FaultInjection
+from train.loop import TrainJob, resolve_model_config, train, train_step
+from train.state import build_state
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 
-def _one_step(cfg: TrainConfig, model_cfg: ModelConfig, world: WorkerInfo, x, y) -> dict:
-    """Fresh model (rank 0 initialises on x), one step on this rank's share of y (float64)."""
+def _one_step(cfg: TrainConfig, model_cfg: ModelConfig, world: WorkerInfo, x, u) -> dict:
+    """Fresh model (rank 0 initialises on x), one step on this rank's share of x with
+    dequantisation noise u (float64)."""
     torch.set_default_dtype(torch.float64)
     try:
         state = build_state(cfg, model_cfg, world, init_x=x if world.is_chief else None)
-        train_step(state, y.chunk(world.world_size)[world.rank], cfg)
+        share = world.rank, world.world_size
+        train_step(state, x.chunk(share[1])[share[0]], cfg, noise=u.chunk(share[1])[share[0]])
         return {  # numpy: Ray Train refuses tensors in return values
             "grads": {n: p.grad.numpy().copy() for n, p in state.model.named_parameters()},
             "weights": {k: v.numpy().copy() for k, v in state.model.state_dict().items()},
@@ -47,14 +50,14 @@ def test_two_ranks_average_gradients_like_one_rank_on_the_whole_batch(
     model_cfg = resolve_model_config(cfg, manifest)
     x, _ = next(iter(make_loader(manifest, "train", 64)))
     noise = torch.Generator().manual_seed(0)
-    y = (x.double() + torch.rand(x.shape, generator=noise, dtype=torch.float64)) / 17 - 0.5
+    u = torch.rand(x.shape, generator=noise, dtype=torch.float64)
 
     def worker(config):
         import ray.train
 
         context = ray.train.get_context()
         world = WorkerInfo(context.get_world_rank(), context.get_world_size(), threads=1)
-        return _one_step(cfg, model_cfg, world, x, y)
+        return _one_step(cfg, model_cfg, world, x, u)
 
     this_module = sys.modules[__name__]  # workers cannot import test modules: ship it by value
     cloudpickle.register_pickle_by_value(this_module)
@@ -67,7 +70,7 @@ def test_two_ranks_average_gradients_like_one_rank_on_the_whole_batch(
         ).fit()
     finally:
         cloudpickle.unregister_pickle_by_value(this_module)
-    single = _one_step(cfg, model_cfg, WorkerInfo(threads=1), x, y)
+    single = _one_step(cfg, model_cfg, WorkerInfo(threads=1), x, u)
 
     ddp = result.return_value
     assert ddp["digests"][0] == ddp["digests"][1]
@@ -104,24 +107,25 @@ def test_divergence_under_ray_train_stops_with_the_guard_error(
     """
     from ray.train import ScalingConfig
 
-    from pipeline.train import distributed
-    from pipeline.train.loop import NonFiniteLossError
+    from train import distributed
+    from train.loop import NonFiniteLossError
 
     monkeypatch.setattr(distributed, "scaling_config", lambda spec: ScalingConfig(num_workers=0))
     cfg = TrainConfig.model_validate(
         tiny_train("glow", epochs=1, scaling={"num_workers": 1}, max_failures=3,
-                   max_nonfinite_steps=3, fault_injection={"nan_from_step": 5})
+                   max_nonfinite_steps=3)
     )
+    job = TrainJob(str(digits_manifest), verbose=False, hooks=FaultInjection(nan_from_step=5))
     threads = torch.get_num_threads()
     try:
         with pytest.raises(NonFiniteLossError, match="at step 7"):
-            fit(cfg, TrainJob(str(digits_manifest), verbose=False), tmp_path, "diverges")
+            fit(cfg, job, tmp_path, "diverges")
     finally:
         torch.set_num_threads(threads)
 
 
 def test_more_workers_than_the_cluster_has_fails_fast():
-    from pipeline.train.distributed import check_resources
+    from train.distributed import check_resources
 
     spec = TrainConfig.model_validate(tiny_train(scaling={"num_workers": 64})).scaling
     with pytest.raises(ValueError, match="asks for 64 CPU"):

@@ -10,9 +10,10 @@ from mlflow import MlflowClient
 from train_helpers import tiny_train
 
 from flows.io import load_meta
-from pipeline.train.checkpoint import load_state, model_bundle
+from train.checkpoint import load_state, model_bundle
+from train.hooks import FaultInjection
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 STEPS_PER_EPOCH = 22  # digits: 1437 train images // global batch 64
 
@@ -34,11 +35,11 @@ def test_injected_failures_restart_then_resume_without_lost_or_repeated_epochs(
         epochs=3,
         max_failures=1,
         checkpoints_keep=3,
-        fault_injection={"fail_at_steps": [30, 50], "fail_rank": 1},
     )
+    faults = FaultInjection(fail_at_steps=(30, 50), fail_rank=1)
     ctx = make_ctx(train)
     with pytest.raises(Exception, match="injected failure at step 50"):
-        stage.run(ctx)
+        stage.run(ctx, hooks=faults)
 
     (run_dir,) = (tmp_path / "work" / "ray_results").glob("t-train-*")
     assert (run_dir / "fault_injected_step30_rank1").exists()
@@ -49,7 +50,7 @@ def test_injected_failures_restart_then_resume_without_lost_or_repeated_epochs(
     (failed,) = client.search_runs([client.get_experiment_by_name("nfpipe").experiment_id])
     assert failed.info.status == "FAILED"
 
-    out = stage.run(ctx)  # `nfpipe run` again: same run name, resumes from epoch 2
+    out = stage.run(ctx, hooks=faults)  # `nfpipe run` again: same run name, resumes from epoch 2
 
     assert out["run_id"] == failed.info.run_id
     run = client.get_run(out["run_id"])

@@ -10,10 +10,11 @@ import pytest
 import torch
 from train_helpers import tiny_train
 
-from pipeline.train.checkpoint import load_state
-from pipeline.train.config import TrainConfig
-from pipeline.train.ddp import WorkerInfo
-from pipeline.train.loop import NonFiniteLossError, TrainJob, train
+from train.checkpoint import load_state
+from train.config import TrainConfig
+from train.ddp import WorkerInfo
+from train.hooks import NO_HOOKS, FaultInjection, TrainHooks
+from train.loop import NonFiniteLossError, TrainJob, train
 
 ONE_RANK = WorkerInfo(threads=1)
 
@@ -31,18 +32,20 @@ def _cfg(**overrides) -> TrainConfig:
     )
 
 
-def _run(cfg: TrainConfig, manifest: Path, resume=None, keep: Path | None = None):
+def _run(cfg: TrainConfig, manifest: Path, resume=None, keep: Path | None = None,
+         hooks: TrainHooks = NO_HOOKS):
     """Train in this process; with `keep`, copy each reported checkpoint there (by epoch)."""
 
     def report(metrics, checkpoint_dir):
         if keep is not None and checkpoint_dir is not None:
             shutil.copytree(checkpoint_dir, keep / f"epoch{int(metrics['epoch'])}")
 
-    return train(cfg, TrainJob(str(manifest), verbose=False), ONE_RANK, report, resume)
+    job = TrainJob(str(manifest), verbose=False, hooks=hooks)
+    return train(cfg, job, ONE_RANK, report, resume)
 
 
 def test_isolated_nonfinite_steps_are_skipped_and_counted(digits_manifest):
-    out = _run(_cfg(epochs=1, fault_injection={"nan_at_steps": [3, 4]}), digits_manifest)
+    out = _run(_cfg(epochs=1), digits_manifest, hooks=FaultInjection(nan_at_steps=(3, 4)))
 
     assert out["skipped_steps"] == 2
     assert out["final"]["skipped_steps"] == 2
@@ -50,10 +53,10 @@ def test_isolated_nonfinite_steps_are_skipped_and_counted(digits_manifest):
 
 
 def test_persistent_nonfinite_loss_stops_naming_the_step(digits_manifest):
-    cfg = _cfg(epochs=1, max_nonfinite_steps=3, fault_injection={"nan_from_step": 5})
+    cfg = _cfg(epochs=1, max_nonfinite_steps=3)
 
     with pytest.raises(NonFiniteLossError, match="at step 7: 3 steps in a row"):
-        _run(cfg, digits_manifest)
+        _run(cfg, digits_manifest, hooks=FaultInjection(nan_from_step=5))
 
 
 def test_same_seed_same_bpd_and_resume_continues_exactly(digits_manifest, tmp_path):

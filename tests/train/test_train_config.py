@@ -8,17 +8,17 @@ from pydantic import ValidationError
 from train_helpers import tiny_train
 
 from data_prep import Manifest
-from pipeline.train.config import TrainConfig
-from pipeline.train.distributed import build_trainer, run_name, scaling_config
-from pipeline.train.loop import TrainJob, resolve_model_config
-from pipeline.train.tracker import MlflowTracker, open_run
+from tracking import MlflowTracker, reopen_or_create
+from train.config import TrainConfig
+from train.distributed import build_trainer, run_name, scaling_config
+from train.hooks import FaultInjection
+from train.loop import TrainJob, resolve_model_config
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"batch_size": 63}, "divisible by scaling.num_workers=2"),
-        ({"fault_injection": {"fail_at_steps": [3], "fail_rank": 2}}, "fail_rank=2"),
         ({"optim": {"betas": [0.9, 1.0]}}, "betas must lie in"),
         ({"optim": {"name": "sgd"}}, "'adam' or 'adamax'"),
         ({"sample_temperatures": [0.0]}, "sample_temperatures must be > 0"),
@@ -29,6 +29,15 @@ from pipeline.train.tracker import MlflowTracker, open_run
 def test_invalid_train_configs_say_what_is_wrong(overrides, message):
     with pytest.raises(ValidationError, match=message):
         TrainConfig.model_validate(tiny_train(**overrides))
+
+
+def test_fault_injection_hooks_check_their_settings():
+    from train.ddp import WorkerInfo
+
+    with pytest.raises(ValueError, match="fail_rank=2"):
+        FaultInjection(fail_at_steps=(3,), fail_rank=2).before_step(1, WorkerInfo(0, 2), None)
+    with pytest.raises(ValueError, match="count from 1"):
+        FaultInjection(nan_at_steps=(0,))
 
 
 def test_every_field_is_described():
@@ -90,14 +99,18 @@ def test_trainer_wiring_follows_the_config(tmp_path):
 def test_reopened_run_logs_each_metric_step_once(mlflow_uri):
     client = MlflowClient(mlflow_uri)
     experiment = client.create_experiment("train-test")
-    run_id = open_run(mlflow_uri, experiment, "run-a", {"lr": 0.001}, {"dataset": "digits"})
+    def open_run(name, params, tags):
+        return reopen_or_create(mlflow_uri, experiment, {"nfpipe.train_run": name}, name,
+                                params, tags)
+
+    run_id = open_run("run-a", {"lr": 0.001}, {"dataset": "digits"})
     first = MlflowTracker(mlflow_uri, run_id)
     for step in (1, 2, 3):
         first.add({"train_bpd": 5.0 - step}, step)
     first.flush()
 
     # a restarted worker replays epochs 2..4 into the reopened run
-    assert open_run(mlflow_uri, experiment, "run-a", {"lr": 0.001}, {}) == run_id
+    assert open_run("run-a", {"lr": 0.001}, {}) == run_id
     second = MlflowTracker(mlflow_uri, run_id)
     for step in (2, 3, 4):
         second.add({"train_bpd": 5.0 - step, "test_bpd": 1.0}, step)

@@ -11,7 +11,7 @@ from train_helpers import TINY_MODELS, tiny_train
 
 from flows.io import load_model
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 
 def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:

@@ -9,14 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import subprocess_env, wait_until
 from mlflow import MlflowClient
 from rich.console import Console
-from tune_helpers import pipeline_dict
+from tune_helpers import pipeline_dict, read_attempts
 
 from pipeline.config import validate
+from pipeline.stages.tune import sweep_spec
 from tune.sweep import run_sweep
-from tune.trial import read_attempts
+
+pytestmark = pytest.mark.slow
 
 NAME = "restore-test"
 MAX_T = 3
@@ -30,13 +33,15 @@ TUNE = {
 }
 CHILD = """
 import json, os, sys
+from pathlib import Path
 import ray
 from rich.console import Console
 from pipeline.config import validate
+from pipeline.stages.tune import sweep_spec
 from tune.sweep import run_sweep
 cfg = validate(json.loads(os.environ["SWEEP_CFG"]))
 ray.init(address=os.environ["SWEEP_GCS"], log_to_driver=False)
-run_sweep(cfg, sys.argv[1], sys.argv[2], sys.argv[3], Console(quiet=True))
+run_sweep(sweep_spec(cfg, sys.argv[1], Path(sys.argv[2]), sys.argv[3]), Console(quiet=True))
 """
 
 
@@ -95,7 +100,7 @@ def test_killed_sweep_resumes_and_does_not_rerun_finished_trials(
     ]
     assert finished_before, "no trial had finished before the kill"
 
-    result = run_sweep(cfg, manifest_path, out, NAME, Console(quiet=True))
+    result = run_sweep(sweep_spec(cfg, manifest_path, out, NAME), Console(quiet=True))
 
     attempts = {d.name: read_attempts(d) for d in exp_dir.glob("trial_*")}
     assert len(attempts) == TUNE["num_samples"]

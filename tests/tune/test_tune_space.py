@@ -8,7 +8,8 @@ from tune_helpers import pipeline_dict, write_pipeline
 
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config, validate
-from pipeline.train.config import TrainConfig
+from pipeline.stages.tune import sweep_spec
+from train.config import TrainConfig
 from tune.config import TuneConfig
 from tune.space import (
     SearchSpaceError,
@@ -130,7 +131,7 @@ def test_bad_space_fails_before_any_trial_or_run(tmp_path, shards_root, manifest
     raw = pipeline_dict(tmp_path, shards_root, {"space": {"model.levels": [2, 5]}})
     cfg = validate(raw)
     with pytest.raises(SearchSpaceError, match=r"model\.levels=5"):
-        run_sweep(cfg, manifest_path, tmp_path / "out", "bad", Console(quiet=True))
+        run_sweep(sweep_spec(cfg, manifest_path, tmp_path / "out", "bad"), Console(quiet=True))
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was even opened
     # The CLI refuses schema errors with exit code 2, before data_prep or Ray.

@@ -15,6 +15,8 @@ from flows.io import load_meta, load_model
 from pipeline.cli import main
 from pipeline.config import load_config
 
+pytestmark = pytest.mark.slow
+
 MAX_T = 3
 SWEEP = {
     "space": {

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tune.trial import ATTEMPTS_FILE
 
 # Every sweep in these tests trains tiny Glows (hidden 8) on digits for a few epochs.
 TINY_TRAIN: dict[str, Any] = {
@@ -38,3 +41,11 @@ def write_pipeline(workdir: Path, shards_root: Path, tune: dict[str, Any]) -> Pa
     path = workdir / "pipeline.yaml"
     path.write_text(yaml.safe_dump(pipeline_dict(workdir, shards_root, tune)))
     return path
+
+
+def read_attempts(trial_dir: str | Path) -> list[dict[str, Any]]:
+    """The starts `_record_attempt` wrote for one trial (empty when it never started)."""
+    path = Path(trial_dir) / ATTEMPTS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,4 +1,5 @@
-"""Small helpers over the typed config models, shared by config loading, its reference and tune."""
+"""Helpers over the typed config models, for this package and the layers above it (tune's
+search space, the pipeline's config errors and reference)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from data_prep import Manifest, make_loader
-from pipeline.train.ddp import WorkerInfo, all_reduce_sum
-from pipeline.train.seeding import derive_seed
+from flows.scoring import score_levels
+from train.ddp import WorkerInfo, all_reduce_sum
+from train.seeding import derive_seed
 
 
 @torch.no_grad()
@@ -37,9 +38,9 @@ def evaluate(
     device = torch.device(world.device)
     noise = torch.Generator(device).manual_seed(derive_seed(seed, "eval", split, k, world.rank))
     for x, _ in loader:
-        bpd = model.bits_per_dim(x.to(device), k=k, generator=noise)
-        total += float(bpd.double().sum())
-        count += bpd.numel()
+        bpd = score_levels(model, x.to(device), importance_samples=k, generator=noise)
+        total += float(bpd.sum())
+        count += bpd.size
     model.train(was_training)
     total, count = all_reduce_sum([total, count], world)
     if count == 0:

@@ -5,7 +5,8 @@ The tracking URI is `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else the pipel
 `NAME/VERSION`, `NAME` (its `deploy.alias`, default champion) or any MLflow model URI; left
 out, it is the pipeline's registered model at `deploy.alias`.
 
-Exit codes: 0 done, 1 the registry or model failed, 2 a bad argument or input.
+Exit codes (see `pipeline.cli.report_error`): 0 done, 1 the registry or model failed, 2 a bad
+argument or input.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A bad argument or input: printed without a traceback, exit code 2."""
+from deploy.load import model_uri
+from pipeline.cli.args import UsageError, config_from_args
+from pipeline.config import PipelineConfig, registered_model_name
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:
@@ -80,40 +78,17 @@ def _common(parser: argparse.ArgumentParser, model: bool = False) -> None:
                             "pipeline's model at deploy.alias)")
 
 
-def _guarded(handler):
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except (UsageError, FileNotFoundError, ValueError) as err:
-            Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
-            return EXIT_USAGE
-        except Exception as err:  # registry down, model missing…: say so, no traceback
-            from mlflow.exceptions import MlflowException
-
-            if not isinstance(err, (MlflowException, OSError, ConnectionError)):
-                raise
-            Console(stderr=True).print(f"[bold red]failed:[/] {err}", highlight=False)
-            return EXIT_FAILED
-
-    run.__name__ = handler.__name__
-    return run
-
-
 # --- configuration -----------------------------------------------------------------------
 
 
-def pipeline_config(args: argparse.Namespace):
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     """The pipeline config named by --pipeline (or ./pipeline.yaml), else the defaults."""
-    from pipeline.config import load_config
-
-    path = getattr(args, "pipeline", None)
-    if path is None and Path("pipeline.yaml").exists():
-        path = Path("pipeline.yaml")
-    return load_config(path, getattr(args, "profile", None))
+    return config_from_args(argparse.Namespace(pipeline=args.pipeline, profile=args.profile,
+                                               sets=[]))
 
 
-def tracking_uri(args: argparse.Namespace, cfg=None) -> str:
-    from pipeline.tracking import absolute_tracking_uri
+def tracking_uri(args: argparse.Namespace, cfg: PipelineConfig | None = None) -> str:
+    from tracking import absolute_tracking_uri
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -121,72 +96,32 @@ def tracking_uri(args: argparse.Namespace, cfg=None) -> str:
     return absolute_tracking_uri(uri)
 
 
-def model_uri(spec: str | None, default_name: str, alias: str) -> str:
-    """`NAME@ALIAS`, `NAME/VERSION`, `NAME` or a URI -> an MLflow model URI."""
-    spec = spec or default_name
-    if "://" in spec or spec.startswith(("models:/", "runs:/")) or Path(spec).exists():
-        return spec
-    if "@" in spec or "/" in spec:
-        return f"models:/{spec}"
-    return f"models:/{spec}@{alias}"
-
-
-def _setup(args: argparse.Namespace) -> tuple[str, Any]:
+def _setup(args: argparse.Namespace) -> tuple[str, PipelineConfig]:
     import mlflow
-
-    from deploy.registry import model_name_for
 
     cfg = pipeline_config(args)
     uri = tracking_uri(args, cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    name = model_name_for(cfg)
+    name = registered_model_name(cfg)
     return model_uri(getattr(args, "model", None), name, cfg.deploy.alias), cfg
-
-
-def load_served(uri: str):
-    """(FlowPyfunc, info) for a model URI, with the version an alias resolved to."""
-    import mlflow
-
-    from deploy.pyfunc import FlowPyfunc
-
-    pyfunc = mlflow.pyfunc.load_model(uri)
-    model = pyfunc.unwrap_python_model()
-    if not isinstance(model, FlowPyfunc) and type(model).__name__ != "FlowPyfunc":
-        raise UsageError(f"{uri} is not an nfpipe model (its pyfunc is {type(model).__name__})")
-    info = {"model_uri": uri, "version": _resolved_version(uri),
-            "run_id": model.meta.get("run_id"), "dataset": model.meta.get("dataset")}
-    return model, info
-
-
-def _resolved_version(uri: str) -> str | None:
-    from deploy.registry import champion_version, client_for
-
-    if not uri.startswith("models:/"):
-        return None
-    ref = uri[len("models:/"):]
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        holder = champion_version(client_for(), name, alias)
-        return str(holder.version) if holder else None
-    return ref.split("/", 1)[1] if "/" in ref else None
 
 
 # --- commands ------------------------------------------------------------------------------
 
 
-@_guarded
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from deploy.registry import client_for, list_models
+    from deploy.registry import list_models
+    from tracking import client
 
     uri = tracking_uri(args)
-    rows = list_models(client_for(uri), args.name)
+    rows = list_models(client(uri), args.name)
     if args.json:
         print(json.dumps(rows, indent=2))
-        return EXIT_OK
+        return 0
     if not rows:
         Console().print(f"no registered models in {uri}")
-        return EXIT_OK
+        return 0
     table = Table(title=f"registered models ({uri})", box=box.SIMPLE_HEAD)
     for column in ("model", "v", "aliases", "test bpd", "dataset", "manifest", "decision"):
         table.add_column(column, justify="right" if column in ("v", "test bpd") else "left",
@@ -196,25 +131,23 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         table.add_row(row["model"], str(row["version"]), ", ".join(row["aliases"]), bpd,
                       row["dataset"], row["manifest_fingerprint"][:8], row["promotion"])
     Console().print(table)
-    return EXIT_OK
+    return 0
 
 
-@_guarded
 def cmd_sample(args: argparse.Namespace) -> int:
     from deploy.images import save_level_grid
 
     uri, cfg = _setup(args)
     temperature = cfg.deploy.temperature if args.temperature is None else args.temperature
-    model, info = load_served(uri)
+    model, info = _load(uri)
     levels = _request(model, None, {"mode": "sample", "n": args.n, "temperature": temperature,
                                      "seed": args.seed})
     path = save_level_grid(levels, model.n_bins, args.out, args.nrow)
     Console().print(f"{args.n} samples of {uri} (v{info['version']}) at T={temperature} "
                     f"-> {path}", highlight=False)
-    return EXIT_OK
+    return 0
 
 
-@_guarded
 def cmd_score(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -222,7 +155,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     uri, _ = _setup(args)
     names, images = _stack(read_images(args.paths))
-    model, info = load_served(uri)
+    model, info = _load(uri)
     _check_shapes(names, images, model.image_shape)
     step = max(1, min(args.batch_size, model.limits.max_batch))
     bpd = np.concatenate([
@@ -234,7 +167,7 @@ def cmd_score(args: argparse.Namespace) -> int:
               "mean_bpd": float(bpd.mean()), "scores": rows}
     if args.json:
         print(json.dumps(result, indent=2))
-        return EXIT_OK
+        return 0
     table = Table(title=f"bits/dim under {uri} (v{info['version']}, k={args.k})")
     table.add_column("image")
     table.add_column("bits/dim", justify="right")
@@ -242,22 +175,27 @@ def cmd_score(args: argparse.Namespace) -> int:
         table.add_row(row["image"], f"{row['bpd']:.4f}")
     table.add_row("[bold]mean[/]", f"[bold]{result['mean_bpd']:.4f}[/]")
     Console().print(table)
-    return EXIT_OK
+    return 0
 
 
-@_guarded
 def cmd_serve(args: argparse.Namespace) -> int:
     from deploy.serve import serve
 
     uri, cfg = _setup(args)
     host = args.host or cfg.deploy.host
     port = args.port or cfg.deploy.port
-    model, info = load_served(uri)
+    model, info = _load(uri)
     Console(stderr=True).print(
         f"serving {uri} (v{info['version']}) on http://{host}:{port}  "
         "(GET /health, POST /invocations)", highlight=False)
     serve(model, host, port, info)
-    return EXIT_OK
+    return 0
+
+
+def _load(uri: str):
+    from deploy.load import load_served
+
+    return load_served(uri)
 
 
 def _request(model, x, params: dict[str, Any]):
@@ -284,18 +222,3 @@ def _check_shapes(names: list[str], images: list, shape: tuple[int, int, int]) -
         if tuple(image.shape) != tuple(shape):
             raise UsageError(f"{name}: image of shape {list(image.shape)} (C, H, W), but the "
                              f"model expects {list(shape)}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m deploy.cli models|deploy ...` (the same commands without `nfpipe`)."""
-    parser = argparse.ArgumentParser(prog="python -m deploy.cli")
-    register_commands(parser.add_subparsers(metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return EXIT_USAGE
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

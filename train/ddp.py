@@ -76,12 +76,14 @@ def gather_digests(module: nn.Module, world: WorkerInfo) -> list[str]:
     return [str(d) for d in everyone]
 
 
-def wrap_for_training(objective: nn.Module, world: WorkerInfo, compile_: bool) -> nn.Module:
-    """DDP around the objective when distributed (gradients averaged over ranks), then compile."""
+def wrap_for_training(model: nn.Module, world: WorkerInfo, compile_: bool) -> nn.Module:
+    """The training objective: the model (whose forward is bits/dim of levels), in DDP when
+    distributed (gradients averaged over ranks), then compiled if asked."""
+    objective = model
     if world.distributed:
         device = torch.device(world.device)
         ids = [device] if device.type == "cuda" else None
-        objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+        objective = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compile_:
         objective = torch.compile(objective)
     return objective

@@ -1,9 +1,12 @@
 """Data-parallel training of one flows model on one shard set (the train stage's library).
 
-- `config.TrainConfig`: the typed `train:` section.
+- `config.TrainConfig`: the typed `train:` section (`leaf_paths`: what a sweep may set).
 - `loop.train(cfg, job, world, report, resume)`: the whole run in one process, free of Ray
   (a Tune trial calls it in-process; each Ray Train worker calls it too).
 - `distributed.fit(cfg, job, storage_path, name)`: a Ray Train `TorchTrainer` running
   `distributed.train_worker` (which calls `loop.train`) on `cfg.scaling.num_workers` workers.
-- `checkpoint`, `state`, `ddp`, `evaluation`, `optim`, `tracker`, `export`: the pieces.
+- `reporting`: the one reporter and resume helper of Ray Train workers and Tune trials.
+- `state`, `optim`, `ddp`, `evaluation`, `checkpoint`, `seeding`, `hooks`: the pieces of a
+  run; `export` turns a finished run into a model bundle; `cluster` checks, before training,
+  that every node sees the storage.
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,30 +9,11 @@ import torch
 from torch import nn
 
 from flows import build_model, initialize_from_batch
-from flows.bpd import bits_per_dim
 from flows.config import ModelConfig
-from pipeline.train.config import TrainConfig
-from pipeline.train.ddp import WorkerInfo, broadcast_module, wrap_for_training
-from pipeline.train.optim import Ema, build_optimizer, build_scheduler
-from pipeline.train.seeding import derive_seed
-
-
-class BpdObjective(nn.Module):
-    r"""bits/dim of already dequantized images y: (−log p(y) + D·ln n_bins) / (D·ln 2), [B].
-
-    The module DDP wraps (one forward per step for its gradient hooks). It takes y rather than
-    levels x so the caller owns the dequantization noise. `model.log_prob` is the exact
-    density for flows and the ELBO for VAE / f-VAE.
-    """
-
-    def __init__(self, model: nn.Module, image_shape: tuple[int, int, int], n_bins: int):
-        super().__init__()
-        self.model = model
-        self.dims = math.prod(image_shape)
-        self.n_bins = n_bins
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return bits_per_dim(self.model.log_prob(y), self.dims, self.n_bins)
+from train.config import TrainConfig
+from train.ddp import WorkerInfo, broadcast_module, wrap_for_training
+from train.optim import Ema, build_optimizer, build_scheduler
+from train.seeding import derive_seed
 
 
 @dataclass
@@ -41,7 +21,7 @@ class TrainState:
     """Everything a step changes; `snapshot()` / `restore()` make it resumable."""
 
     model: nn.Module  # the DensityModel itself (never wrapped)
-    objective: nn.Module  # BpdObjective, wrapped in DDP (and compiled) as configured
+    objective: nn.Module  # the model, wrapped in DDP (and compiled) as configured
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     ema: Ema | None
@@ -116,11 +96,10 @@ def build_state(
         noise = torch.Generator(device).manual_seed(derive_seed(cfg.seed, "init"))
         initialize_from_batch(model, model.dequantize(init_x.to(device), noise))
     broadcast_module(model, world)
-    objective = BpdObjective(model, model_cfg.image_shape, model_cfg.n_bins)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     state = TrainState(
         model=model,
-        objective=wrap_for_training(objective, world, cfg.compile),
+        objective=wrap_for_training(model, world, cfg.compile),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.optim),
         ema=Ema(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None,

@@ -2,16 +2,18 @@
 
 Validated once at the CLI edge; the Ray workers receive `model_dump(mode="json")` and
 re-validate it with `TrainConfig.model_validate`, so code below sees only typed objects.
+`leaf_paths` lists every settable dotted path (what a sweep may search).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.config import ModelConfig
+from train.typed import model_type
 
 
 class _Section(BaseModel):
@@ -60,30 +62,6 @@ class ScalingSpec(_Section):
     )
     gpus_per_worker: float = Field(
         1.0, gt=0, description="GPUs each worker reserves when use_gpu (fractions allowed)."
-    )
-
-
-class FaultInjection(_Section):
-    """Deliberate failures, for testing restart and the non-finite guard. Off by default."""
-
-    fail_at_steps: tuple[int, ...] = Field(
-        (),
-        description="Raise in the worker of rank `fail_rank` at each of these global steps, "
-        "once per run (a marker file in the run's storage folder makes 'once' survive the "
-        "restart).",
-    )
-    fail_rank: int = Field(0, ge=0, description="Rank that raises at `fail_at_steps`.")
-    nan_at_steps: tuple[int, ...] = Field(
-        (), description="Global steps whose loss is replaced by NaN (all ranks)."
-    )
-
-    @model_validator(mode="after")
-    def _positive_steps(self) -> FaultInjection:
-        if any(s < 1 for s in (*self.fail_at_steps, *self.nan_at_steps)):
-            raise ValueError("fault injection steps count from 1")
-        return self
-    nan_from_step: int | None = Field(
-        None, ge=1, description="Replace the loss by NaN at every step from this one on."
     )
 
 
@@ -157,9 +135,6 @@ class TrainConfig(_Section):
     sample_temperatures: tuple[float, ...] = Field(
         (0.7, 1.0), description="Temperatures of the sample grids logged at each evaluation."
     )
-    fault_injection: FaultInjection = Field(
-        FaultInjection(), description="Deliberate failures for tests (off by default)."
-    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -173,9 +148,16 @@ class TrainConfig(_Section):
                 )
         if any(t <= 0 for t in self.sample_temperatures):
             raise ValueError(f"sample_temperatures must be > 0, got {self.sample_temperatures}")
-        if self.fault_injection.fail_rank >= workers:
-            raise ValueError(
-                f"fault_injection.fail_rank={self.fault_injection.fail_rank} must be below "
-                f"scaling.num_workers={workers}"
-            )
         return self
+
+
+def leaf_paths(model: type[BaseModel] = TrainConfig, prefix: str = "") -> dict[str, Any]:
+    """Every settable dotted path of the train config -> its field annotation."""
+    paths: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        sub = model_type(field.annotation)
+        if sub is not None:
+            paths.update(leaf_paths(sub, f"{prefix}{name}."))
+        else:
+            paths[f"{prefix}{name}"] = field.annotation
+    return paths

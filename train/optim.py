@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from pipeline.train.config import OptimConfig
+from train.config import OptimConfig
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:

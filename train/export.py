@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from pipeline.train import checkpoint
+from train import checkpoint
 
 
 def export_bundle(checkpoint_dir: Path, out_dir: Path, meta: dict[str, Any]) -> Path:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.train import checkpoint
-from pipeline.train.config import ScalingSpec, TrainConfig
-from pipeline.train.ddp import WorkerInfo
-from pipeline.train.loop import Metrics, NonFiniteLossError, TrainJob, train
+from train.config import ScalingSpec, TrainConfig
+from train.ddp import WorkerInfo
+from train.loop import NonFiniteLossError, TrainJob, train
+from train.reporting import latest_state, reporter
 
 SCORE = "test_bpd"  # checkpoints are ranked by it, lowest first
 
@@ -100,7 +100,7 @@ def build_trainer(
     )
     return TorchTrainer(
         train_worker,
-        train_loop_config={"train": cfg.model_dump(mode="json"), "job": asdict(job)},
+        train_loop_config={"train": cfg.model_dump(mode="json"), "job": job},
         scaling_config=scaling_config(cfg.scaling),
         torch_config=TorchConfig(
             backend="nccl" if cfg.scaling.use_gpu else "gloo",
@@ -120,7 +120,6 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train.torch
 
     cfg = TrainConfig.model_validate(config["train"])
-    job = TrainJob(**config["job"])
     context = ray.train.get_context()
     world = WorkerInfo(
         rank=context.get_world_rank(),
@@ -129,27 +128,9 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
         threads=cfg.scaling.cpus_per_worker,
     )
     try:
-        return train(cfg, job, world, report_to_ray, resume=_latest_state())
+        return train(cfg, config["job"], world, reporter(ray.train), latest_state(ray.train))
     except NonFiniteLossError as err:
         return {"status": "nonfinite", "message": str(err)}
-
-
-def _latest_state() -> dict[str, Any] | None:
-    import ray.train
-
-    latest = ray.train.get_checkpoint()
-    if latest is None:
-        return None
-    with latest.as_directory() as folder:
-        return checkpoint.load_state(Path(folder))
-
-
-def report_to_ray(metrics: Metrics, checkpoint_dir: Path | None) -> None:
-    """The loop's reporter under Ray Train: a barrier; rank 0 attaches the checkpoint."""
-    import ray.train
-
-    ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-    ray.train.report(metrics, checkpoint=ckpt)
 
 
 def fit(cfg: TrainConfig, job: TrainJob, storage_path: Path, name: str) -> FitResult:

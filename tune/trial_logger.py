@@ -16,15 +16,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from pipeline.train.config import TrainConfig
-from pipeline.train.tracker import (
-    MlflowTracker,
-    client,
-    find_run,
-    flatten,
-    log_params,
-    reopen_or_create,
-)
+from tracking import MlflowTracker, client, flatten, reopen_or_create
+from train.config import TrainConfig
 from tune.config import TuneConfig
 from tune.space import count_parameters, overrides_of, trial_train_config
 
@@ -144,32 +137,27 @@ class MlflowTrialLogger(Callback):
         return tracker
 
     def _child_run(self, trial) -> str:
-        tags = {SWEEP_TAG: self.sweep, TRIAL_TAG: trial.trial_id}
-        run_id = find_run(self.tracking_uri, self.experiment_id, tags)
-        mlflow = self.mlflow
-        if run_id is not None:
-            mlflow.update_run(run_id, status="RUNNING")
-            mlflow.set_tag(run_id, STATUS_TAG, "running")
-            return run_id
+        """The trial's child run, reopened on a restored sweep; params logged once."""
+        identity = {SWEEP_TAG: self.sweep, TRIAL_TAG: trial.trial_id}
+        tags = {PARENT_TAG: self.parent_run_id, "nfpipe.role": "trial", "nfpipe.stage": "tune",
+                OVERRIDES_TAG: json.dumps(self._overrides(trial), sort_keys=True)}
+        run_id = reopen_or_create(self.tracking_uri, self.experiment_id, identity,
+                                  f"{self.sweep}-{trial.trial_id}",
+                                  lambda: self._params(trial), tags)
+        self.mlflow.set_tag(run_id, STATUS_TAG, "running")
+        return run_id
+
+    def _overrides(self, trial) -> dict[str, Any]:
+        return overrides_of(trial.config, TuneConfig.model_validate(self.tune_cfg).space)
+
+    def _params(self, trial) -> dict[str, Any]:
+        """The trial's whole train config, flattened, and its model's parameter count."""
         tune_cfg = TuneConfig.model_validate(self.tune_cfg)
-        overrides = overrides_of(trial.config, tune_cfg.space)
-        train = trial_train_config(TrainConfig.model_validate(self.base_train), overrides, tune_cfg)
-        run = mlflow.create_run(
-            self.experiment_id,
-            run_name=f"{self.sweep}-{trial.trial_id}",
-            tags={
-                **tags,
-                PARENT_TAG: self.parent_run_id,
-                "nfpipe.role": "trial",
-                "nfpipe.stage": "tune",
-                STATUS_TAG: "running",
-                OVERRIDES_TAG: json.dumps(overrides, sort_keys=True),
-            },
-        )
+        base = TrainConfig.model_validate(self.base_train)
+        train = trial_train_config(base, self._overrides(trial), tune_cfg)
         params = flatten(train.model_dump(mode="json"))
         params["model.n_params"] = count_parameters(train, self.image_shape, self.n_bins)
-        log_params(self.tracking_uri, run.info.run_id, params)
-        return run.info.run_id
+        return params
 
     def _finish(self, trial, status: str, run_status: str) -> None:
         tracker = self._tracker(trial)

@@ -1,0 +1,35 @@
+"""Arguments several commands share: how a command reads pipeline.yaml."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import PipelineConfig, load_config
+
+DEFAULT_PIPELINE = Path("pipeline.yaml")
+
+
+class UsageError(Exception):
+    """A bad argument or input: printed without a traceback, exit code 2."""
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """PIPELINE, --profile and --set: how every command that reads pipeline.yaml takes it."""
+    parser.add_argument(
+        "pipeline", nargs="?", type=Path, default=None,
+        help="pipeline file (default: ./pipeline.yaml if present, else the built-in defaults)",
+    )
+    parser.add_argument("--profile", default=None, help="named overrides from `profiles:`")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override one setting, e.g. --set train.epochs=3 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The pipeline named by the arguments (./pipeline.yaml if present, else the defaults)."""
+    path = getattr(args, "pipeline", None)
+    if path is None and DEFAULT_PIPELINE.exists():
+        path = DEFAULT_PIPELINE
+    return load_config(path, getattr(args, "profile", None), getattr(args, "sets", []))

@@ -1,0 +1,96 @@
+"""`nfpipe submit|status|logs|stop`: a pipeline as a Ray job (see `pipeline/submit.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from rich.console import Console
+
+from pipeline.cli.args import add_config_arguments, config_from_args
+from pipeline.submit import (
+    DEFAULT_ADDRESS,
+    current_stage,
+    follow_logs,
+    job_client,
+    job_payload,
+    latest_metrics,
+    submit_job,
+    wait_final,
+)
+
+
+def register_commands(sub: argparse._SubParsersAction) -> None:
+    submit = sub.add_parser("submit", help="send the pipeline to a Ray cluster as a job")
+    add_config_arguments(submit)
+    _add_address(submit)
+    submit.add_argument("--stages", default=None, help="comma-separated stages to run")
+    submit.add_argument("--wait", action="store_true", help="follow the logs until it ends")
+    submit.set_defaults(func=cmd_submit)
+    for name, func, text in (
+        ("status", cmd_status, "state, current stage and latest metrics of a job"),
+        ("logs", cmd_logs, "print (or -f follow) a job's logs"),
+        ("stop", cmd_stop, "stop a running job"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("job_id")
+        _add_address(command)
+        if name == "logs":
+            command.add_argument("-f", "--follow", action="store_true")
+        command.set_defaults(func=func)
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_API_SERVER_ADDRESS", DEFAULT_ADDRESS),
+        help=f"Ray dashboard address (default: $RAY_API_SERVER_ADDRESS or {DEFAULT_ADDRESS})",
+    )
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    entrypoint, runtime_env = job_payload(cfg, args.stages)
+    client = job_client(args.address)
+    metadata = {"nfpipe.pipeline": cfg.name, "nfpipe.profile": cfg.profile or ""}
+    job_id = submit_job(client, entrypoint, runtime_env, metadata)
+    print(job_id)
+    if not args.wait:
+        return 0
+    follow_logs(client, job_id)
+    status = wait_final(client, job_id)
+    Console(stderr=True).print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = job_client(args.address)
+    info = client.get_job_info(args.job_id)
+    logs = client.get_job_logs(args.job_id)
+    summary = {
+        "job_id": args.job_id,
+        "status": str(info.status.value if hasattr(info.status, "value") else info.status),
+        "message": info.message,
+        "stage": current_stage(logs),
+        "latest_metrics": latest_metrics(logs),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = job_client(args.address)
+    if args.follow:
+        follow_logs(client, args.job_id)
+    else:
+        sys.stdout.write(client.get_job_logs(args.job_id))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    client = job_client(args.address)
+    stopped = client.stop_job(args.job_id)
+    print(f"job {args.job_id}: {'stop requested' if stopped else 'not running'}")
+    return 0

@@ -1,0 +1,59 @@
+"""Where MLflow keeps runs and models: the tracking URI, its client, the experiment."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+SQLITE = "sqlite:///"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """`sqlite:///relative.db` made absolute, so Ray workers with another cwd use the same file."""
+    folder = sqlite_folder(uri)
+    if folder is None or uri.startswith(SQLITE + "/"):
+        return uri
+    return SQLITE + str(Path(uri[len(SQLITE):]).resolve())
+
+
+def sqlite_folder(uri: str) -> Path | None:
+    """The folder of a local SQLite store (what every writer must see), or None for a server."""
+    if not uri.startswith(SQLITE):
+        return None
+    return Path(uri[len(SQLITE):]).parent
+
+
+def client(tracking_uri: str | None = None):
+    """An `MlflowClient` whose model registry is the tracking store (SQLite file or http://)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | Path) -> str:
+    """Point MLflow's fluent API at `tracking_uri`; the id of experiment `name` (created if
+    missing). With a local store the artifacts go to `artifact_root` (made absolute), so runs
+    written from other working directories (Ray workers) find them."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if not tracking_uri.startswith(("http://", "https://", "databricks")):
+        location = Path(artifact_root).resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_commit(cwd: Path = PROJECT_ROOT) -> str | None:
+    """HEAD of the git checkout holding the code, or None outside a repository."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

@@ -1,0 +1,324 @@
+"""The training loop of one process, free of Ray; `train()` reads top to bottom.
+
+Every Ray Train worker runs `train` (see `distributed.py`); a Tune trial runs it in-process
+with `WorkerInfo()` and Tune's reporter. Per epoch: train on this rank's shards (DDP averages
+the gradients), evaluate the whole test split every `eval_every` epochs (all ranks share it),
+then call `report(metrics, checkpoint_dir)` on every rank, rank 0 passing a checkpoint folder
+on evaluated epochs and the others None. The folder is temporary: the reporter persists it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_prep import Manifest, make_loader
+from flows.config import ModelConfig
+from flows.io import save_model
+from tracking import MlflowTracker
+from train import checkpoint
+from train.config import TrainConfig
+from train.ddp import WorkerInfo, all_reduce_sum, gather_digests
+from train.evaluation import evaluate, save_samples
+from train.hooks import NO_HOOKS, TrainHooks
+from train.reporting import Metrics, Reporter
+from train.seeding import derive_seed, seed_all
+from train.state import TrainState, build_state
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient stayed non-finite for `max_nonfinite_steps` steps in a row."""
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Where one training run reads and writes (plain values: it crosses into Ray workers)."""
+
+    manifest_path: str
+    run_dir: str | None = None  # folder shared by all attempts of the run (fault markers)
+    tracking_uri: str | None = None  # MLflow; rank 0 logs when this and mlflow_run_id are set
+    mlflow_run_id: str | None = None
+    bundle_meta: dict[str, Any] = field(default_factory=dict)  # extra meta.json entries
+    verbose: bool = True  # rank 0 prints one line per epoch
+    hooks: TrainHooks = field(default_factory=TrainHooks)  # fault injection in tests
+
+
+def train(
+    cfg: TrainConfig,
+    job: TrainJob,
+    world: WorkerInfo,
+    report: Reporter,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train from scratch or from `resume` (a `checkpoint.load_state` dict) to `cfg.epochs`.
+
+    Returns a JSON-friendly summary: epochs done, the per-epoch history, the final metrics
+    and every rank's weight digest after step 1. Raises NonFiniteLossError on divergence.
+    """
+    configure_torch(cfg, world)
+    device = torch.device(world.device)
+    manifest = Manifest.load(job.manifest_path)
+    model_cfg = resolve_model_config(cfg, manifest)
+    init_x = None if resume else first_batch(cfg, manifest, world)
+    state = build_state(cfg, model_cfg, world, init_x, resume)
+    tracker = open_tracker(job, world)
+    try:
+        if resume is None and cfg.eval_at_start:  # epoch 0: the initialised model
+            bpd = score_test_split(state, cfg, manifest, world)
+            metrics = {"epoch": 0, "step": 0, "test_bpd": bpd}
+            state.history.append(metrics)
+            log_epoch(tracker, metrics, step=0)
+            print_epoch(job, world, cfg, state, metrics)
+        while state.epoch < cfg.epochs:
+            epoch = state.epoch + 1
+            seed_all(derive_seed(cfg.seed, "train", world.rank, epoch))
+            tally = EpochTally()
+            for x, _ in train_loader(cfg, manifest, world, epoch):
+                tally.waited()
+                job.hooks.before_step(state.step + 1, world, job.run_dir)
+                bpd, grad_norm = train_step(state, x.to(device, non_blocking=True), cfg,
+                                            job.hooks)
+                tally.add(bpd, grad_norm)
+                if state.step1_digests is None:
+                    state.step1_digests = gather_digests(state.model, world)
+                if tracker is not None and state.step % cfg.log_every == 0:
+                    tracker.add(step_metrics(state, bpd, grad_norm), state.step)
+            metrics = tally.summary(state, world, cfg.batch_size)
+            state.epoch = epoch
+            evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+            if evaluated:
+                metrics["test_bpd"] = score_test_split(state, cfg, manifest, world)
+            if epoch == cfg.epochs and not state.model.exact and cfg.eval_k > 1:
+                metrics["test_bpd_iwae"] = score_test_split(state, cfg, manifest, world,
+                                                            k=cfg.eval_k)
+            state.history.append(metrics)
+            print_epoch(job, world, cfg, state, metrics)
+            # metrics reach MLflow before the report commits the checkpoint: a failure in
+            # between replays the epoch, and the tracker drops the steps it already holds
+            with checkpoint_dir(state, cfg, job, world, metrics, evaluated) as ckpt:
+                log_epoch(tracker, metrics, epoch, ckpt)
+                report(metrics, ckpt)
+    except BaseException:
+        flush_quietly(tracker)  # keep the steps logged before the failure
+        raise
+    return summarize(state)
+
+
+def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig,
+               hooks: TrainHooks = NO_HOOKS,
+               noise: torch.Tensor | None = None) -> tuple[float, float]:
+    """One optimiser step on integer levels x; returns (this rank's mean bpd, grad norm).
+
+    `noise` fixes the dequantisation noise (tests); else the objective draws it. A non-finite
+    gradient norm (the same on every rank after DDP's all-reduce, so every rank decides alike)
+    skips the update; `max_nonfinite_steps` of them in a row raise NonFiniteLossError.
+    """
+    state.step += 1
+    state.optimizer.zero_grad(set_to_none=True)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    loss = hooks.loss(state.objective(x, noise=noise).mean(), state.step)
+    loss.backward()
+    max_norm = cfg.optim.grad_clip or math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
+    if math.isfinite(grad_norm):
+        state.nonfinite_in_row = 0
+        state.optimizer.step()
+        state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update(state.model)
+        return float(loss.detach()), grad_norm
+    state.optimizer.zero_grad(set_to_none=True)
+    state.skipped += 1
+    state.nonfinite_in_row += 1
+    if state.nonfinite_in_row >= cfg.max_nonfinite_steps:
+        raise NonFiniteLossError(
+            f"non-finite loss/gradient at step {state.step}: {state.nonfinite_in_row} steps in "
+            f"a row (max_nonfinite_steps={cfg.max_nonfinite_steps}), {state.skipped} skipped in "
+            "total; lower optim.lr, raise optim.warmup_steps or set optim.grad_clip"
+        )
+    return float(loss.detach()), grad_norm
+
+
+def resolve_model_config(cfg: TrainConfig, manifest: Manifest) -> ModelConfig:
+    """The configured model with the dataset's image shape and levels (and bf16 nets if amp)."""
+    update: dict[str, Any] = {
+        "image_shape": tuple(manifest.image_shape),
+        "n_bins": manifest.n_bins,
+    }
+    if cfg.amp:
+        update["net_dtype"] = "bfloat16"
+    return cfg.model.model_copy(update=update)
+
+
+def configure_torch(cfg: TrainConfig, world: WorkerInfo) -> None:
+    if world.threads:
+        torch.set_num_threads(world.threads)
+    if torch.device(world.device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+
+
+def train_loader(cfg: TrainConfig, manifest: Manifest, world: WorkerInfo, epoch: int):
+    """This rank's shuffled batches of the train split (batch_size is the global batch)."""
+    if cfg.batch_size % world.world_size:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} (global) is not divisible by {world.world_size} workers"
+        )
+    return make_loader(manifest, "train", cfg.batch_size // world.world_size, rank=world.rank,
+                       world_size=world.world_size, num_workers=cfg.loader_workers,
+                       seed=cfg.seed, epoch=epoch, mode="train")
+
+
+def first_batch(cfg: TrainConfig, manifest: Manifest, world: WorkerInfo) -> torch.Tensor | None:
+    """Rank 0's first training batch (the data-dependent initialisation batch)."""
+    if not world.is_chief:
+        return None
+    return next(iter(train_loader(cfg, manifest, world, epoch=1)))[0]
+
+
+def score_test_split(state: TrainState, cfg: TrainConfig, manifest: Manifest,
+                     world: WorkerInfo, k: int = 1) -> float:
+    """Bits/dim of the evaluated weights (EMA when kept) over the whole test split."""
+    batch = max((cfg.eval_batch_size or cfg.batch_size) // world.world_size, 1)
+    return evaluate(state.eval_model, manifest, world, batch_size=batch, seed=cfg.seed, k=k)
+
+
+@dataclass
+class EpochTally:
+    """Running sums of one epoch on one rank."""
+
+    bpd_sum: float = 0.0
+    finite_steps: int = 0
+    grad_norm_sum: float = 0.0
+    batches: int = 0
+    data_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    cpu_started: float = field(default_factory=time.process_time)
+    _mark: float = field(default_factory=time.perf_counter)
+
+    def waited(self) -> None:
+        """A batch arrived: count the time since the last step as waiting for data."""
+        self.data_s += time.perf_counter() - self._mark
+
+    def add(self, bpd: float, grad_norm: float) -> None:
+        self.batches += 1
+        if math.isfinite(bpd) and math.isfinite(grad_norm):
+            self.bpd_sum += bpd
+            self.grad_norm_sum += grad_norm
+            self.finite_steps += 1
+        self._mark = time.perf_counter()
+
+    def summary(self, state: TrainState, world: WorkerInfo, global_batch: int) -> Metrics:
+        """The epoch's metrics: train bpd and grad norm averaged over all ranks' finite steps."""
+        elapsed = time.perf_counter() - self.started
+        bpd_sum, finite, norm_sum = all_reduce_sum(
+            [self.bpd_sum, self.finite_steps, self.grad_norm_sum], world
+        )
+        images = self.batches * (global_batch // world.world_size) * world.world_size
+        return {
+            "epoch": state.epoch + 1,
+            "step": state.step,
+            "train_bpd": bpd_sum / finite if finite else math.nan,
+            "grad_norm": norm_sum / finite if finite else math.nan,
+            "lr": state.lr,
+            "skipped_steps": state.skipped,
+            "images_per_s": images / elapsed if elapsed > 0 else math.nan,
+            "epoch_s": elapsed,  # rank 0's wall time of the epoch's training part
+            "data_s": self.data_s,  # ... of it waiting for batches
+            "cpu_s": time.process_time() - self.cpu_started,  # rank 0's process CPU time
+        }
+
+
+def step_metrics(state: TrainState, bpd: float, grad_norm: float) -> Metrics:
+    """Per-step MLflow metrics (rank 0's batch)."""
+    return {
+        "step/train_bpd": bpd,
+        "step/grad_norm": grad_norm,
+        "step/lr": state.lr,
+        "step/skipped_steps": float(state.skipped),
+    }
+
+
+@contextlib.contextmanager
+def checkpoint_dir(state: TrainState, cfg: TrainConfig, job: TrainJob, world: WorkerInfo,
+                   metrics: Metrics, evaluated: bool) -> Iterator[Path | None]:
+    """Rank 0, evaluated epoch: a temporary checkpoint folder (bundle, state, samples)."""
+    if not (world.is_chief and evaluated):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="nfpipe-ckpt-") as tmp:
+        folder = Path(tmp)
+        meta = {**job.bundle_meta, "epoch": state.epoch, "step": state.step,
+                "test_bpd": metrics["test_bpd"], "run_id": job.mlflow_run_id}
+        save_model(state.eval_model, checkpoint.model_bundle(folder), meta)
+        checkpoint.save_state(folder, state.snapshot())
+        save_samples(state.eval_model, folder / "samples", epoch=state.epoch,
+                     temperatures=cfg.sample_temperatures, n=cfg.sample_n, seed=cfg.seed,
+                     device=world.device)
+        yield folder
+
+
+def open_tracker(job: TrainJob, world: WorkerInfo) -> MlflowTracker | None:
+    """Rank 0's MLflow writer, when the job names a run."""
+    if not world.is_chief or not (job.tracking_uri and job.mlflow_run_id):
+        return None
+    return MlflowTracker(job.tracking_uri, job.mlflow_run_id)
+
+
+def log_epoch(tracker: MlflowTracker | None, metrics: Metrics, step: int,
+              ckpt: Path | None = None) -> None:
+    """The epoch's metrics (and the checkpoint's sample grids) into MLflow, flushed."""
+    if tracker is None:
+        return
+    tracker.add({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, step)
+    if ckpt is not None:
+        tracker.log_files(sorted((ckpt / "samples").glob("*.png")), "samples")
+    tracker.flush()
+
+
+def flush_quietly(tracker: MlflowTracker | None) -> None:
+    if tracker is None:
+        return
+    try:
+        tracker.flush()
+    except Exception as err:  # noqa: BLE001 - never mask the error that stopped training
+        print(f"[train] could not flush MLflow metrics: {err}", flush=True)
+
+
+def print_epoch(job: TrainJob, world: WorkerInfo, cfg: TrainConfig, state: TrainState,
+                m: Metrics) -> None:
+    """One progress line per epoch, rank 0 only."""
+    if not (world.is_chief and job.verbose):
+        return
+    speed = f"{m['images_per_s']:8.1f} img/s" if "images_per_s" in m else " " * 14
+    train_bpd = f"train {m['train_bpd']:.4f}" if "train_bpd" in m else " " * 12
+    test = f"test {m['test_bpd']:.4f}" if "test_bpd" in m else ""
+    line = (f"[train] epoch {state.epoch}/{cfg.epochs} step {state.step} {speed} "
+            f"{train_bpd} {test} bpd (skipped {state.skipped})")
+    # the process's own stdout: Ray Train's patched print would also tee a wrapped
+    # sys.stdout (MLflow wraps it on rank 0) and show every line twice
+    print(line, file=sys.__stdout__ or sys.stdout, flush=True)
+
+
+def summarize(state: TrainState) -> dict[str, Any]:
+    """What the run returns to its driver (JSON-friendly)."""
+    return {
+        "status": "ok",
+        "epochs_done": state.epoch,
+        "step": state.step,
+        "skipped_steps": state.skipped,
+        "resumes": state.resumes,
+        "history": state.history,
+        "final": state.history[-1] if state.history else {},
+        "step1_digests": state.step1_digests,
+    }
