@@ -205,3 +205,14 @@ class _count_reads:
     def __exit__(self, *exc):
         for name, original in self.saved.items():
             setattr(torch.Tensor, name, original)
+
+
+def test_use_gpu_on_a_ray_without_gpus_fails_fast(ray_local):
+    """The train stage calls this before fitting on the embedded Ray (no waiting forever)."""
+    from train.distributed import check_resources
+
+    spec = TrainConfig.model_validate(
+        tiny_train(scaling={"num_workers": 1, "use_gpu": True})).scaling
+    with pytest.raises(ValueError, match=r"asks for 1 GPU \(1 workers\).*has 0 GPU"):
+        check_resources(spec)
+    check_resources(spec.model_copy(update={"use_gpu": False}))
