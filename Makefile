@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.nfpipe-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: run test test-fast docs lint bench lock clean
+.PHONY: run test test-fast docs lint bench gpu-check lock clean
 
 run: $(STAMP)
 	$(BIN)/nfpipe run $(ARGS)
@@ -27,6 +27,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+# The GPU path end to end on one GPU in at most 8 minutes (benchmarks/gpu_check.py; README,
+# "GPUs"); ARGS="--device cpu --smoke" runs it on a CPU in about a minute.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -50,13 +50,20 @@ def make_loader(
     epoch: int = 0,
     mode: Literal["train", "eval"] = "train",
     shuffle_buffer: int = 4096,
+    prefetch: int = 2,
+    pin_memory: bool = False,
 ) -> ShardLoader:
-    """A re-iterable loader of `(x, label)` batches of one split for one rank (see module doc)."""
+    """A re-iterable loader of `(x, label)` batches of one split for one rank (see module doc).
+
+    With `num_workers > 0`, each worker keeps `prefetch` batches ready, and `pin_memory`
+    pins them in page-locked memory (a background thread) for non-blocking copies to a GPU.
+    """
     if not isinstance(manifest, Manifest):
         manifest = Manifest.load(manifest)
     return ShardLoader(manifest, split, batch_size, rank=rank, world_size=world_size,
                        num_workers=num_workers, seed=seed, epoch=epoch, mode=mode,
-                       shuffle_buffer=shuffle_buffer)
+                       shuffle_buffer=shuffle_buffer, prefetch=prefetch,
+                       pin_memory=pin_memory)
 
 
 class ShardLoader:
@@ -64,12 +71,14 @@ class ShardLoader:
 
     def __init__(self, manifest: Manifest, split: str, batch_size: int, *, rank: int,
                  world_size: int, num_workers: int, seed: int, epoch: int,
-                 mode: Literal["train", "eval"], shuffle_buffer: int):
+                 mode: Literal["train", "eval"], shuffle_buffer: int, prefetch: int = 2,
+                 pin_memory: bool = False):
         if mode not in ("train", "eval"):
             raise ValueError(f"Expected mode 'train' or 'eval', got {mode!r}.")
-        if batch_size < 1 or num_workers < 0 or shuffle_buffer < 1:
-            raise ValueError(f"Expected batch_size >= 1, num_workers >= 0, shuffle_buffer >= 1; "
-                             f"got {batch_size}, {num_workers}, {shuffle_buffer}.")
+        if batch_size < 1 or num_workers < 0 or shuffle_buffer < 1 or prefetch < 1:
+            raise ValueError(f"Expected batch_size >= 1, num_workers >= 0, shuffle_buffer >= 1, "
+                             f"prefetch >= 1; got {batch_size}, {num_workers}, "
+                             f"{shuffle_buffer}, {prefetch}.")
         if not 0 <= rank < world_size:
             raise ValueError(f"Expected 0 <= rank < world_size, got rank {rank}, "
                              f"world_size {world_size}.")
@@ -77,6 +86,7 @@ class ShardLoader:
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_workers, self.seed, self.epoch = num_workers, seed, epoch
         self.shuffle_buffer = shuffle_buffer
+        self.prefetch, self.pin_memory = prefetch, pin_memory
         self._info = manifest.split(split)
         self.start, self.end, self.num_batches = rank_range(
             self._info.count, rank, world_size, batch_size, mode)
@@ -98,7 +108,8 @@ class ShardLoader:
         if self.num_workers == 0:
             yield from stream
             return
-        batches = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers))
+        batches = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                  prefetch_factor=self.prefetch, pin_memory=self.pin_memory))
         for item in batches:
             if isinstance(item, _WorkerError):
                 del batches  # stop the workers now, not when the traceback is collected

@@ -18,17 +18,33 @@ import torch
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _check_levels(x: torch.Tensor, n_bins: int) -> None:
-    if x.is_floating_point() or x.is_complex():
-        raise TypeError(
-            f"Expected integer levels x (uint8 or long in [0, {n_bins})), got dtype {x.dtype}; "
-            "pass continuous y to log_prob instead."
-        )
+def check_levels(x: torch.Tensor, n_bins: int) -> None:
+    """Raise unless x holds integer levels in [0, n_bins) (reads the values: a host sync)."""
+    _check_level_dtype(x, n_bins)
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= n_bins):
         raise ValueError(
             f"Expected levels in [0, {n_bins}), got values in [{int(x.min())}, {int(x.max())}]; "
             "does n_bins match the dataset manifest?"
         )
+
+
+def _check_level_dtype(x: torch.Tensor, n_bins: int) -> None:
+    if x.is_floating_point() or x.is_complex():
+        raise TypeError(
+            f"Expected integer levels x (uint8 or long in [0, {n_bins})), got dtype {x.dtype}; "
+            "pass continuous y to log_prob instead."
+        )
+
+
+def _check_levels(x: torch.Tensor, n_bins: int) -> None:
+    """The dtype always; the values only of CPU tensors in eager mode. Reading a device
+    tensor's values would make the host wait for the device on every training step, and a
+    compiled graph would break there: callers holding device tensors check the host batch
+    before the copy (the training loop, `flows.scoring.score_levels`)."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        check_levels(x, n_bins)
+    else:
+        _check_level_dtype(x, n_bins)
 
 
 def as_generator(seed: torch.Generator | int | None) -> torch.Generator | None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flows import bpd
 from flows.api import DensityModel
 
 
@@ -30,7 +31,9 @@ def score_levels(model: DensityModel, x: Any, *, noise_draws: int = 1,
                          f"{importance_samples}.")
     device = next(model.parameters()).device
     generator = _generator(generator, device)
-    x = (x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))).to(device)
+    x = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+    bpd.check_levels(x, model.n_bins)  # here: on a device, the objective skips the values
+    x = x.to(device)
     k = 1 if model.exact else importance_samples
     with torch.no_grad():
         total = sum(model.bits_per_dim(x, k=k, generator=generator).double()

@@ -130,7 +130,18 @@ class TrainConfig(_Section):
     compile: bool = Field(False, description="torch.compile the training objective.")
     channels_last: bool = Field(False, description="channels_last memory format (GPU convs).")
     tf32: bool = Field(True, description="Allow TF32 matmuls/convs on Ampere+ GPUs.")
-    loader_workers: int = Field(0, ge=0, description="DataLoader processes per Ray worker.")
+    loader_workers: int = Field(
+        0,
+        ge=0,
+        description="Loader processes per Ray worker that decode batches while the model "
+        "trains (0: decode in the training process between steps).",
+    )
+    loader_prefetch: int = Field(
+        2,
+        ge=1,
+        description="Batches each loader process keeps ready (with loader_workers > 0); on a "
+        "GPU they are also pinned for non-blocking copies.",
+    )
     sample_n: int = Field(64, gt=0, description="Images in each logged sample grid.")
     sample_temperatures: tuple[float, ...] = Field(
         (0.7, 1.0), description="Temperatures of the sample grids logged at each evaluation."

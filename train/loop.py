@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from data_prep import Manifest, make_loader
+from flows.bpd import check_levels
 from flows.config import ModelConfig
 from flows.io import save_model
 from tracking import MlflowTracker
@@ -29,14 +30,11 @@ from train import checkpoint
 from train.config import TrainConfig
 from train.ddp import WorkerInfo, all_reduce_sum, gather_digests
 from train.evaluation import evaluate, save_samples
+from train.guard import NonFiniteLossError as NonFiniteLossError  # raised by the guard
 from train.hooks import NO_HOOKS, TrainHooks
 from train.reporting import Metrics, Reporter
 from train.seeding import derive_seed, seed_all
 from train.state import TrainState, build_state
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or gradient stayed non-finite for `max_nonfinite_steps` steps in a row."""
 
 
 @dataclass(frozen=True)
@@ -85,13 +83,16 @@ def train(
             for x, _ in train_loader(cfg, manifest, world, epoch):
                 tally.waited()
                 job.hooks.before_step(state.step + 1, world, job.run_dir)
-                bpd, grad_norm = train_step(state, x.to(device, non_blocking=True), cfg,
-                                            job.hooks)
+                x = to_device(x, device, manifest.n_bins)
+                bpd, grad_norm = train_step(state, x, cfg, job.hooks)
                 tally.add(bpd, grad_norm)
                 if state.step1_digests is None:
                     state.step1_digests = gather_digests(state.model, world)
-                if tracker is not None and state.step % cfg.log_every == 0:
-                    tracker.add(step_metrics(state, bpd, grad_norm), state.step)
+                if state.step % cfg.log_every == 0:  # the step's only host syncs are here
+                    state.check_finite()
+                    if tracker is not None:
+                        tracker.add(step_metrics(state, bpd, grad_norm), state.step)
+            state.check_finite()
             metrics = tally.summary(state, world, cfg.batch_size)
             state.epoch = epoch
             evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
@@ -115,12 +116,14 @@ def train(
 
 def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig,
                hooks: TrainHooks = NO_HOOKS,
-               noise: torch.Tensor | None = None) -> tuple[float, float]:
-    """One optimiser step on integer levels x; returns (this rank's mean bpd, grad norm).
+               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on integer levels x; returns (this rank's mean bpd, grad norm) as
+    0-dim tensors on the device: nothing here waits for the device (no `.item()`).
 
     `noise` fixes the dequantisation noise (tests); else the objective draws it. A non-finite
     gradient norm (the same on every rank after DDP's all-reduce, so every rank decides alike)
-    skips the update; `max_nonfinite_steps` of them in a row raise NonFiniteLossError.
+    skips the update, on the device (`train.guard`); `state.check_finite()` raises once
+    `max_nonfinite_steps` of them came in a row.
     """
     state.step += 1
     state.optimizer.zero_grad(set_to_none=True)
@@ -129,24 +132,21 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig,
     loss = hooks.loss(state.objective(x, noise=noise).mean(), state.step)
     loss.backward()
     max_norm = cfg.optim.grad_clip or math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
-    if math.isfinite(grad_norm):
-        state.nonfinite_in_row = 0
-        state.optimizer.step()
-        state.scheduler.step()
-        if state.ema is not None:
-            state.ema.update(state.model)
-        return float(loss.detach()), grad_norm
-    state.optimizer.zero_grad(set_to_none=True)
-    state.skipped += 1
-    state.nonfinite_in_row += 1
-    if state.nonfinite_in_row >= cfg.max_nonfinite_steps:
-        raise NonFiniteLossError(
-            f"non-finite loss/gradient at step {state.step}: {state.nonfinite_in_row} steps in "
-            f"a row (max_nonfinite_steps={cfg.max_nonfinite_steps}), {state.skipped} skipped in "
-            "total; lower optim.lr, raise optim.warmup_steps or set optim.grad_clip"
-        )
-    return float(loss.detach()), grad_norm
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm, foreach=True)
+    skipped = state.guard.step(state.optimizer, grad_norm, state.step)
+    state.scheduler.step()  # warmup counts attempted steps: the host never reads `skipped`
+    if state.ema is not None:
+        state.ema.update(state.model, skipped)
+    return loss.detach(), grad_norm.detach()
+
+
+def to_device(x: torch.Tensor, device: torch.device, n_bins: int) -> torch.Tensor:
+    """A host batch of levels on `device`: checked here (the objective does not read a
+    device tensor's values), copied from pinned memory without blocking the host."""
+    check_levels(x, n_bins)
+    if device.type == "cuda" and not x.is_pinned():
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
 
 
 def resolve_model_config(cfg: TrainConfig, manifest: Manifest) -> ModelConfig:
@@ -176,7 +176,8 @@ def train_loader(cfg: TrainConfig, manifest: Manifest, world: WorkerInfo, epoch:
         )
     return make_loader(manifest, "train", cfg.batch_size // world.world_size, rank=world.rank,
                        world_size=world.world_size, num_workers=cfg.loader_workers,
-                       seed=cfg.seed, epoch=epoch, mode="train")
+                       seed=cfg.seed, epoch=epoch, mode="train", prefetch=cfg.loader_prefetch,
+                       pin_memory=torch.device(world.device).type == "cuda")
 
 
 def first_batch(cfg: TrainConfig, manifest: Manifest, world: WorkerInfo) -> torch.Tensor | None:
@@ -195,11 +196,9 @@ def score_test_split(state: TrainState, cfg: TrainConfig, manifest: Manifest,
 
 @dataclass
 class EpochTally:
-    """Running sums of one epoch on one rank."""
+    """Running sums of one epoch on one rank, kept on the device (read once, at the end)."""
 
-    bpd_sum: float = 0.0
-    finite_steps: int = 0
-    grad_norm_sum: float = 0.0
+    sums: torch.Tensor | None = None  # float64 [Σ bpd, finite steps, Σ grad norm]
     batches: int = 0
     data_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
@@ -210,20 +209,20 @@ class EpochTally:
         """A batch arrived: count the time since the last step as waiting for data."""
         self.data_s += time.perf_counter() - self._mark
 
-    def add(self, bpd: float, grad_norm: float) -> None:
+    def add(self, bpd: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Count a step; its bpd and grad norm only when both are finite."""
         self.batches += 1
-        if math.isfinite(bpd) and math.isfinite(grad_norm):
-            self.bpd_sum += bpd
-            self.grad_norm_sum += grad_norm
-            self.finite_steps += 1
+        finite = torch.isfinite(bpd) & torch.isfinite(grad_norm)
+        row = torch.stack([bpd, finite, grad_norm]).to(torch.float64)
+        row = torch.where(finite, row, 0.0)
+        self.sums = row if self.sums is None else self.sums + row
         self._mark = time.perf_counter()
 
     def summary(self, state: TrainState, world: WorkerInfo, global_batch: int) -> Metrics:
         """The epoch's metrics: train bpd and grad norm averaged over all ranks' finite steps."""
         elapsed = time.perf_counter() - self.started
-        bpd_sum, finite, norm_sum = all_reduce_sum(
-            [self.bpd_sum, self.finite_steps, self.grad_norm_sum], world
-        )
+        sums = [0.0, 0.0, 0.0] if self.sums is None else self.sums.tolist()
+        bpd_sum, finite, norm_sum = all_reduce_sum(sums, world)
         images = self.batches * (global_batch // world.world_size) * world.world_size
         return {
             "epoch": state.epoch + 1,
@@ -239,11 +238,11 @@ class EpochTally:
         }
 
 
-def step_metrics(state: TrainState, bpd: float, grad_norm: float) -> Metrics:
-    """Per-step MLflow metrics (rank 0's batch)."""
+def step_metrics(state: TrainState, bpd: torch.Tensor, grad_norm: torch.Tensor) -> Metrics:
+    """Per-step MLflow metrics (rank 0's batch), read from the device."""
     return {
-        "step/train_bpd": bpd,
-        "step/grad_norm": grad_norm,
+        "step/train_bpd": float(bpd),
+        "step/grad_norm": float(grad_norm),
         "step/lr": state.lr,
         "step/skipped_steps": float(state.skipped),
     }

@@ -12,6 +12,7 @@ from flows import build_model, initialize_from_batch
 from flows.config import ModelConfig
 from train.config import TrainConfig
 from train.ddp import WorkerInfo, broadcast_module, wrap_for_training
+from train.guard import NonFiniteGuard
 from train.optim import Ema, build_optimizer, build_scheduler
 from train.seeding import derive_seed
 
@@ -25,10 +26,11 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     ema: Ema | None
+    guard: NonFiniteGuard  # skips and counts non-finite steps on the device
     epoch: int = 0  # completed epochs
     step: int = 0  # optimiser steps attempted (the same on every rank)
-    skipped: int = 0  # steps skipped for a non-finite loss or gradient, in total
-    nonfinite_in_row: int = 0
+    skipped: int = 0  # steps skipped for a non-finite gradient, in total (at the last check)
+    nonfinite_in_row: int = 0  # ... of them in a row (at the last check)
     resumes: int = 0  # how many times this run was restored from a checkpoint
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
     step1_digests: list[str] | None = None  # every rank's weight digest after step 1
@@ -41,6 +43,11 @@ class TrainState:
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+    def check_finite(self) -> None:
+        """Bring the guard's counters to the host (one sync); raises NonFiniteLossError when
+        non-finite steps persisted."""
+        self.skipped, self.nonfinite_in_row = self.guard.check()
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -69,6 +76,7 @@ class TrainState:
             setattr(self, name, value)
         self.history = list(saved["history"])
         self.step1_digests = saved["step1_digests"]
+        self.guard.load(self.skipped, self.nonfinite_in_row)
         self.resumes += 1
 
 
@@ -103,6 +111,7 @@ def build_state(
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.optim),
         ema=Ema(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None,
+        guard=NonFiniteGuard(device, cfg.max_nonfinite_steps),
     )
     if resume is not None:
         state.restore(resume)

@@ -80,6 +80,21 @@ def plan_concurrency(cfg: TuneConfig, train: TrainConfig, cluster_cpus: float) -
     return max(1, min(wanted, fits, cfg.num_samples))
 
 
+def check_gpus(cfg: TuneConfig, train: TrainConfig, cluster_gpus: float) -> None:
+    """Fail before any trial when a trial asks for more GPUs than the whole Ray cluster has:
+    Tune would keep such trials pending forever."""
+    if not train.scaling.use_gpu:
+        return
+    need = cfg.workers_per_trial * train.scaling.gpus_per_worker
+    if need > cluster_gpus:
+        raise SearchSpaceError(
+            f"tune: each trial needs {need:g} GPU(s) (train.scaling.use_gpu=true, "
+            f"tune.workers_per_trial={cfg.workers_per_trial} x train.scaling.gpus_per_worker="
+            f"{train.scaling.gpus_per_worker:g}) and the Ray cluster has {cluster_gpus:g}; "
+            "set train.scaling.use_gpu=false or add GPU nodes"
+        )
+
+
 def trial_resources(cfg: TuneConfig, train: TrainConfig) -> dict[str, float]:
     """What Tune reserves per trial (a TorchTrainer's workers reserve their own)."""
     resources: dict[str, float] = {"cpu": cfg.cpus_per_trial}
@@ -162,7 +177,8 @@ def run_sweep(spec: SweepSpec, console: Console | None = None) -> SweepResult:
     console = console or Console()
     manifest = Manifest.load(spec.manifest_path)
     validate_space(spec.tune, spec.train, tuple(manifest.image_shape), manifest.n_bins)
-    concurrency = plan_concurrency(spec.tune, spec.train, _cluster_cpus())
+    check_gpus(spec.tune, spec.train, _cluster_resource("GPU"))
+    concurrency = plan_concurrency(spec.tune, spec.train, _cluster_resource("CPU"))
     experiment_id = tracking.ensure_experiment(spec.tracking_uri, spec.experiment,
                                                spec.artifact_root)
     parent = open_parent(spec.tracking_uri, experiment_id, spec.name, _parent_params(spec),
@@ -238,10 +254,11 @@ def _callbacks(sweep: Sweep) -> list:
     return [logger, live]
 
 
-def _cluster_cpus() -> float:
+def _cluster_resource(kind: str) -> float:
+    """How much of `kind` ("CPU", "GPU") the connected Ray cluster has in total."""
     import ray
 
-    return float(ray.cluster_resources().get("CPU", 0.0))
+    return float(ray.cluster_resources().get(kind, 0.0))
 
 
 def _parent_params(spec: SweepSpec) -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""The non-finite step guard, decided on the device so that a step never waits for the host."""
+
+from __future__ import annotations
+
+import torch
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient stayed non-finite for `max_nonfinite_steps` steps in a row."""
+
+
+class NonFiniteGuard:
+    """Skips every optimiser step whose gradient norm is not finite; counts the skips.
+
+    The decision is a bool tensor on the device. The gradient norm is computed from the
+    gradients after DDP's all-reduce, the same on every rank, so every rank skips alike.
+    torch's fused Adam takes it as `found_inf` and skips inside its kernel (parameters,
+    moments and step count untouched): no host sync. Other optimisers (Adamax: torch has no
+    fused kernel) read the flag on the host, one sync per step, as torch's GradScaler does.
+
+    The counters live on the device; `check` (called at logging intervals and at epoch ends)
+    brings them to the host and raises NonFiniteLossError when `max_in_row` non-finite steps
+    in a row were reached, naming the step at which that happened.
+    """
+
+    def __init__(self, device: torch.device, max_in_row: int, skipped: int = 0,
+                 in_row: int = 0):
+        self.max_in_row = max_in_row
+        self._skipped = torch.tensor(skipped, device=device)  # in total
+        self._in_row = torch.tensor(in_row, device=device)
+        self._stop_step = torch.tensor(0, device=device)  # where in_row reached max_in_row
+
+    def load(self, skipped: int, in_row: int) -> None:
+        """Continue from counts saved in a checkpoint."""
+        self._skipped.fill_(skipped)
+        self._in_row.fill_(in_row)
+        self._stop_step.fill_(0)
+
+    def step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor,
+             step: int) -> torch.Tensor:
+        """`optimizer.step()` unless `grad_norm` is non-finite; returns that flag (device)."""
+        skipped = ~torch.isfinite(grad_norm)
+        if all(group.get("fused") for group in optimizer.param_groups):
+            optimizer.found_inf = skipped.to(torch.float32)
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf
+        elif not bool(skipped):  # the host sync of optimisers without a device-side skip
+            optimizer.step()
+        self._skipped += skipped
+        self._in_row = (self._in_row + 1) * skipped
+        reached = (self._in_row >= self.max_in_row) & (self._stop_step == 0)
+        self._stop_step = torch.where(reached, step, self._stop_step)
+        return skipped
+
+    def check(self) -> tuple[int, int]:
+        """(skipped in total, non-finite in a row now), read from the device in one sync;
+        raises NonFiniteLossError once `max_in_row` in a row were reached."""
+        values = torch.stack([self._skipped, self._in_row, self._stop_step]).tolist()
+        skipped, in_row, stop_step = (int(v) for v in values)
+        if stop_step:
+            raise NonFiniteLossError(
+                f"non-finite loss/gradient at step {stop_step}: {self.max_in_row} steps in a "
+                f"row (max_nonfinite_steps={self.max_in_row}), {skipped} skipped in total "
+                "so far; lower optim.lr, raise optim.warmup_steps or set optim.grad_clip"
+            )
+        return skipped, in_row
