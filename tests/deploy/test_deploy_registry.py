@@ -114,13 +114,33 @@ def test_race_is_real_without_the_queue(registry, client, logged, monkeypatch):
     assert champion != better
 
 
-def test_abandoned_pending_version_stops_blocking(client, logged):
+def test_abandoned_pending_version_is_resolved_once_then_never_waited_on(client, logged):
     name = "abandoned"
-    _register(client, name, logged, 3.0)  # its pipeline "died": never promoted
+    v1 = _register(client, name, logged, 3.0)  # its pipeline "died": never promoted
     v2 = _register(client, name, logged, 2.0)
+    start = time.monotonic()  # v1 may already be older than the timeout: then no wait at all
+    assert reg.promote(client, name, v2, queue_timeout_s=2.0, poll_s=0.05).promoted
+    assert time.monotonic() - start < 10
+    stale = client.get_model_version(name, v1).tags
+    assert stale[reg.PROMOTION_TAG] == reg.ABANDONED
+    assert "did not finish within 2 s" in stale[reg.REASON_TAG]
+    v3 = _register(client, name, logged, 1.0)
     start = time.monotonic()
-    assert reg.promote(client, name, v2, queue_timeout_s=0.5, poll_s=0.05).promoted
-    assert 0.5 <= time.monotonic() - start < 10
+    assert reg.promote(client, name, v3, queue_timeout_s=60.0, poll_s=0.05).promoted
+    assert time.monotonic() - start < 3  # v1 is resolved: nothing is waited for again
+
+
+def test_fresh_pending_version_is_waited_for_then_marked(client, logged):
+    name = "abandoned-fresh"
+    v1 = _register(client, name, logged, 3.0)
+    v2 = _register(client, name, logged, 2.0)
+    # a timeout 1 s past v1's age: v1 counts as alive, is waited for, then marked abandoned
+    timeout = 1.0 + (time.time() - client.get_model_version(name, v1).creation_timestamp / 1000)
+    start = time.monotonic()
+    assert reg.promote(client, name, v2, queue_timeout_s=timeout, poll_s=0.05).promoted
+    waited = time.monotonic() - start
+    assert 0.5 <= waited < 10, waited  # v1 was younger than the timeout: waited for it
+    assert client.get_model_version(name, v1).tags[reg.PROMOTION_TAG] == reg.ABANDONED
 
 
 def test_gate_without_finite_bpd_never_promotes(client, logged):
