@@ -59,6 +59,7 @@ class FairScheduler:
         self.max_pending = max_pending
         self.timeout_s = timeout_s
         self._jobs: deque[_Job] = deque()
+        self._in_progress = 0  # queued plus the one being run
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._work, name="nfpipe-scorer", daemon=True)
@@ -74,7 +75,8 @@ class FairScheduler:
 
     @property
     def pending(self) -> int:
-        return len(self._jobs)
+        """Requests accepted and not finished (queued or being run)."""
+        return self._in_progress
 
     @property
     def ready(self) -> bool:
@@ -86,10 +88,11 @@ class FairScheduler:
         loop = asyncio.get_running_loop()
         job = _Job(steps, loop.create_future(), loop, time.monotonic() + self.timeout_s)
         with self._wake:
-            if len(self._jobs) >= self.max_pending:
+            if self._in_progress >= self.max_pending:
                 steps.close()
-                raise Overloaded(f"{len(self._jobs)} requests in progress (the most this "
+                raise Overloaded(f"{self._in_progress} requests in progress (the most this "
                                  "server takes); retry later")
+            self._in_progress += 1
             self._jobs.append(job)
             self._wake.notify()
         return await job.future
@@ -99,9 +102,12 @@ class FairScheduler:
             job = self._next_job()
             if job is None:
                 return
-            if self._step(job):
-                with self._wake:
+            more = self._step(job)
+            with self._wake:
+                if more:
                     self._jobs.append(job)
+                else:
+                    self._in_progress -= 1
 
     def _next_job(self) -> _Job | None:
         with self._wake:

@@ -92,7 +92,7 @@ def create_app(model: FlowScorer, info: dict[str, Any] | None = None,
         if scheduler.ready:
             return {"ready": True, "in_progress": scheduler.pending}
         return error(503, "NOT_READY", f"{scheduler.pending} requests in progress (at most "
-                     f"{scheduler.max_queue}) or the worker stopped", **{"Retry-After": "1"})
+                     f"{scheduler.max_pending}) or the worker stopped", **{"Retry-After": "1"})
 
     @app.post("/invocations")
     async def invocations(request: Request):

@@ -170,7 +170,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from deploy.images import read_images
 
     uri, _ = _setup(args)
-    warnings = Console(stderr=True, highlight=False)
+    warnings = Console(stderr=True, highlight=False, soft_wrap=True)
     names, images = _stack(read_images(args.paths, warn=warnings.print))
     model, info = _load(uri)
     _check_shapes(names, images, model.image_shape)
@@ -216,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if timeout <= 0:
         raise UsageError(f"--timeout must be > 0 seconds, got {timeout}")
     listener = bind_listener(host, port)  # a bad address fails here, before anything is loaded
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     if reachable_from_network(host):
         err.print(f"[yellow]warning:[/] listening on {host}: the server is reachable from the "
                   "network, with no authentication; use --host 127.0.0.1 to keep it local")
@@ -236,7 +236,7 @@ def _load(uri: str):
 
     model, info = load_served(uri)
     if not info["verified"]:
-        Console(stderr=True, highlight=False).print(
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
             f"[yellow]warning:[/] {uri} is not a registered version, so its weights are not "
             "checked against a recorded sha256")
     return model, info
