@@ -9,6 +9,7 @@ import pytest
 
 import tracking
 from deploy import registry as reg
+from deploy.pyfunc import bundle_sha256
 from deploy.registry import Candidate
 
 
@@ -148,3 +149,78 @@ def test_gate_without_finite_bpd_never_promotes(client, logged):
     v1 = _register(client, name, logged, float("nan"))
     decision = reg.promote(client, name, v1)
     assert not decision.promoted and decision.champion_version is None
+
+
+@pytest.mark.slow
+def test_version_links_to_its_logged_model_with_the_final_metrics(registry, bundle):
+    """register_model: the logged model lists the version; its metrics are those of the
+    epoch the weights come from (not epoch 0) plus the evaluated bpd; a re-run of the same
+    promotion reuses the version."""
+    import json
+
+    from deploy_helpers import new_run
+
+    from deploy.config import PromoteConfig
+
+    uri, experiment = registry
+    client = tracking.client(uri)
+    run_id = new_run(uri, experiment)
+    for epoch, bpd in enumerate((3.9, 3.5, 3.2)):
+        client.log_metric(run_id, "test_bpd", bpd, step=epoch)
+    candidate = Candidate(3.1, "digits", "fp-link", run_id, "glow", epoch=2,
+                          final_metrics=(("eval_test_bpd", 3.1),))
+    decision, model_uri = reg.register_and_promote(uri, "linked", bundle, candidate,
+                                                   PromoteConfig())
+    version = client.get_model_version("linked", decision.version)
+    model_id = version.source.removeprefix("models:/")
+    logged_model = client.get_logged_model(model_id)
+    assert version.run_id == run_id and logged_model.source_run_id == run_id
+    links = json.loads(logged_model.tags["mlflow.modelVersions"])
+    assert {"name": "linked", "version": decision.version} in [
+        {"name": link["name"], "version": str(link["version"])} for link in links]
+    metrics = {(m.key, m.value) for m in logged_model.metrics}
+    assert ("test_bpd", 3.2) in metrics and ("eval_test_bpd", 3.1) in metrics
+    assert ("test_bpd", 3.9) not in metrics
+    assert version.tags[reg.BUNDLE_TAG] == bundle_sha256(bundle)
+
+    again, again_uri = reg.register_and_promote(uri, "linked", bundle, candidate,
+                                                PromoteConfig())
+    assert again_uri == model_uri and len(reg.versions(client, "linked")) == 1
+
+
+PROMOTE_ONE = """
+import sys
+from deploy.config import PromoteConfig
+from deploy.registry import Candidate, register_and_promote
+uri, name, bundle, run_id, bpd = sys.argv[1:]
+decision, _ = register_and_promote(uri, name, bundle,
+                                   Candidate(float(bpd), "digits", "fp-three", run_id),
+                                   PromoteConfig(queue_timeout_s=300))
+print("decided", decision.version, decision.promoted)
+"""
+
+
+@pytest.mark.slow
+def test_three_concurrent_promotions_keep_the_best_without_lock_errors(registry, bundle):
+    """Three processes register and promote into one SQLite store at once."""
+    import subprocess
+    import sys
+
+    from deploy_helpers import new_run
+    from helpers import REPO, subprocess_env
+
+    uri, experiment = registry
+    bpds = {new_run(uri, experiment): bpd for bpd in (3.3, 3.1, 3.2)}
+    procs = [subprocess.Popen([sys.executable, "-c", PROMOTE_ONE, uri, "three", str(bundle),
+                               run_id, str(bpd)], env=subprocess_env(PYTHONPATH=str(REPO)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for run_id, bpd in bpds.items()]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        assert "database is locked" not in out + err
+    client = tracking.client(uri)
+    holder = client.get_model_version_by_alias("three", "champion")
+    assert float(holder.tags["test_bpd"]) == 3.1
+    states = [v.tags[reg.PROMOTION_TAG] for v in reg.versions(client, "three")]
+    assert len(states) == 3 and reg.PENDING not in states
