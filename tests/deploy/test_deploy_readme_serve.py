@@ -117,7 +117,7 @@ def test_without_the_activation_line_uvicorn_is_not_found(project, tmp_path):
     finally:
         stop_process_group(proc)
     assert proc.returncode != 0
-    assert "uvicorn: command not found" in (tmp_path / "serve.log").read_text()
+    assert "uvicorn: not found" in (tmp_path / "serve.log").read_text()
 
 
 @pytest.fixture(autouse=True)
