@@ -25,9 +25,9 @@ Bad requests (shape, dtype, levels >= n_bins, too many images or samples, over t
 raise `MlflowException` with INVALID_PARAMETER_VALUE, which MLflow's scoring server answers
 with 400.
 
-MLflow executes this module (and `pyfunc_model.py`) when it loads the model; nfpipe's own load
-path (`deploy/load.py`) does not: it reads the bundle's weights and config and builds a
-`FlowScorer` from the installed code.
+MLflow executes the model's copies of `pyfunc_model.py`, this module and `flows` when it loads
+the model; nfpipe's own load path (`deploy/load.py`) executes nothing from the artifact: it
+reads the bundle's weights and config and builds a `FlowScorer` with the installed code.
 """
 
 from __future__ import annotations
