@@ -68,8 +68,8 @@ class PromoteConfig(_Section):
     )
     queue_timeout_s: float = Field(
         120.0, gt=0, description="How long a promotion waits for earlier registered versions "
-        "still being decided (two pipelines finishing at once) before it treats them as "
-        "abandoned."
+        "still being decided (two pipelines finishing at once); one pending longer than this "
+        "is marked abandoned (once) and never waited for again."
     )
     max_batch: int = Field(
         1024, gt=0, description="Most images one `predict` call of the registered model "
@@ -78,6 +78,10 @@ class PromoteConfig(_Section):
     max_samples: int = Field(
         256, gt=0, description="Most samples one `predict` call in sample mode may ask for "
         "(stored with the model, enforced by any server)."
+    )
+    max_work: int = Field(
+        8192, gt=0, description="Work budget of one scoring request: images x k at most "
+        "(stored with the model, enforced by any server; over it: 400)."
     )
 
 
@@ -92,6 +96,14 @@ class DeployConfig(_Section):
         "by default; 0.0.0.0 exposes it to the network)."
     )
     port: int = Field(5001, gt=0, lt=65536, description="Port of `nfpipe deploy serve`.")
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="`nfpipe deploy serve`: a request not finished this many "
+        "seconds after it arrived is dropped with 503 (its remaining work is not done)."
+    )
+    max_queue: int = Field(
+        512, gt=0, description="`nfpipe deploy serve`: requests in progress at most; more get "
+        "503 with Retry-After, and /ready says 503 while the queue is full."
+    )
     smoke_samples: int = Field(
         16, gt=0, le=1024, description="Samples in the deploy stage's grid."
     )

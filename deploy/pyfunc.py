@@ -15,8 +15,19 @@ Request forms of `predict(model_input, params)` (and of `/invocations` on any se
   [n, C, H, W]; `model_input` is ignored (the MLflow scoring protocol requires one, so send
   any valid batch, e.g. the input example: one image of zeros).
 
-Bad requests (shape, dtype, levels >= n_bins, too many images or samples) raise
-`MlflowException` with INVALID_PARAMETER_VALUE, which MLflow's scoring server answers with 400.
+Work is bounded per request: images x k <= `max_work` (and n <= `max_samples`). A request is
+computed in units of at most `SLICE_IMAGES` images and one noise draw (`FlowScorer.plan`), so a
+server can interleave the units of several requests; each run of `SLICE_IMAGES` images is scored
+with its own noise stream seeded by `seed`, so the same images in the same order give the same
+numbers whether they come in one request or in several of a multiple of `SLICE_IMAGES`.
+
+Bad requests (shape, dtype, levels >= n_bins, too many images or samples, over the work budget)
+raise `MlflowException` with INVALID_PARAMETER_VALUE, which MLflow's scoring server answers
+with 400.
+
+MLflow executes the model's copies of `pyfunc_model.py`, this module and `flows` when it loads
+the model; nfpipe's own load path (`deploy/load.py`) executes nothing from the artifact: it
+reads the bundle's weights and config and builds a `FlowScorer` with the installed code.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import json
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +50,12 @@ BUNDLE_FILES = ("model.safetensors", "model_config.json", "meta.json")
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 ARTIFACT_PATH = "model"  # name of the logged model inside its run
 MAX_K = 1000  # dequantization / importance samples per image in one request
+SLICE_IMAGES = 64  # images per unit of work (one noise draw each): the grain of interleaving
+# The shipped code's third-party imports, pinned to what is installed here (the model's
+# requirements.txt); flows/viz.py (torchvision) is not shipped: the model never draws grids.
+REQUIREMENTS = ("mlflow-skinny", "torch", "safetensors", "pydantic", "numpy", "pandas")
+# PyPI's Linux torch wheels pull in CUDA; this index holds the CPU builds of the same versions.
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 class BadRequest(ValueError):
@@ -51,6 +68,18 @@ class Limits:
 
     max_batch: int = 1024
     max_samples: int = 256
+    max_work: int = 8192  # images x k of one score request
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> Limits:
+        """Limits from the pyfunc's `model_config` (keys missing in older models: defaults)."""
+        config = dict(config or {})
+        return cls(**{name: int(config.get(name, getattr(cls, name)))
+                      for name in ("max_batch", "max_samples", "max_work")})
+
+    def as_config(self) -> dict[str, int]:
+        return {"max_batch": self.max_batch, "max_samples": self.max_samples,
+                "max_work": self.max_work}
 
 
 def check_images(x: Any, image_shape: tuple[int, int, int], n_bins: int, max_batch: int) -> Any:
@@ -108,31 +137,42 @@ def draws(model: Any, k: int) -> dict[str, int]:
     return {"noise_draws": k} if model.exact else {"importance_samples": k}
 
 
-class FlowPyfunc(PythonModel):
-    """`flows.DensityModel` as an MLflow pyfunc: score images (bits/dim) or draw samples.
+def check_work(images: int, k: int, max_work: int) -> None:
+    """The per-request budget: images x k forward passes at most."""
+    if images * k > max_work:
+        raise BadRequest(f"{images} images x k={k} = {images * k} image evaluations is over "
+                         f"this model's budget of {max_work} per request; send fewer images "
+                         "per request or a smaller k.")
 
-    Rebuilt in `load_context` from the bundle artifacts by `flows.io.load_model` (config +
-    safetensors), in eval mode on CPU. Calls are serialised by a lock: the forward passes share
-    one model instance, and a server may call `predict` from several threads.
+
+Steps = Generator[None, None, np.ndarray]
+
+
+def run_to_end(steps: Steps) -> np.ndarray:
+    """Drive a `FlowScorer.plan` generator through all its units; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+class FlowScorer:
+    """A loaded `flows.DensityModel` behind the request forms (score or sample), in units.
+
+    `plan(x, params)` validates a request at once (raising `BadRequest`) and returns a
+    generator that computes one unit per `next()` (at most `SLICE_IMAGES` images, one noise
+    draw) and returns the result [B] float64 bits/dim or uint8 levels [n, C, H, W]. A server
+    interleaves the units of several requests; `run_request` runs one request to the end. Each
+    unit holds a lock: the forward passes share one model instance.
     """
 
-    def __init__(self) -> None:
-        self.model = None
-        self.meta: dict[str, Any] = {}
-        self.limits = Limits()
+    def __init__(self, model: Any, meta: Mapping[str, Any] | None = None,
+                 limits: Limits = Limits()) -> None:
+        self.model = model.eval()
+        self.meta = dict(meta or {})
+        self.limits = limits
         self._lock = threading.Lock()
-
-    def load_context(self, context: Any) -> None:
-        from flows.io import load_model
-
-        bundle = Path(context.artifacts["bundle"])
-        self.model = load_model(bundle, map_location="cpu").eval()
-        self.meta = json.loads((bundle / "meta.json").read_text())
-        cfg = dict(context.model_config or {})
-        self.limits = Limits(
-            max_batch=int(cfg.get("max_batch", Limits.max_batch)),
-            max_samples=int(cfg.get("max_samples", Limits.max_samples)),
-        )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -141,6 +181,82 @@ class FlowPyfunc(PythonModel):
     @property
     def n_bins(self) -> int:
         return int(self.model.config.n_bins)
+
+    def run_request(self, model_input: Any, params: Mapping[str, Any]) -> np.ndarray:
+        """Validate and compute one request; raises `BadRequest` for bad requests."""
+        return run_to_end(self.plan(model_input, params))
+
+    def plan(self, model_input: Any, params: Mapping[str, Any]) -> Steps:
+        """Validate a request now; return the generator of its units (see the class)."""
+        mode = params.get("mode", "score") or "score"
+        seed = _check_int("seed", params.get("seed", 0), 0, 2**63 - 1)
+        if mode == "sample":
+            n, temperature = check_sample_request(
+                params.get("n", 16), params.get("temperature", 1.0), self.limits.max_samples
+            )
+            return self._sample_units(n, temperature, seed)
+        if mode != "score":
+            raise BadRequest(f"'mode' must be 'score' or 'sample', got {mode!r}.")
+        k = _check_int("k", params.get("k", 1), 1, MAX_K)
+        x = check_images(model_input, self.image_shape, self.n_bins, self.limits.max_batch)
+        check_work(len(x), k, self.limits.max_work)
+        return self._score_units(x, k, seed)
+
+    def _score_units(self, x: np.ndarray, k: int, seed: int) -> Steps:
+        """Per slice: `k` draws (exact flows) or one K-sample bound (VAE), seeded by `seed`.
+
+        Draws continue one generator, so a slice's numbers equal
+        `score_levels(model, slice, noise_draws=k, generator=seed)`."""
+        import torch
+
+        exact = self.model.exact
+        n_draws, iw = (k, 1) if exact else (1, k)
+        width = SLICE_IMAGES if exact else max(1, SLICE_IMAGES // k)
+        slices = []
+        for start in range(0, len(x), width):
+            generator = torch.Generator().manual_seed(seed)
+            total = 0.0
+            for _ in range(n_draws):
+                with self._lock:
+                    total = total + score_levels(self.model, x[start:start + width],
+                                                 importance_samples=iw, generator=generator)
+                yield
+            slices.append(total / n_draws)
+        return np.concatenate(slices)
+
+    def _sample_units(self, n: int, temperature: float, seed: int) -> Steps:
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        parts = []
+        for start in range(0, n, SLICE_IMAGES):
+            with self._lock:
+                parts.append(sample_levels(self.model, min(SLICE_IMAGES, n - start),
+                                           temperature, generator=generator))
+            yield
+        return np.concatenate(parts)
+
+
+def load_scorer(bundle: Path, limits: Limits = Limits()) -> FlowScorer:
+    """A `FlowScorer` built from a bundle folder (config + safetensors) on CPU."""
+    from flows.io import load_meta, load_model
+
+    return FlowScorer(load_model(bundle, map_location="cpu"), load_meta(bundle), limits)
+
+
+class FlowPyfunc(PythonModel):
+    """`flows.DensityModel` as an MLflow pyfunc: score images (bits/dim) or draw samples.
+
+    Rebuilt in `load_context` from the bundle artifacts (config + safetensors) as a
+    `FlowScorer`, in eval mode on CPU; `predict` runs one request to the end.
+    """
+
+    def __init__(self) -> None:
+        self.scorer: FlowScorer | None = None
+
+    def load_context(self, context: Any) -> None:
+        limits = Limits.from_config(context.model_config)
+        self.scorer = load_scorer(Path(context.artifacts["bundle"]), limits)
 
     def predict(self, context: Any, model_input: np.ndarray,
                 params: dict[str, Any] | None = None) -> np.ndarray:
@@ -152,26 +268,9 @@ class FlowPyfunc(PythonModel):
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.run_request(model_input, params or {})
+            return self.scorer.run_request(model_input, params or {})
         except BadRequest as err:
             raise MlflowException.invalid_parameter_value(str(err)) from None
-
-    def run_request(self, model_input: Any, params: Mapping[str, Any]) -> np.ndarray:
-        """`predict` without MLflow's wrapping; raises `BadRequest` for bad requests."""
-        mode = params.get("mode", "score") or "score"
-        seed = _check_int("seed", params.get("seed", 0), 0, 2**63 - 1)
-        if mode == "sample":
-            n, temperature = check_sample_request(
-                params.get("n", 16), params.get("temperature", 1.0), self.limits.max_samples
-            )
-            with self._lock:
-                return sample_levels(self.model, n, temperature, generator=seed)
-        if mode != "score":
-            raise BadRequest(f"'mode' must be 'score' or 'sample', got {mode!r}.")
-        k = _check_int("k", params.get("k", 1), 1, MAX_K)
-        x = check_images(model_input, self.image_shape, self.n_bins, self.limits.max_batch)
-        with self._lock:
-            return score_levels(self.model, x, generator=seed, **draws(self.model, k))
 
 
 def signature_for(image_shape: tuple[int, int, int]):
@@ -191,11 +290,31 @@ def signature_for(image_shape: tuple[int, int, int]):
 
 
 def pip_requirements() -> list[str]:
-    """Pinned to what is installed here: the model needs torch, safetensors, pydantic, mlflow."""
+    """The shipped code's imports, pinned to the versions installed here, CPU torch first.
+
+    `torch==X` matches both PyPI's CUDA build and the CPU index's `X+cpu`; pip takes the
+    higher `+cpu` where that index is reachable, so serving on CPU needs no CUDA wheels."""
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "torch", "safetensors", "pydantic",
-                                                   "numpy")]
+    pins = [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in REQUIREMENTS]
+    return [f"--extra-index-url {CPU_TORCH_INDEX}", *pins]
+
+
+def bundle_sha256(directory: str | Path) -> str:
+    """One digest of the bundle: sha256 over each file's name and sha256, in a fixed order."""
+    import hashlib
+
+    outer = hashlib.sha256()
+    for name in BUNDLE_FILES:
+        path = Path(directory) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a model bundle: {name} is missing")
+        inner = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                inner.update(chunk)
+        outer.update(f"{name}\0{inner.hexdigest()}\n".encode())
+    return outer.hexdigest()
 
 
 def stage_bundle(bundle_dir: Path, into: Path) -> Path:
@@ -217,7 +336,7 @@ def stage_code(into: Path) -> list[str]:
 
     source = Path(flows.__file__).parent
     shutil.copytree(source, into / "code" / "flows",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "viz.py"))
     package = into / "code" / "deploy"
     package.mkdir(parents=True)
     for name in ("__init__.py", "pyfunc.py"):
@@ -225,8 +344,12 @@ def stage_code(into: Path) -> list[str]:
     return [str(into / "code" / "flows"), str(package)]
 
 
-def log_bundle(bundle_dir: str | Path, limits: Limits = Limits(), name: str = ARTIFACT_PATH):
-    """Log the bundle as a pyfunc model into the active MLflow run; returns its `ModelInfo`."""
+def log_bundle(bundle_dir: str | Path, limits: Limits = Limits(), name: str = ARTIFACT_PATH,
+               step: int = 0):
+    """Log the bundle as a pyfunc model into the active MLflow run; returns its `ModelInfo`.
+
+    `step` is the step (epoch) the weights come from: MLflow links the run's metrics at that
+    step to the logged model, so the model carries the scores of these weights."""
     import mlflow
 
     bundle_dir = Path(bundle_dir)
@@ -240,10 +363,11 @@ def log_bundle(bundle_dir: str | Path, limits: Limits = Limits(), name: str = AR
             python_model=str(MODEL_CODE),
             artifacts={"bundle": str(bundle)},
             code_paths=stage_code(Path(tmp)),
-            model_config={"max_batch": limits.max_batch, "max_samples": limits.max_samples},
+            model_config=limits.as_config(),
             signature=signature_for(image_shape),
             input_example=example,
             pip_requirements=pip_requirements(),
+            step=step,
             metadata={"image_shape": list(image_shape), "n_bins": int(config["n_bins"]),
                       "family": config["name"], "request_forms": REQUEST_FORMS},
         )

@@ -1,7 +1,9 @@
 """The MLflow Model Registry as the hand-off: register versions, gate the `champion` alias.
 
-A new version is registered with tags (test bpd, dataset, manifest fingerprint, git commit,
-training run id) and the alias `challenger`. It takes `champion` only if its test bpd beats the
+A new version is registered (`mlflow.register_model` on the logged model, so the version and
+the logged model link to each other) with tags (test bpd, dataset, manifest fingerprint, git
+commit, training run id, the bundle's sha256 that every load checks) and the alias
+`challenger`. It takes `champion` only if its test bpd beats the
 champion's by `margin` bits/dim on the same test split (same manifest fingerprint).
 
 Race safety (two pipelines finishing at once). A version is created *with* the tag
@@ -11,7 +13,13 @@ pending, then reads the champion, compares, moves the alias, and finally records
 (`promoted` / `kept` plus the reason) on its version. The registry's version numbers are the
 tickets of a queue, so no two decisions overlap and the later one always sees the earlier one's
 alias - this works the same on SQLite and on a remote `mlflow server`, with no lock object to
-clean up. A pending version whose pipeline died stops blocking after `queue_timeout_s`.
+clean up.
+
+A pending version whose promotion died (the pipeline crashed after registering) is resolved
+once: the first promotion that finds it older than `queue_timeout_s` (at once, or after waiting
+that long) tags it `abandoned`, so no later promotion waits for it. Promoting the same weights
+of the same run again reuses their version (pending, abandoned or decided) instead of adding a
+duplicate.
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-PROMOTION_TAG = "nfpipe.promotion"  # pending | promoted | kept
+PROMOTION_TAG = "nfpipe.promotion"  # pending | promoted | kept | abandoned
 REASON_TAG = "nfpipe.promotion_reason"
+BUNDLE_TAG = "nfpipe.bundle_sha256"  # deploy.pyfunc.bundle_sha256 of the registered files
 PENDING = "pending"
+ABANDONED = "abandoned"
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,9 @@ class Candidate:
     run_id: str
     family: str = ""
     git_commit: str = ""
+    bundle_sha256: str = ""
+    epoch: int = 0  # the epoch the weights come from: the run's metrics there go on the model
+    final_metrics: tuple[tuple[str, float], ...] = ()  # also put on the logged model
 
     def tags(self) -> dict[str, str]:
         return {
@@ -54,6 +67,7 @@ class Candidate:
             "training_run_id": self.run_id,
             "model_family": self.family,
             "git_commit": self.git_commit or tracking.git_commit() or "unknown",
+            BUNDLE_TAG: self.bundle_sha256,
             PROMOTION_TAG: PENDING,
         }
 
@@ -71,7 +85,10 @@ class Decision:
 
 def register_version(client, name: str, model_uri: str, candidate: Candidate,
                      model_id: str | None = None):
-    """Create a version of `name` from a logged model, tagged (pending); alias `challenger`."""
+    """A version of `name` from a logged model, tagged (pending) in the one call that creates
+    it; alias `challenger`. With `model_id`, `mlflow.register_model` links the version and the
+    logged model (MLflow's fluent registry URI must point at `client`'s store)."""
+    import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
@@ -81,11 +98,11 @@ def register_version(client, name: str, model_uri: str, candidate: Candidate,
     except MlflowException as err:
         if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
-    version = client.create_model_version(
-        name, source=model_uri, run_id=candidate.run_id, tags=candidate.tags(),
-        model_id=model_id, description=f"test bpd {candidate.test_bpd:.4f} on "
-        f"{candidate.dataset} ({candidate.manifest_fingerprint[:12]})",
-    )
+    source = f"models:/{model_id}" if model_id else model_uri
+    version = mlflow.register_model(source, name, tags=candidate.tags())
+    client.update_model_version(name, version.version, description=(
+        f"test bpd {candidate.test_bpd:.4f} on {candidate.dataset} "
+        f"({candidate.manifest_fingerprint[:12]})"))
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return version
 
@@ -144,18 +161,35 @@ def promote(client, name: str, version: str | int, margin: float = 0.0, *,
 
 
 def wait_for_turn(client, name: str, version: str, timeout_s: float, poll_s: float) -> None:
-    """Block while a lower version of `name` is still pending (its promotion is running)."""
+    """Block while a lower version of `name` is still pending (its promotion is running).
+
+    A pending version older than `timeout_s`, or still pending after waiting that long, is
+    marked abandoned (once: later promotions no longer see it as pending)."""
     start = time.monotonic()
     while True:
-        ahead = [str(v.version) for v in versions(client, name)
+        ahead = [v for v in versions(client, name)
                  if int(v.version) < int(version) and v.tags.get(PROMOTION_TAG) == PENDING]
-        if not ahead:
-            return
-        if time.monotonic() - start > timeout_s:
-            log.warning("%s: versions %s still pending after %.0f s; treating them as abandoned",
-                        name, ", ".join(ahead), timeout_s)
+        waited_out = time.monotonic() - start > timeout_s
+        dead = [v for v in ahead if waited_out or _age_s(v) > timeout_s]
+        for stale in dead:
+            mark_abandoned(client, name, stale, version, timeout_s)
+        if len(dead) == len(ahead):
             return
         time.sleep(poll_s)
+
+
+def mark_abandoned(client, name: str, stale: Any, by_version: str, timeout_s: float) -> None:
+    """Tag a pending version whose promotion never finished as abandoned, with the reason."""
+    reason = (f"its promotion did not finish within {timeout_s:.0f} s (the pipeline stopped "
+              f"after registering it); marked abandoned by v{by_version}'s promotion")
+    client.set_model_version_tag(name, stale.version, REASON_TAG, reason)
+    client.set_model_version_tag(name, stale.version, PROMOTION_TAG, ABANDONED)
+    log.warning("%s v%s: %s", name, stale.version, reason)
+
+
+def _age_s(version: Any) -> float:
+    created_ms = version.creation_timestamp or 0
+    return time.time() - created_ms / 1000.0
 
 
 def champion_version(client, name: str, alias: str = CHAMPION):
@@ -218,39 +252,57 @@ def register_and_promote(tracking_uri: str, name: str, bundle_dir: str | Path,
     """Log the bundle as a pyfunc into the candidate's run, register it, run the gate.
 
     `cfg` is a `PromoteConfig`; MLflow's fluent API is pointed at `tracking_uri` (the model is
-    logged with it). A version of the same run still pending (a promotion that crashed
-    half-way) is reused rather than registered twice. Returns (decision, the version's URI).
+    logged with it). The same weights of the same run already registered (a promotion that
+    crashed half-way, or a re-run) are promoted again under their version, not registered
+    twice. Returns (decision, the version's URI).
     """
+    import dataclasses
+
     import mlflow
+
+    from deploy.pyfunc import bundle_sha256
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = tracking.client(tracking_uri)
-    version = _pending_version_of_run(client, name, candidate.run_id)
+    candidate = dataclasses.replace(candidate, bundle_sha256=bundle_sha256(bundle_dir))
+    version = existing_version(client, name, candidate)
     if version is None:
-        info = _log_into_run(bundle_dir, candidate.run_id, cfg)
+        info = _log_into_run(bundle_dir, candidate, cfg)
         version = register_version(client, name, info.model_uri, candidate, info.model_id)
+    else:
+        log.info("%s v%s already holds these weights of run %s; promoting it again", name,
+                 version.version, candidate.run_id)
     decision = promote(client, name, version.version, cfg.margin,
                        replace_on_new_dataset=cfg.replace_on_new_dataset,
                        queue_timeout_s=cfg.queue_timeout_s, after_read=after_read)
     return decision, f"models:/{name}/{version.version}"
 
 
-def _log_into_run(bundle_dir: str | Path, run_id: str, cfg: Any):
+def _log_into_run(bundle_dir: str | Path, candidate: Candidate, cfg: Any):
+    """Log the model at the step its weights come from, plus the final metrics on it."""
     import mlflow
 
     from deploy.pyfunc import Limits, log_bundle
 
-    limits = Limits(max_batch=cfg.max_batch, max_samples=cfg.max_samples)
+    limits = Limits(max_batch=cfg.max_batch, max_samples=cfg.max_samples,
+                    max_work=cfg.max_work)
     active = mlflow.active_run()
-    if active is not None and active.info.run_id == run_id:
-        return log_bundle(bundle_dir, limits)
-    with mlflow.start_run(run_id=run_id, nested=active is not None):
-        return log_bundle(bundle_dir, limits)
+    if active is not None and active.info.run_id == candidate.run_id:
+        info = log_bundle(bundle_dir, limits, step=candidate.epoch)
+    else:
+        with mlflow.start_run(run_id=candidate.run_id, nested=active is not None):
+            info = log_bundle(bundle_dir, limits, step=candidate.epoch)
+    if candidate.final_metrics:
+        mlflow.log_metrics(dict(candidate.final_metrics), step=candidate.epoch,
+                           run_id=candidate.run_id, model_id=info.model_id)
+    return info
 
 
-def _pending_version_of_run(client, name: str, run_id: str):
+def existing_version(client, name: str, candidate: Candidate):
+    """The newest version holding these weights of this run (any state), else None."""
     for v in reversed(versions(client, name)):
-        if v.tags.get("training_run_id") == run_id and v.tags.get(PROMOTION_TAG) == PENDING:
+        same_run = v.tags.get("training_run_id") == candidate.run_id
+        if same_run and v.tags.get(BUNDLE_TAG) == candidate.bundle_sha256:
             return v
     return None

@@ -3,77 +3,147 @@
 It speaks MLflow's scoring protocol, so the same client code works against this server and
 `mlflow models serve`:
 
-* `GET /health` (also `/ping`): 200 with the model URI, version, image shape, n_bins, limits.
+* `GET /health` (also `/ping`): liveness, always 200 while the process answers: the model URI,
+  version, image shape, n_bins, limits and the requests in progress.
+* `GET /ready`: readiness, 200 while the server takes work, 503 while its queue is full (a
+  load balancer sends traffic elsewhere) or its worker has stopped.
 * `POST /invocations` with JSON `{"inputs": [[[[levels]]]], "params": {"k": 1, "seed": 0}}`
   -> `{"predictions": [bpd, ...]}`; with `"params": {"mode": "sample", "n": 16,
   "temperature": 0.7, "seed": 0}` (no `inputs` needed) -> `{"predictions": uint8 levels
   [n, C, H, W]}`.
 
-Bad requests get a 4xx with `{"error_code": ..., "message": ...}`: 400 for wrong shape, dtype,
-levels >= n_bins, unknown params or too many images/samples; 413 for an oversized body; 415 for
-a body that is not JSON. The server never crashes on a request and keeps serving.
+Bounded work: a request may ask for images x k <= `max_work` (400 above it); requests share the
+model fairly in units of work (`deploy/scheduler.py`), so small ones are not starved by a big
+one; one still unfinished after `request_timeout_s` gets 503, as does one that finds
+`max_queue` requests in progress. Bad requests get a 4xx with `{"error_code": ..., "message":
+...}`: 400 for wrong shape, dtype, levels >= n_bins, unknown params, too many images, samples
+or work, or JSON nested too deeply; 413 for a body over the limit (counted while it is read,
+chunked or not); 415 for a body that is not JSON. The server never crashes on a request.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import Request  # at module level: FastAPI resolves the annotation by name
 
-from deploy.pyfunc import BadRequest, FlowPyfunc
+from deploy.pyfunc import BadRequest, FlowScorer
+from deploy.scheduler import DeadlineExceeded, FairScheduler, Overloaded
 
 PARAMS = ("mode", "k", "seed", "n", "temperature")
 
 
-def create_app(model: FlowPyfunc, info: dict[str, Any] | None = None):
-    """The FastAPI app serving `model` (a loaded `FlowPyfunc`); `info` goes into /health."""
+class BodyTooLarge(ValueError):
+    """The request body passed the limit while it was being read."""
+
+
+class BindError(ValueError):
+    """The server cannot listen on the address it was given."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server shares its model: the per-request deadline and the most in progress."""
+
+    request_timeout_s: float = 60.0
+    max_queue: int = 512
+
+
+def create_app(model: FlowScorer, info: dict[str, Any] | None = None,
+               options: ServeOptions = ServeOptions()):
+    """The FastAPI app serving `model` (a loaded `FlowScorer`); `info` goes into /health."""
+    from contextlib import asynccontextmanager
+
     from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
 
-    health = {
-        "status": "ok", **(info or {}),
-        "image_shape": list(model.image_shape), "n_bins": model.n_bins,
-        "max_batch": model.limits.max_batch, "max_samples": model.limits.max_samples,
-    }
+    scheduler = FairScheduler(options.max_queue, options.request_timeout_s)
     max_body = body_limit(model)
-    app = FastAPI(title="nfpipe model server", docs_url=None, redoc_url=None)
 
-    def error(status: int, code: str, message: str) -> JSONResponse:
-        return JSONResponse({"error_code": code, "message": message}, status_code=status)
+    @asynccontextmanager
+    async def lifespan(_app):
+        scheduler.start()
+        yield
+        scheduler.stop()
+
+    app = FastAPI(title="nfpipe model server", docs_url=None, redoc_url=None, lifespan=lifespan)
+    health = {"status": "ok", **(info or {}), "image_shape": list(model.image_shape),
+              "n_bins": model.n_bins, "max_batch": model.limits.max_batch,
+              "max_samples": model.limits.max_samples, "max_work": model.limits.max_work,
+              "max_body_bytes": max_body}
+
+    def error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
+        return JSONResponse({"error_code": code, "message": message}, status_code=status,
+                            headers=headers or None)
 
     @app.get("/health")
     @app.get("/ping")
     async def get_health() -> dict[str, Any]:
-        return health
+        return {**health, "in_progress": scheduler.pending}
+
+    @app.get("/ready")
+    async def get_ready():
+        if scheduler.ready:
+            return {"ready": True, "in_progress": scheduler.pending}
+        return error(503, "NOT_READY", f"{scheduler.pending} requests in progress (at most "
+                     f"{scheduler.max_pending}) or the worker stopped", **{"Retry-After": "1"})
 
     @app.post("/invocations")
     async def invocations(request: Request):
         if "json" not in request.headers.get("content-type", ""):
             return error(415, "UNSUPPORTED_MEDIA_TYPE", "Send JSON (Content-Type: "
                          "application/json): {\"inputs\": [...], \"params\": {...}}.")
-        if int(request.headers.get("content-length") or 0) > max_body:
-            return error(413, "PAYLOAD_TOO_LARGE", f"Request body over {max_body} bytes; send "
-                         f"at most {model.limits.max_batch} images per request.")
-        body = await request.body()
-        if len(body) > max_body:
-            return error(413, "PAYLOAD_TOO_LARGE", f"Request body over {max_body} bytes.")
         try:
-            x, params = parse_request(body)
-            out = await run_in_threadpool(model.run_request, x, params)
+            body = await read_body(request, max_body)
+            steps = await run_in_threadpool(plan_request, model, body)
+            out = await scheduler.run(steps)
+        except BodyTooLarge as err:
+            return error(413, "PAYLOAD_TOO_LARGE", str(err), Connection="close")
         except BadRequest as err:
             return error(400, "BAD_REQUEST", str(err))
+        except (Overloaded, DeadlineExceeded) as err:
+            return error(503, "SERVICE_UNAVAILABLE", str(err), **{"Retry-After": "1"})
         return JSONResponse({"predictions": out.tolist()})
 
+    app.state.scheduler = scheduler
     return app
 
 
-def body_limit(model: FlowPyfunc) -> int:
+def body_limit(model: FlowScorer) -> int:
     """Bytes a maximal valid request can take: up to 4 characters per level, plus slack."""
     c, h, w = model.image_shape
     return model.limits.max_batch * c * h * w * 4 + (1 << 20)
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The body, refused as soon as more than `limit` bytes have arrived (chunked or not)."""
+    declared = request.headers.get("content-length")
+    too_large = (f"Request body over {limit} bytes; send at most the model's max_batch "
+                 "images per request.")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(too_large)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(too_large)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def plan_request(model: FlowScorer, body: bytes):
+    """Parse and validate a body (raising BadRequest); the generator of its units."""
+    x, params = parse_request(body)
+    try:
+        return model.plan(x, params)
+    except RecursionError:
+        raise BadRequest("'inputs' is nested too deeply; expected [B, C, H, W].") from None
 
 
 def parse_request(body: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:
@@ -82,6 +152,9 @@ def parse_request(body: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadRequest(f"Body is not valid JSON: {err}.") from None
+    except RecursionError:
+        raise BadRequest("Body is JSON nested too deeply; expected {\"inputs\": [B, C, H, W] "
+                         "levels, \"params\": {...}}.") from None
     if not isinstance(payload, dict):
         raise BadRequest('Expected a JSON object {"inputs": [...], "params": {...}}.')
     unknown = set(payload) - {"inputs", "instances", "params"}
@@ -100,13 +173,47 @@ def parse_request(body: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:
         return None, params
     try:
         return np.asarray(inputs), params
-    except (ValueError, OverflowError, TypeError) as err:
-        raise BadRequest(f"'inputs' is not a rectangular array of integers: {err}.") from None
+    except (ValueError, OverflowError, TypeError, RecursionError) as err:
+        raise BadRequest(f"'inputs' is not a rectangular array of integers: "
+                         f"{type(err).__name__}: {str(err)[:200]}.") from None
 
 
-def serve(model: FlowPyfunc, host: str, port: int, info: dict[str, Any] | None = None) -> None:
-    """Run the server in this process until interrupted."""
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port, or BindError naming the address and the cause."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as err:
+        raise BindError(f"cannot listen on {host}:{port}: {host!r} is not an address of this "
+                        f"machine ({err}); use --host 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as err:
+        listener.close()
+        raise BindError(f"cannot listen on {host}:{port}: {err.strerror or err}; pick another "
+                        "--host or --port") from None
+    return listener
+
+
+def reachable_from_network(host: str) -> bool:
+    """True unless `host` is a loopback address (or `localhost`)."""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return True
+
+
+def serve(model: FlowScorer, listener: socket.socket, info: dict[str, Any] | None = None,
+          options: ServeOptions = ServeOptions()) -> None:
+    """Run the server on an already bound `listener` until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(model, info), host=host, port=port, log_level="warning",
-                access_log=False)
+    config = uvicorn.Config(create_app(model, info, options), log_level="warning",
+                            access_log=False)
+    uvicorn.Server(config).run(sockets=[listener])

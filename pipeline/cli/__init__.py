@@ -52,7 +52,7 @@ def report_error(err: BaseException, verbose: int = 0) -> int:
     """One clear line on stderr for an error a user can act on, and its exit code."""
     from pipeline.runner import StageFailed
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # one line each, even in a pipe
     if isinstance(err, KeyboardInterrupt):
         console.print("[yellow]interrupted[/]: `nfpipe run` resumes where it stopped")
         return EXIT_INTERRUPTED

@@ -45,6 +45,9 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                         help="sampling temperature (default: deploy.temperature, 0.7)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--nrow", type=int, default=None, help="images per grid row")
+    sample.add_argument("--scale", type=int, default=1,
+                        help="enlarge every pixel to SCALE x SCALE (nearest neighbour; "
+                        "default 1)")
     sample.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG to write")
     sample.set_defaults(func=cmd_sample)
 
@@ -54,7 +57,9 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                        help="PNG files of levels, or webdataset .tar shards")
     score.add_argument("--k", type=int, default=1, help="noise / importance samples (default 1)")
     score.add_argument("--seed", type=int, default=0, help="dequantization seed (default 0)")
-    score.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    score.add_argument("--batch-size", type=int, default=256,
+                       help="images per request to the model (rounded down to a multiple of "
+                       "64; default 256)")
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
     score.set_defaults(func=cmd_score)
 
@@ -62,6 +67,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     _common(serve, model=True)
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 5001)")
+    serve.add_argument("--timeout", type=float, default=None,
+                       help="seconds a request may take (default deploy.request_timeout_s, 60)")
     serve.set_defaults(func=cmd_serve)
 
 
@@ -122,7 +129,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if not rows:
         Console().print(f"no registered models in {uri}")
         return 0
-    table = Table(title=f"registered models ({uri})", box=box.SIMPLE_HEAD)
+    table = Table(title=f"registered models ({uri})", box=box.SIMPLE_HEAD, title_justify="left")
     for column in ("model", "v", "aliases", "test bpd", "dataset", "manifest", "decision"):
         table.add_column(column, justify="right" if column in ("v", "test bpd") else "left",
                          no_wrap=True)
@@ -130,19 +137,28 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         bpd = "" if row["test_bpd"] is None else f"{row['test_bpd']:.4f}"
         table.add_row(row["model"], str(row["version"]), ", ".join(row["aliases"]), bpd,
                       row["dataset"], row["manifest_fingerprint"][:8], row["promotion"])
-    Console().print(table)
+    table_console().print(table)
     return 0
+
+
+def table_console() -> Console:
+    """The terminal's width on a terminal; elsewhere (a pipe, a file) wide enough for any row,
+    so tables are never cut to rich's default of 80 columns."""
+    console = Console()
+    return console if console.is_terminal else Console(width=10_000)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from deploy.images import save_level_grid
 
+    if not 1 <= args.scale <= 64:
+        raise UsageError(f"--scale must be between 1 and 64, got {args.scale}")
     uri, cfg = _setup(args)
     temperature = cfg.deploy.temperature if args.temperature is None else args.temperature
     model, info = _load(uri)
     levels = _request(model, None, {"mode": "sample", "n": args.n, "temperature": temperature,
                                      "seed": args.seed})
-    path = save_level_grid(levels, model.n_bins, args.out, args.nrow)
+    path = save_level_grid(levels, model.n_bins, args.out, args.nrow, args.scale)
     Console().print(f"{args.n} samples of {uri} (v{info['version']}) at T={temperature} "
                     f"-> {path}", highlight=False)
     return 0
@@ -154,10 +170,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     from deploy.images import read_images
 
     uri, _ = _setup(args)
-    names, images = _stack(read_images(args.paths))
+    warnings = Console(stderr=True, highlight=False, soft_wrap=True)
+    names, images = _stack(read_images(args.paths, warn=warnings.print))
     model, info = _load(uri)
     _check_shapes(names, images, model.image_shape)
-    step = max(1, min(args.batch_size, model.limits.max_batch))
+    step = request_size(args.batch_size, args.k, model.limits)
     bpd = np.concatenate([
         _request(model, np.stack(images[i:i + step]), {"k": args.k, "seed": args.seed})
         for i in range(0, len(images), step)
@@ -174,28 +191,55 @@ def cmd_score(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(row["image"], f"{row['bpd']:.4f}")
     table.add_row("[bold]mean[/]", f"[bold]{result['mean_bpd']:.4f}[/]")
-    Console().print(table)
+    table_console().print(table)
     return 0
 
 
+def request_size(batch_size: int, k: int, limits) -> int:
+    """Images per request: within max_batch and the work budget, a multiple of the model's
+    64-image slices when larger (so the numbers match one server request of the same images)."""
+    from deploy.pyfunc import SLICE_IMAGES
+
+    if k < 1:
+        raise UsageError(f"--k must be at least 1, got {k}")
+    size = max(1, min(batch_size, limits.max_batch, limits.max_work // k))
+    return size - size % SLICE_IMAGES if size >= SLICE_IMAGES else size
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deploy.serve import serve
+    from deploy.serve import ServeOptions, bind_listener, reachable_from_network, serve
 
     uri, cfg = _setup(args)
     host = args.host or cfg.deploy.host
-    port = args.port or cfg.deploy.port
-    model, info = _load(uri)
-    Console(stderr=True).print(
-        f"serving {uri} (v{info['version']}) on http://{host}:{port}  "
-        "(GET /health, POST /invocations)", highlight=False)
-    serve(model, host, port, info)
+    port = cfg.deploy.port if args.port is None else args.port
+    timeout = cfg.deploy.request_timeout_s if args.timeout is None else args.timeout
+    if timeout <= 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {timeout}")
+    listener = bind_listener(host, port)  # a bad address fails here, before anything is loaded
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if reachable_from_network(host):
+        err.print(f"[yellow]warning:[/] listening on {host}: the server is reachable from the "
+                  "network, with no authentication; use --host 127.0.0.1 to keep it local")
+    try:
+        model, info = _load(uri)
+    except BaseException:
+        listener.close()
+        raise
+    err.print(f"serving {uri} (v{info['version']}) on http://{host}:{port}  "
+              "(GET /health, GET /ready, POST /invocations)")
+    serve(model, listener, info, ServeOptions(timeout, cfg.deploy.max_queue))
     return 0
 
 
 def _load(uri: str):
     from deploy.load import load_served
 
-    return load_served(uri)
+    model, info = load_served(uri)
+    if not info["verified"]:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[yellow]warning:[/] {uri} is not a registered version, so its weights are not "
+            "checked against a recorded sha256")
+    return model, info
 
 
 def _request(model, x, params: dict[str, Any]):

@@ -1,8 +1,9 @@
 """deploy stage: pull `models:/NAME@champion` back from the registry and smoke-test it.
 
-Loads the model the way any consumer does (`mlflow.pyfunc.load_model`), draws a sample grid,
-and scores the first `deploy.smoke_images` test images through it. Serving itself is
-`nfpipe deploy serve` (or `mlflow models serve`).
+Loads the model through nfpipe's load path (`deploy.load.load_served`: weights and config
+only, checked against the version's recorded sha256; no code from the artifact runs), draws a
+sample grid, and scores the first `deploy.smoke_images` test images through it. Serving itself
+is `nfpipe deploy serve` (or `mlflow models serve`).
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ def run(ctx: StageContext) -> StageOutputs:
         manifest_fingerprint=evaluated["manifest_fingerprint"],
         run_id=evaluated["run_id"],
         family=evaluated.get("family") or ctx.config.train.model.name,
+        epoch=int(meta.get("epoch") or 0),
+        final_metrics=(("eval_test_bpd", float(evaluated["test_bpd"])),),
     )
     ctx.experiment_id()
     name = registered_model_name(ctx.config)

@@ -87,16 +87,18 @@ def logged(registry, bundle):
 
 
 @pytest.fixture(scope="session")
-def champion(registry, logged):
+def champion(registry, logged, bundle):
     """The logged bundle registered as MODEL_NAME and promoted to champion."""
     from deploy_helpers import MODEL_NAME
 
     import tracking
     from deploy import registry as reg
+    from deploy.pyfunc import bundle_sha256
 
     client = tracking.client(registry[0])
     run_id, info = logged
-    candidate = reg.Candidate(3.0, "digits", "fp", run_id, "glow")
+    candidate = reg.Candidate(3.0, "digits", "fp", run_id, "glow",
+                              bundle_sha256=bundle_sha256(bundle))
     version = reg.register_version(client, MODEL_NAME, info.model_uri, candidate, info.model_id)
     assert reg.promote(client, MODEL_NAME, version.version).promoted
     return version

@@ -87,3 +87,34 @@ def test_bad_requests_are_invalid_parameter_errors(pulled, x, params, message):
     assert err.value.error_code == "INVALID_PARAMETER_VALUE"
     assert err.value.get_http_status_code() == 400
     assert message in err.value.message
+
+
+def test_requirements_are_lean_cpu_and_cover_every_shipped_import(logged):
+    """requirements.txt: mlflow-skinny (not the full server stack), torch from the CPU index
+    where reachable, and a pin for every third-party module the shipped code imports."""
+    import ast
+    from pathlib import Path
+
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(logged[1].model_uri))
+    lines = (local / "requirements.txt").read_text().split()
+    pins = {line.split("==")[0]: line.split("==")[1] for line in lines if "==" in line}
+    assert "--extra-index-url" in lines and "https://download.pytorch.org/whl/cpu" in lines
+    assert "mlflow" not in pins and "mlflow-skinny" in pins
+    assert not any(name.startswith("nvidia") for name in pins)
+    assert "+" not in pins["torch"]  # matches the CPU index's X+cpu as well as PyPI's X
+
+    provides = {"mlflow-skinny": "mlflow"}
+    covered = {provides.get(name, name) for name in pins} | {"flows", "deploy"}
+    shipped = [*local.joinpath("code").rglob("*.py"), local / "pyfunc_model.py"]
+    assert not any(path.name == "viz.py" for path in shipped)  # torchvision stays out
+    imported = set()
+    for path in shipped:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party <= covered, third_party - covered

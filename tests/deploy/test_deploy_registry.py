@@ -9,6 +9,7 @@ import pytest
 
 import tracking
 from deploy import registry as reg
+from deploy.pyfunc import bundle_sha256
 from deploy.registry import Candidate
 
 
@@ -114,13 +115,33 @@ def test_race_is_real_without_the_queue(registry, client, logged, monkeypatch):
     assert champion != better
 
 
-def test_abandoned_pending_version_stops_blocking(client, logged):
+def test_abandoned_pending_version_is_resolved_once_then_never_waited_on(client, logged):
     name = "abandoned"
-    _register(client, name, logged, 3.0)  # its pipeline "died": never promoted
+    v1 = _register(client, name, logged, 3.0)  # its pipeline "died": never promoted
     v2 = _register(client, name, logged, 2.0)
+    start = time.monotonic()  # v1 may already be older than the timeout: then no wait at all
+    assert reg.promote(client, name, v2, queue_timeout_s=2.0, poll_s=0.05).promoted
+    assert time.monotonic() - start < 10
+    stale = client.get_model_version(name, v1).tags
+    assert stale[reg.PROMOTION_TAG] == reg.ABANDONED
+    assert "did not finish within 2 s" in stale[reg.REASON_TAG]
+    v3 = _register(client, name, logged, 1.0)
     start = time.monotonic()
-    assert reg.promote(client, name, v2, queue_timeout_s=0.5, poll_s=0.05).promoted
-    assert 0.5 <= time.monotonic() - start < 10
+    assert reg.promote(client, name, v3, queue_timeout_s=60.0, poll_s=0.05).promoted
+    assert time.monotonic() - start < 3  # v1 is resolved: nothing is waited for again
+
+
+def test_fresh_pending_version_is_waited_for_then_marked(client, logged):
+    name = "abandoned-fresh"
+    v1 = _register(client, name, logged, 3.0)
+    v2 = _register(client, name, logged, 2.0)
+    # a timeout 1 s past v1's age: v1 counts as alive, is waited for, then marked abandoned
+    timeout = 1.0 + (time.time() - client.get_model_version(name, v1).creation_timestamp / 1000)
+    start = time.monotonic()
+    assert reg.promote(client, name, v2, queue_timeout_s=timeout, poll_s=0.05).promoted
+    waited = time.monotonic() - start
+    assert 0.5 <= waited < 10, waited  # v1 was younger than the timeout: waited for it
+    assert client.get_model_version(name, v1).tags[reg.PROMOTION_TAG] == reg.ABANDONED
 
 
 def test_gate_without_finite_bpd_never_promotes(client, logged):
@@ -128,3 +149,78 @@ def test_gate_without_finite_bpd_never_promotes(client, logged):
     v1 = _register(client, name, logged, float("nan"))
     decision = reg.promote(client, name, v1)
     assert not decision.promoted and decision.champion_version is None
+
+
+@pytest.mark.slow
+def test_version_links_to_its_logged_model_with_the_final_metrics(registry, bundle):
+    """register_model: the logged model lists the version; its metrics are those of the
+    epoch the weights come from (not epoch 0) plus the evaluated bpd; a re-run of the same
+    promotion reuses the version."""
+    import json
+
+    from deploy_helpers import new_run
+
+    from deploy.config import PromoteConfig
+
+    uri, experiment = registry
+    client = tracking.client(uri)
+    run_id = new_run(uri, experiment)
+    for epoch, bpd in enumerate((3.9, 3.5, 3.2)):
+        client.log_metric(run_id, "test_bpd", bpd, step=epoch)
+    candidate = Candidate(3.1, "digits", "fp-link", run_id, "glow", epoch=2,
+                          final_metrics=(("eval_test_bpd", 3.1),))
+    decision, model_uri = reg.register_and_promote(uri, "linked", bundle, candidate,
+                                                   PromoteConfig())
+    version = client.get_model_version("linked", decision.version)
+    model_id = version.source.removeprefix("models:/")
+    logged_model = client.get_logged_model(model_id)
+    assert version.run_id == run_id and logged_model.source_run_id == run_id
+    links = json.loads(logged_model.tags["mlflow.modelVersions"])
+    assert {"name": "linked", "version": decision.version} in [
+        {"name": link["name"], "version": str(link["version"])} for link in links]
+    metrics = {(m.key, m.value) for m in logged_model.metrics}
+    assert ("test_bpd", 3.2) in metrics and ("eval_test_bpd", 3.1) in metrics
+    assert ("test_bpd", 3.9) not in metrics
+    assert version.tags[reg.BUNDLE_TAG] == bundle_sha256(bundle)
+
+    again, again_uri = reg.register_and_promote(uri, "linked", bundle, candidate,
+                                                PromoteConfig())
+    assert again_uri == model_uri and len(reg.versions(client, "linked")) == 1
+
+
+PROMOTE_ONE = """
+import sys
+from deploy.config import PromoteConfig
+from deploy.registry import Candidate, register_and_promote
+uri, name, bundle, run_id, bpd = sys.argv[1:]
+decision, _ = register_and_promote(uri, name, bundle,
+                                   Candidate(float(bpd), "digits", "fp-three", run_id),
+                                   PromoteConfig(queue_timeout_s=300))
+print("decided", decision.version, decision.promoted)
+"""
+
+
+@pytest.mark.slow
+def test_three_concurrent_promotions_keep_the_best_without_lock_errors(registry, bundle):
+    """Three processes register and promote into one SQLite store at once."""
+    import subprocess
+    import sys
+
+    from deploy_helpers import new_run
+    from helpers import REPO, subprocess_env
+
+    uri, experiment = registry
+    bpds = {new_run(uri, experiment): bpd for bpd in (3.3, 3.1, 3.2)}
+    procs = [subprocess.Popen([sys.executable, "-c", PROMOTE_ONE, uri, "three", str(bundle),
+                               run_id, str(bpd)], env=subprocess_env(PYTHONPATH=str(REPO)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for run_id, bpd in bpds.items()]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        assert "database is locked" not in out + err
+    client = tracking.client(uri)
+    holder = client.get_model_version_by_alias("three", "champion")
+    assert float(holder.tags["test_bpd"]) == 3.1
+    states = [v.tags[reg.PROMOTION_TAG] for v in reg.versions(client, "three")]
+    assert len(states) == 3 and reg.PENDING not in states

@@ -41,6 +41,12 @@ def train_run(pipeline_cfg) -> str:
     return new_run(pipeline_cfg.mlflow.tracking_uri, experiment)
 
 
+def mlflow_client(cfg):
+    import mlflow
+
+    return mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+
+
 def _ctx(cfg, stage: str, inputs: dict) -> StageContext:
     stage_dir = Path(cfg.workdir) / stage
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -85,14 +91,19 @@ def test_evaluate_scores_the_whole_test_split_and_logs_to_the_run(evaluated, pip
     assert all(Path(p).exists() for p in out["sample_grids"])
 
 
-def test_promote_then_deploy_pull_the_champion(evaluated, pipeline_cfg):
+def test_promote_then_deploy_pull_the_champion(evaluated, pipeline_cfg, train_run):
     out, _ = evaluated
     first = promote.run(_ctx(pipeline_cfg, "promote", {"evaluate": out}))
     assert first["model_name"] == "digits-glow" and first["promoted"]
     assert first["champion_version"] == first["version"] == "1"
+    again = promote.run(_ctx(pipeline_cfg, "promote", {"evaluate": out}))  # a re-run
+    assert again["version"] == "1" and again["champion_version"] == "1"  # no duplicate
 
-    worse = {**out, "test_bpd": out["test_bpd"] + 0.005}  # within the 0.01 margin
+    experiment = mlflow_client(pipeline_cfg).get_run(train_run).info.experiment_id
+    other_run = new_run(pipeline_cfg.mlflow.tracking_uri, experiment)
+    worse = {**out, "test_bpd": out["test_bpd"] + 0.005, "run_id": other_run}  # within margin
     second = promote.run(_ctx(pipeline_cfg, "promote", {"evaluate": worse}))
+    assert second["version"] == "2"
     assert not second["promoted"] and second["champion_version"] == "1"
     assert "does not beat champion v1" in second["reason"]
 

@@ -1,0 +1,80 @@
+"""Requests in units of work, the work budget, and request bodies (no server process)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deploy.pyfunc import SLICE_IMAGES, BadRequest, FlowScorer, Limits
+from deploy.serve import parse_request, plan_request, reachable_from_network
+from flows.scoring import score_levels
+
+
+@pytest.fixture(scope="module")
+def scorer(model) -> FlowScorer:
+    return FlowScorer(model, {}, Limits(max_batch=256, max_samples=8, max_work=300))
+
+
+@pytest.fixture(scope="module")
+def images(manifest) -> np.ndarray:
+    from data_prep import make_loader
+
+    x, _ = next(iter(make_loader(manifest, "test", 130, mode="eval")))
+    return x.numpy()
+
+
+def test_a_request_is_scored_per_slice_of_64_with_the_requests_seed(scorer, model, images):
+    out = scorer.run_request(images, {"k": 2, "seed": 4})
+    expected = np.concatenate([
+        score_levels(model, images[i:i + SLICE_IMAGES], noise_draws=2, generator=4)
+        for i in range(0, len(images), SLICE_IMAGES)])
+    np.testing.assert_array_equal(out, expected)
+    # the same images sent as two requests split at a multiple of 64: the same numbers
+    split = np.concatenate([scorer.run_request(images[:64], {"k": 2, "seed": 4}),
+                            scorer.run_request(images[64:], {"k": 2, "seed": 4})])
+    np.testing.assert_array_equal(out, split)
+
+
+def test_units_are_one_draw_of_at_most_64_images(scorer, images):
+    steps = scorer.plan(images, {"k": 2})
+    units = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            assert done.value.shape == (130,)
+            break
+        units += 1
+    assert units == 2 * 3  # ceil(130 / 64) slices x 2 draws
+
+
+def test_work_over_the_budget_is_refused_before_any_work(scorer, images):
+    with pytest.raises(BadRequest, match="130 images x k=3 = 390 image evaluations is over"):
+        scorer.plan(images, {"k": 3})
+    assert scorer.run_request(images[:100], {"k": 3}).shape == (100,)  # 300: at the budget
+
+
+def test_samples_come_in_units_too(scorer):
+    levels = scorer.run_request(None, {"mode": "sample", "n": 8, "temperature": 0.7})
+    assert levels.shape == (8, 1, 8, 8) and levels.dtype == np.uint8 and levels.max() < 17
+
+
+@pytest.mark.parametrize("depth", [5000, 900])
+def test_deeply_nested_json_is_a_bad_request(scorer, depth):
+    body = ('{"inputs": ' + "[" * depth + "]" * depth + "}").encode()
+    with pytest.raises(BadRequest, match="nested too deeply|rectangular"):
+        plan_request(scorer, body)
+
+
+def test_parse_request_keeps_its_checks():
+    with pytest.raises(BadRequest, match="Unknown params"):
+        parse_request(b'{"inputs": [], "params": {"K": 1}}')
+    x, params = parse_request(b'{"params": {"mode": "sample", "n": 2}}')
+    assert x is None and params["n"] == 2
+
+
+@pytest.mark.parametrize("host, exposed", [
+    ("127.0.0.1", False), ("localhost", False), ("::1", False), ("0.0.0.0", True),
+    ("::", True), ("192.0.2.7", True), ("myhost", True)])
+def test_which_hosts_are_reachable_from_the_network(host, exposed):
+    assert reachable_from_network(host) is exposed
