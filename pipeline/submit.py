@@ -7,14 +7,15 @@ The project code travels as the job's working_dir, without data, checkpoints or 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import PipelineConfig
+if TYPE_CHECKING:  # the config models load only when a command runs (a fast --help)
+    from pipeline.config import PipelineConfig
 
 RESOLVED_CONFIG_ENV = "NFPIPE_RESOLVED_CONFIG"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -83,6 +84,8 @@ def submit_job(client, entrypoint: str, runtime_env: dict, metadata: dict,
 
 
 def follow_logs(client, job_id: str) -> None:
+    import asyncio
+
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
             sys.stdout.write(chunk)
