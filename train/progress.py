@@ -31,14 +31,14 @@ POLL_S = 0.5
 class EpochProgress:
     """Follows `path` (JSON lines with `epoch`, `epochs`, `train_bpd`, `test_bpd`).
 
-    ETA = elapsed / epochs done in this attempt x epochs left (a resumed run starts counting
-    at the epoch it resumed from)."""
+    ETA = seconds per epoch since the first epoch line of this attempt x epochs left (Ray's
+    start-up and a resumed run's earlier epochs do not count)."""
 
     def __init__(self, path: Path, epochs: int, console: Console, label: str = "train"):
         self.path, self.epochs, self.console, self.label = path, epochs, console, label
         self.started = time.monotonic()
         self._offset = path.stat().st_size if path.exists() else 0
-        self._first_epoch: int | None = None
+        self._first: tuple[int, float] | None = None  # (epoch, time) of the first line seen
         self._bar: Progress | None = None
         self._task = None
 
@@ -65,8 +65,8 @@ class EpochProgress:
 
     def show(self, entry: dict[str, Any]) -> None:
         epoch = int(entry.get("epoch", 0))
-        if self._first_epoch is None:
-            self._first_epoch = epoch
+        if self._first is None:
+            self._first = (epoch, float(entry.get("time", time.time())))
         bpd = _bpd_text(entry)
         if self._bar is not None:
             self._bar.update(self._task, completed=epoch, bpd=bpd)
@@ -74,17 +74,18 @@ class EpochProgress:
         elapsed = time.monotonic() - self.started
         self.console.print(
             f"    {self.label} epoch {epoch}/{self.epochs}  {bpd}  "
-            f"elapsed {clock_text(elapsed)}  eta {self._eta(epoch, elapsed)}",
+            f"elapsed {clock_text(elapsed)}  eta {self._eta(epoch, entry)}",
             highlight=False,
         )
 
-    def _eta(self, epoch: int, elapsed: float) -> str:
-        done = epoch - (self._first_epoch or 0)
+    def _eta(self, epoch: int, entry: dict[str, Any]) -> str:
+        first_epoch, first_time = self._first or (epoch, 0.0)
         if epoch >= self.epochs:
             return "0:00"
-        if done <= 0:
+        if epoch <= first_epoch:
             return "?"
-        return clock_text(elapsed / done * (self.epochs - epoch))
+        per_epoch = (float(entry.get("time", first_time)) - first_time) / (epoch - first_epoch)
+        return clock_text(per_epoch * (self.epochs - epoch))
 
     def _new_entries(self) -> list[dict[str, Any]]:
         if not self.path.exists():

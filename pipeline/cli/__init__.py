@@ -54,7 +54,7 @@ def report_error(err: BaseException, verbose: int = 0) -> int:
     from pipeline.config import ConfigError
     from pipeline.runner import StageFailed
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # one line, whatever the width
     if isinstance(err, KeyboardInterrupt):
         console.print("[yellow]interrupted[/]: `nfpipe run` resumes where it stopped")
         return EXIT_INTERRUPTED

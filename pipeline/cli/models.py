@@ -89,12 +89,15 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def tracking_uri(args: argparse.Namespace, cfg: PipelineConfig | None = None) -> str:
-    from tracking import absolute_tracking_uri
+    """The store to use, checked to answer (a server that is not there fails in seconds)."""
+    from tracking import absolute_tracking_uri, check_reachable
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         uri = (cfg or pipeline_config(args)).mlflow.tracking_uri
-    return absolute_tracking_uri(uri)
+    uri = absolute_tracking_uri(uri)
+    check_reachable(uri)
+    return uri
 
 
 def _setup(args: argparse.Namespace) -> tuple[str, PipelineConfig]:

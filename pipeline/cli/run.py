@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     targets = parse_stages(args.stages)
     cfg = _config(args)
-    console = Console()
+    console = Console(soft_wrap=True)  # a long line stays one line in a log
     outcomes = run_pipeline(cfg, targets, force=args.force, console=console,
                             release=disconnect_ray)
     print_next_steps(cfg, console, outcomes)
@@ -82,7 +82,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     validate_space(cfg.tune, cfg.train)  # paths and values now; model sizes once data exist
-    run_pipeline(cfg, ["tune"], force=args.force, console=Console(), release=disconnect_ray)
+    run_pipeline(cfg, ["tune"], force=args.force, console=Console(soft_wrap=True),
+                 release=disconnect_ray)
     return 0
 
 
