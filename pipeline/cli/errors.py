@@ -16,20 +16,9 @@ _RAY_UNREACHABLE = re.compile(r"Failed to connect to Ray at address: (\S+?)\.?$"
 _HTTP_STATUS = re.compile(r"Request failed with status code (\d+): (.*)", re.S)
 
 
-class ServiceUnreachable(ConnectionError):
-    """A service (MLflow tracking server, Ray dashboard) did not answer; the message says
-    which, where, and how to fix it. Exit code 1 (2 when the address came from an argument)."""
-
-    def __init__(self, message: str, usage: bool = False):
-        super().__init__(message)
-        self.usage = usage
-
-
 def explain(err: BaseException) -> tuple[int, str] | None:
     """(exit code, one line) for a known Ray or MLflow failure, else None."""
     text = str(err).strip()
-    if isinstance(err, ServiceUnreachable):
-        return (EXIT_USAGE if err.usage else EXIT_FAILED), text
     found = _RAY_UNREACHABLE.search(text)
     if isinstance(err, ConnectionError) and found:
         return EXIT_USAGE, (
@@ -40,7 +29,21 @@ def explain(err: BaseException) -> tuple[int, str] | None:
     status = _HTTP_STATUS.search(text)
     if isinstance(err, RuntimeError) and status:
         return _ray_http_error(int(status.group(1)), status.group(2).strip())
+    if type(err).__name__ == "MlflowException":  # no mlflow import for a name check
+        return EXIT_FAILED, _mlflow_error(err, text)
     return None
+
+
+def _mlflow_error(err: BaseException, text: str) -> str:
+    """The first line of an MLflow error (its server-side traceback left out), and a hint."""
+    first = text.splitlines()[0][:300] if text else type(err).__name__
+    code = str(getattr(err, "error_code", ""))
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return f"MLflow: {first} (`nfpipe models list` shows the registered models)"
+    if "Max retries exceeded" in text or "Connection refused" in text:
+        return (f"MLflow: the tracking server stopped answering ({first}); check that it "
+                "still runs, then run again (finished stages are kept)")
+    return f"MLflow: {first}"
 
 
 def _ray_http_error(code: int, body: str) -> tuple[int, str]:

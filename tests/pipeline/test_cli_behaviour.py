@@ -166,3 +166,12 @@ def test_ray_jobs_500_no_available_agent_is_one_line_with_the_fix():
     code, line = explain(err)
     assert code == 1 and "\n" not in line and "ray status" in line
     assert json.dumps(line)  # printable as one line
+
+
+def test_an_mlflow_error_is_its_first_line_and_a_hint(tmp_path, capsys):
+    """A registry miss from a real SQLite store: one line, the MLflow message, the hint."""
+    assert main(["deploy", "sample", "--model", "nope@champion", "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "s.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "nope" in err and "nfpipe models list" in err
