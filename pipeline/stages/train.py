@@ -30,9 +30,7 @@ def run(ctx: StageContext, hooks: TrainHooks = NO_HOOKS) -> StageOutputs:
     uri = ctx.tracking_uri
     storage = _prepare_cluster(ctx, manifest_path, uri)
     name = run_name_for(ctx, run_name(cfg.name, cfg.train, manifest.fingerprint))
-    run_id = tracking.reopen_or_create(uri, ctx.experiment_id(), {RUN_TAG: name}, name,
-                                       _params(ctx, manifest), _tags(cfg.name, manifest, cfg.train))
-    log_dataset(uri, run_id, manifest)
+    run_id = _open_run(ctx, uri, name, manifest)
     meta = {"dataset": manifest.dataset, "manifest_fingerprint": manifest.fingerprint,
             "train_run": name}
     progress = storage / name / PROGRESS_FILE
@@ -49,6 +47,15 @@ def run(ctx: StageContext, hooks: TrainHooks = NO_HOOKS) -> StageOutputs:
     tracking.finish_run(uri, run_id)
     ctx.console.print(history_table(result.summary.get("history", []), name))
     return _outputs(result, model_dir, run_id)
+
+
+def _open_run(ctx: StageContext, uri: str, name: str, manifest: Manifest) -> str:
+    """The MLflow run of Ray run `name` (reopened on resume), with its dataset input."""
+    cfg = ctx.config
+    run_id = tracking.reopen_or_create(uri, ctx.experiment_id(), {RUN_TAG: name}, name,
+                                       _params(ctx, manifest), _tags(cfg.name, manifest, cfg.train))
+    log_dataset(uri, run_id, manifest)
+    return run_id
 
 
 def _prepare_cluster(ctx: StageContext, manifest_path: Path, tracking_uri: str) -> Path:
