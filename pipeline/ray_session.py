@@ -22,6 +22,8 @@ def ensure_ray(cfg: RayConfig) -> None:
 
     if ray.is_initialized():
         return
+    if not sys.stdout.isatty():  # a log: worker lines without Ray's colour codes (read per line)
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     quiet = ray.LoggingConfig(log_level=cfg.log_level)  # Ray's own INFO chatter off by default
     if cfg.address:
         log.info("connecting to Ray at %s", cfg.address)

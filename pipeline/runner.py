@@ -77,20 +77,18 @@ def run_pipeline(
     force: bool = False,
     console: Console | None = None,
     graph: Mapping[str, Stage] = STAGES,
-    preflight: Callable[[PipelineConfig, list[Stage]], None] | None = None,
     release: Callable[[], None] | None = None,
 ) -> list[Outcome]:
     """Run `targets` (default: `cfg.stages`) and what they need; raise StageFailed on failure.
 
-    `preflight(cfg, stages)` runs once the plan is known, before any stage; by default it
-    checks that the MLflow tracking server answers when a planned stage uses it, so a wrong
-    URI fails in seconds rather than after data preparation and Ray's start-up. `release()`
-    runs after the last stage, before the summary (the CLI disconnects Ray there, so no late
-    worker line comes after the summary)."""
+    Before any stage, the MLflow tracking server is checked to answer when a planned stage
+    uses it, so a wrong URI fails in seconds rather than after data preparation and Ray's
+    start-up. `release()` runs after the last stage, before the summary (the CLI disconnects
+    Ray there, so no late worker line comes after the summary)."""
     console = console or Console()
     workdir = Path(cfg.workdir).resolve()
     stages = plan(targets or cfg.stages, graph)
-    (preflight or check_tracking_server)(cfg, stages)
+    check_tracking_server(cfg, stages)
     forced = set(targets or cfg.stages) if force else set()
     done: dict[str, StageRecord] = {}
     outcomes: list[Outcome] = []
