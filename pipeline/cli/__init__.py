@@ -104,6 +104,8 @@ def setup_logging(level: str | None, verbose: int) -> None:
     # MLflow's own INFO lines ("Creating initial MLflow database tables...") follow the same
     # level; read when mlflow is imported, here and in the Ray workers that inherit it
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level.upper())
+    if "mlflow" in sys.modules:  # imported already (main() called in-process): set it here
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
     logging.basicConfig(
         level=level.upper(),
         format="%(message)s",
