@@ -104,7 +104,9 @@ def wait_final(client, job_id: str, timeout_s: float = 60.0) -> str:
 
 
 STAGE_LINE = re.compile(r"[▶✓✗↷]\s+(\w+)\s+(running|done|failed|up to date)")
-METRIC = re.compile(r"\b(epoch|step|train_bpd|test_bpd|images_per_s|bpd)[=: ]+([-\d.e]+)")
+METRIC = re.compile(r"\b(epoch|step|train_bpd|test_bpd|train|test|images_per_s|bpd)[=: ]+"
+                    r"(-?\d[\d.]*(?:e-?\d+)?)")
+_METRIC_NAMES = {"train": "train_bpd", "test": "test_bpd"}  # the train stage's epoch lines
 
 
 def current_stage(logs: str) -> str | None:
@@ -118,5 +120,5 @@ def latest_metrics(logs: str) -> dict[str, float]:
     for line in reversed(logs.splitlines()):
         found = METRIC.findall(line)
         if found:
-            return {name: float(value) for name, value in found}
+            return {_METRIC_NAMES.get(name, name): float(value) for name, value in found}
     return {}

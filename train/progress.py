@@ -73,7 +73,8 @@ class EpochProgress:
             return
         elapsed = time.monotonic() - self.started
         self.console.print(
-            f"    {self.label} epoch {epoch}/{self.epochs}  {bpd}  "
+            f"    {self.label} epoch {epoch}/{self.epochs}  step {int(entry.get('step', 0))}  "
+            f"{bpd}  "
             f"elapsed {clock_text(elapsed)}  eta {self._eta(epoch, entry)}",
             highlight=False,
         )

@@ -175,3 +175,26 @@ def test_an_mlflow_error_is_its_first_line_and_a_hint(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "nope" in err and "nfpipe models list" in err
+
+
+def test_epoch_lines_in_a_log_carry_eta_and_feed_nfpipe_status(tmp_path):
+    """Off a terminal the train stage prints one line per epoch with elapsed time and ETA
+    (from rank 0's progress file); `nfpipe status` reads its numbers back from the job log."""
+    from pipeline.submit import latest_metrics
+    from train.progress import EpochProgress
+
+    progress_file = tmp_path / "progress.jsonl"
+    console = Console(record=True, width=200, force_terminal=False)
+    progress = EpochProgress(progress_file, epochs=4, console=console)
+    progress.start()
+    lines = [{"epoch": 0, "step": 0, "test_bpd": 3.9, "time": 100.0},
+             {"epoch": 1, "step": 44, "train_bpd": 3.5, "test_bpd": 3.8, "time": 110.0},
+             {"epoch": 2, "step": 88, "train_bpd": 3.1, "test_bpd": 3.7, "time": 120.0}]
+    progress_file.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"epo')
+    progress.stop()  # the half-written last line waits for its newline
+    shown = console.export_text().splitlines()
+    assert len(shown) == 3 and "eta ?" in shown[0]
+    assert shown[2].startswith("    train epoch 2/4  step 88  train 3.1000 test 3.7000 bpd")
+    assert shown[2].endswith("eta 0:20")  # 10 s per epoch since the first line, 2 to go
+    assert latest_metrics("\n".join(shown)) == {"epoch": 2.0, "step": 88.0, "train_bpd": 3.1,
+                                                "test_bpd": 3.7}
