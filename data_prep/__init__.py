@@ -1,9 +1,29 @@
-"""Raw image datasets -> webdataset tar shards + manifest, and a rank-aware loader for them."""
+"""Raw image datasets -> webdataset tar shards + manifest, and a rank-aware loader for them.
 
-from data_prep.config import DataPrepConfig
-from data_prep.errors import DataPrepError
-from data_prep.loader import ShardLoader, make_loader
-from data_prep.manifest import Manifest
-from data_prep.prepare import prepare
+The exports load on first use (PEP 562), so `data_prep.config` is imported without torch.
+"""
 
-__all__ = ["DataPrepConfig", "DataPrepError", "Manifest", "ShardLoader", "make_loader", "prepare"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataPrepConfig": "data_prep.config",
+    "DataPrepError": "data_prep.errors",
+    "Manifest": "data_prep.manifest",
+    "ShardLoader": "data_prep.loader",
+    "make_loader": "data_prep.loader",
+    "prepare": "data_prep.prepare",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'data_prep' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    # cached over the attribute the import just set: `prepare` is also a submodule's name
+    globals()[name] = value
+    return value

@@ -1,16 +1,31 @@
-"""nfpipe flows: Glow, RealNVP, NICE, VAE and f-VAE behind one DensityModel interface."""
+"""nfpipe flows: Glow, RealNVP, NICE, VAE and f-VAE behind one DensityModel interface.
 
-from flows.api import DensityModel, FlowModel, VariationalModel, initialize_from_batch
-from flows.build import build_model
-from flows.config import ModelConfig
-from flows.layers import LAYERS
+The exports load on first use (PEP 562), so `flows.config` (pydantic only) is imported
+without torch: the command line reads configurations in a fraction of a second.
+"""
 
-__all__ = [
-    "LAYERS",
-    "DensityModel",
-    "FlowModel",
-    "ModelConfig",
-    "VariationalModel",
-    "build_model",
-    "initialize_from_batch",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LAYERS": "flows.layers",
+    "DensityModel": "flows.api",
+    "FlowModel": "flows.api",
+    "VariationalModel": "flows.api",
+    "initialize_from_batch": "flows.api",
+    "build_model": "flows.build",
+    "ModelConfig": "flows.config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'flows' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    # cached over the attribute the import just set: `prepare` is also a submodule's name
+    globals()[name] = value
+    return value

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -101,10 +101,68 @@ def load_config(
 
 
 def validate(raw: dict[str, Any]) -> PipelineConfig:
+    """The typed config of `raw`; ConfigError naming each bad key.
+
+    Numbers are strict about booleans: pydantic would read `epochs: true` as 1, so a boolean
+    where the schema wants no boolean is an error (YAML's `1e-3` is a string and stays
+    accepted as a number)."""
+    booleans = boolean_problems(PipelineConfig, raw)
+    if booleans:
+        raise ConfigError("\n".join([f"invalid configuration ({len(booleans)} problem(s)):",
+                                      *booleans]))
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
+
+
+def boolean_problems(model: type[BaseModel], raw: Any, loc: tuple[str, ...] = ()) -> list[str]:
+    """'  path: expected a number, got a boolean (true)' for every boolean in `raw` whose
+    field's type admits no boolean (dict-valued fields such as `tune.space` are free-form)."""
+    if not isinstance(raw, dict):
+        return []
+    problems = []
+    for key, value in raw.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        path = (*loc, key)
+        nested = model_type(field.annotation)
+        if nested is not None and isinstance(value, dict):
+            problems += boolean_problems(nested, value, path)
+            continue
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, bool) for v in values) and bool not in _scalar_types(
+                field.annotation):
+            got = str(next(v for v in values if isinstance(v, bool))).lower()
+            expected = _expected(field.annotation)
+            lines = f"  {'.'.join(path)}: expected {expected}, got a boolean ({got})"
+            problems.append(lines)
+    return problems
+
+
+def _scalar_types(annotation: Any) -> set[Any]:
+    """The scalar types an annotation admits: `int | None` -> {int, NoneType}; Literal values'
+    types; the element types of tuples and lists; Any and dicts admit everything (object)."""
+    if annotation is Any or annotation is bool:
+        return {bool}
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return {type(value) for value in get_args(annotation)}
+    if origin is dict or annotation is dict:
+        return {bool}
+    if origin is not None:
+        return {t for arg in get_args(annotation) if arg is not Ellipsis
+                for t in _scalar_types(arg)}
+    return {annotation}
+
+
+def _expected(annotation: Any) -> str:
+    types = _scalar_types(annotation)
+    if types & {int, float}:
+        return "an integer" if float not in types else "a number"
+    return "a " + " or ".join(sorted(getattr(t, "__name__", str(t)) for t in types
+                                     if t is not type(None)))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -164,9 +222,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"pipeline file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if data is None:
+        raise ConfigError(f"{path} is empty: write at least one setting (e.g. `name: "
+                          "quickstart`), or leave the file out to run the built-in defaults")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 
 from pipeline.config import RayConfig
 
 log = logging.getLogger(__name__)
+
+# Where Ray's state API (used inside Ray Train's controller) finds the dashboard; Ray reads it
+# before RAY_ADDRESS and before any `ray start` address file or running GCS on this machine.
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -16,6 +22,8 @@ def ensure_ray(cfg: RayConfig) -> None:
 
     if ray.is_initialized():
         return
+    if not sys.stdout.isatty():  # a log: worker lines without Ray's colour codes (read per line)
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     quiet = ray.LoggingConfig(log_level=cfg.log_level)  # Ray's own INFO chatter off by default
     if cfg.address:
         log.info("connecting to Ray at %s", cfg.address)
@@ -24,6 +32,7 @@ def ensure_ray(cfg: RayConfig) -> None:
     log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus or "all")
     # One machine has no spot instances to watch; the watcher only adds a startup error line.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    dashboard = embedded_dashboard(cfg.dashboard)
     # address="local": always a new local Ray, never a `ray start` cluster found on this machine
     ray.init(
         address="local",
@@ -31,4 +40,35 @@ def ensure_ray(cfg: RayConfig) -> None:
         include_dashboard=cfg.dashboard,
         log_to_driver=True,
         logging_config=quiet,
+        **dashboard,
     )
+
+
+def disconnect_ray() -> None:
+    """Disconnect from Ray (and stop the embedded one) if this process started or joined it."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+def embedded_dashboard(enabled: bool) -> dict[str, object]:
+    """The embedded Ray's dashboard on a free loopback port, announced to every Ray process.
+
+    Ray Train's controller asks Ray's state API about its actors without an address; the
+    state API then looks for "the" cluster on this machine: the address file a `ray start`
+    head left behind (stale once that head was killed: "Timed out while waiting for GCS",
+    12-15 s lost per fit) or any GCS process running here (other users' clusters). Setting
+    RAY_API_SERVER_ADDRESS before `ray.init` makes the raylet, and so every worker and the
+    controller, ask this Ray's own dashboard instead.
+    """
+    if not enabled:
+        return {}
+    port = _free_port()
+    os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
+    return {"dashboard_host": "127.0.0.1", "dashboard_port": port}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +23,7 @@ from pipeline.records import (
 )
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage, StageContext
+from tracking import absolute_tracking_uri, check_reachable
 from train.typed import suggest
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,18 @@ def run_pipeline(
     force: bool = False,
     console: Console | None = None,
     graph: Mapping[str, Stage] = STAGES,
+    release: Callable[[], None] | None = None,
 ) -> list[Outcome]:
-    """Run `targets` (default: `cfg.stages`) and what they need; raise StageFailed on failure."""
+    """Run `targets` (default: `cfg.stages`) and what they need; raise StageFailed on failure.
+
+    Before any stage, the MLflow tracking server is checked to answer when a planned stage
+    uses it, so a wrong URI fails in seconds rather than after data preparation and Ray's
+    start-up. `release()` runs after the last stage, before the summary (the CLI disconnects
+    Ray there, so no late worker line comes after the summary)."""
     console = console or Console()
     workdir = Path(cfg.workdir).resolve()
     stages = plan(targets or cfg.stages, graph)
+    check_tracking_server(cfg, stages)
     forced = set(targets or cfg.stages) if force else set()
     done: dict[str, StageRecord] = {}
     outcomes: list[Outcome] = []
@@ -89,7 +97,7 @@ def run_pipeline(
         for stage in stages:
             try:
                 outcome, record = _run_or_skip(
-                    stage, cfg, workdir, done, stage.name in forced, console
+                    stage, cfg, workdir, done, stage.name in forced, console, graph
                 )
             except StageFailed as failure:
                 outcomes.append(failure.outcome)
@@ -97,8 +105,67 @@ def run_pipeline(
             outcomes.append(outcome)
             done[stage.name] = record
     finally:
+        if release is not None:
+            release()
         print_summary(outcomes, console)
     return outcomes
+
+
+def check_tracking_server(cfg: PipelineConfig, stages: Sequence[Stage]) -> None:
+    """Fail fast (TrackingServerUnreachable) when a planned stage needs an MLflow server that
+    does not answer."""
+    if any(stage.tracked for stage in stages):
+        check_reachable(absolute_tracking_uri(cfg.mlflow.tracking_uri))
+
+
+def upstream_records(
+    stage: Stage,
+    cfg: PipelineConfig,
+    workdir: Path,
+    done: Mapping[str, StageRecord],
+    graph: Mapping[str, Stage],
+) -> dict[str, StageRecord]:
+    """The records a stage reads: this invocation's, else the latest current one on disk.
+
+    A required stage is always planned, so it is in `done`. An optional one (tune for
+    evaluate) is used when it ran now, or when its record from an earlier invocation is
+    still current: status ok, its outputs on disk, and made from this config and from the
+    same upstream records (so `--stages tune,evaluate` then `--stages promote` promotes the
+    tuned model instead of re-evaluating the train stage's).
+    """
+    upstream: dict[str, StageRecord] = {}
+    for name in (*stage.needs, *stage.optional_needs):
+        record = done.get(name) or _current_record(graph[name], cfg, workdir, done, graph)
+        if record is not None:
+            upstream[name] = record
+    return upstream
+
+
+def _current_record(
+    stage: Stage,
+    cfg: PipelineConfig,
+    workdir: Path,
+    done: Mapping[str, StageRecord],
+    graph: Mapping[str, Stage],
+) -> StageRecord | None:
+    """The stage's record on disk if running it now would be skipped as up to date."""
+    record = read_record(workdir, stage.name)
+    if record is None:
+        return None
+    upstream = upstream_records(stage, cfg, workdir, done, graph)
+    if any(name not in upstream for name in stage.needs):
+        return None
+    if _stale_reason(record, stage_fingerprint(stage, cfg, upstream), force=False) is not None:
+        return None
+    return record
+
+
+def stage_fingerprint(stage: Stage, cfg: PipelineConfig,
+                      upstream: Mapping[str, StageRecord]) -> str:
+    """Hash of the stage's own config and the fingerprints of the records it reads."""
+    inputs = {name: rec.fingerprint for name, rec in sorted(upstream.items())}
+    return stable_hash({"stage": stage.name, "config": stable_hash(stage.config_of(cfg)),
+                        "inputs": inputs})
 
 
 def _run_or_skip(
@@ -108,13 +175,17 @@ def _run_or_skip(
     done: dict[str, StageRecord],
     force: bool,
     console: Console,
+    graph: Mapping[str, Stage] = STAGES,
 ) -> tuple[Outcome, StageRecord]:
-    upstream = {name: done[name] for name in (*stage.needs, *stage.optional_needs) if name in done}
+    upstream = upstream_records(stage, cfg, workdir, done, graph)
     config_hash = stable_hash(stage.config_of(cfg))
     inputs = {name: rec.fingerprint for name, rec in sorted(upstream.items())}
-    fingerprint = stable_hash({"stage": stage.name, "config": config_hash, "inputs": inputs})
+    fingerprint = stage_fingerprint(stage, cfg, upstream)
     previous = read_record(workdir, stage.name)
     reason = _stale_reason(previous, fingerprint, force)
+    earlier = sorted(name for name in upstream if name not in done)
+    if earlier:
+        console.print(f"  [dim]  {stage.name} reads {', '.join(earlier)} from an earlier run[/]")
     if reason is None:
         console.print(f"  [dim]↷ {stage.name:<10} up to date, skipped[/]")
         return Outcome(stage.name, "skipped", 0.0, "up to date"), previous
@@ -129,6 +200,7 @@ def _run_or_skip(
         inputs={name: rec.outputs for name, rec in upstream.items()},
         console=console,
         fingerprint=fingerprint,
+        force=force,
     )
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"  [bold cyan]▶ {stage.name:<10}[/] running ({reason})")

@@ -7,14 +7,15 @@ The project code travels as the job's working_dir, without data, checkpoints or 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import PipelineConfig
+if TYPE_CHECKING:  # the config models load only when a command runs (a fast --help)
+    from pipeline.config import PipelineConfig
 
 RESOLVED_CONFIG_ENV = "NFPIPE_RESOLVED_CONFIG"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -83,6 +84,8 @@ def submit_job(client, entrypoint: str, runtime_env: dict, metadata: dict,
 
 
 def follow_logs(client, job_id: str) -> None:
+    import asyncio
+
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
             sys.stdout.write(chunk)
@@ -101,7 +104,9 @@ def wait_final(client, job_id: str, timeout_s: float = 60.0) -> str:
 
 
 STAGE_LINE = re.compile(r"[▶✓✗↷]\s+(\w+)\s+(running|done|failed|up to date)")
-METRIC = re.compile(r"\b(epoch|step|train_bpd|test_bpd|images_per_s|bpd)[=: ]+([-\d.e]+)")
+METRIC = re.compile(r"\b(epoch|step|train_bpd|test_bpd|train|test|images_per_s|bpd)[=: ]+"
+                    r"(-?\d[\d.]*(?:e-?\d+)?)")
+_METRIC_NAMES = {"train": "train_bpd", "test": "test_bpd"}  # the train stage's epoch lines
 
 
 def current_stage(logs: str) -> str | None:
@@ -115,5 +120,5 @@ def latest_metrics(logs: str) -> dict[str, float]:
     for line in reversed(logs.splitlines()):
         found = METRIC.findall(line)
         if found:
-            return {name: float(value) for name, value in found}
+            return {_METRIC_NAMES.get(name, name): float(value) for name, value in found}
     return {}

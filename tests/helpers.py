@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -141,3 +142,16 @@ class LocalRayCluster:
             node.stop()
         # `ray start` left its address for ray.init() to find; it would point at a dead cluster
         Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)
+
+
+_IMAGE = re.compile(r"(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+\d+\+[0-9a-f-]+\.png$")
+
+
+def logged_images(client, run_id: str) -> set[tuple[str, int]]:
+    """(key, step) of every image logged with `log_image(key=..., step=...)` in the run."""
+    found = set()
+    for artifact in client.list_artifacts(run_id, "images"):
+        match = _IMAGE.match(Path(artifact.path).name)
+        if match:  # MLflow writes `/` in keys as `~`; compressed previews end in .webp
+            found.add((match["key"].replace("~", "/"), int(match["step"])))
+    return found

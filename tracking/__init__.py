@@ -8,10 +8,17 @@ project package):
 - `runs`: runs identified by tags and reopened on resume (`reopen_or_create`), params,
   tags and artifacts, run status.
 - `metrics`: `MlflowTracker`, a buffered writer that logs each (metric, step) at most once.
+- `names`: metric names by step axis (`bpd/test`, `epoch/...`, `step/...`), `nfpipe.*` tags.
+- `datasets`, `media`, `system`: a dataset manifest as a run input, sample grids as images,
+  system metrics of the training process.
 """
 
+from tracking.datasets import log_dataset_input
+from tracking.media import log_images
 from tracking.metrics import MlflowTracker
+from tracking.names import epoch_metric, epoch_metrics, nfpipe_tags
 from tracking.runs import (
+    context_tags,
     find_run,
     finish_run,
     flatten,
@@ -21,25 +28,37 @@ from tracking.runs import (
     set_tags,
 )
 from tracking.store import (
+    TrackingServerUnreachable,
     absolute_tracking_uri,
+    check_reachable,
     client,
     ensure_experiment,
     git_commit,
     sqlite_folder,
 )
+from tracking.system import system_metrics
 
 __all__ = [
     "MlflowTracker",
+    "TrackingServerUnreachable",
     "absolute_tracking_uri",
+    "check_reachable",
     "client",
+    "context_tags",
     "ensure_experiment",
+    "epoch_metric",
+    "epoch_metrics",
     "finish_run",
     "find_run",
     "flatten",
     "git_commit",
+    "log_dataset_input",
+    "log_images",
+    "nfpipe_tags",
     "log_artifacts",
     "log_params",
     "reopen_or_create",
     "set_tags",
     "sqlite_folder",
+    "system_metrics",
 ]

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from tracking.media import log_images
 from tracking.store import client
 
 METRICS_BATCH = 1000  # MLflow's limit of metrics per log_batch
@@ -53,3 +54,7 @@ class MlflowTracker:
     def log_files(self, paths: Iterable[Path], artifact_path: str) -> None:
         for path in paths:
             self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_images(self, paths: Iterable[Path], step: int) -> None:
+        """PNG files as MLflow images at `step` (see `tracking.media`)."""
+        log_images(self._client, self.run_id, paths, step)

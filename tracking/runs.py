@@ -29,15 +29,27 @@ def reopen_or_create(
 ) -> str:
     """The run whose tags include `identity`, set RUNNING again (a resumed run); else a new
     run with those tags plus `tags`, and `params` logged once (a callable is called only then,
-    for params that are costly to compute)."""
+    for params that are costly to compute).
+
+    A new run also gets the tags MLflow's own `start_run` records: the user, the source (the
+    command that ran) and its type, the git commit (the UI's "Created by" and "Source")."""
     run_id = find_run(tracking_uri, experiment_id, identity)
     mlflow = client(tracking_uri)
     if run_id is not None:
         mlflow.update_run(run_id, status="RUNNING")
         return run_id
-    run = mlflow.create_run(experiment_id, tags={**identity, **tags}, run_name=run_name)
+    run = mlflow.create_run(experiment_id, tags=context_tags({**identity, **tags}),
+                            run_name=run_name)
     log_params(tracking_uri, run.info.run_id, params() if callable(params) else params)
     return run.info.run_id
+
+
+def context_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """`tags` over the ones MLflow resolves for a run started here (mlflow.user,
+    mlflow.source.name/type, mlflow.source.git.commit, ...)."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return resolve_tags(dict(tags))
 
 
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:

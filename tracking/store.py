@@ -57,3 +57,29 @@ def git_commit(cwd: Path = PROJECT_ROOT) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+class TrackingServerUnreachable(ConnectionError):
+    """The MLflow tracking server did not answer; the message says where and what to do."""
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Raise TrackingServerUnreachable unless an http(s) tracking server answers within
+    `timeout_s` (MLflow's own client retries for minutes first). Local stores pass."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # something answered (a proxy, an auth wall): the client will say more
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingServerUnreachable(
+            f"MLflow tracking server {tracking_uri} is not reachable ({reason}); start it "
+            f"(`mlflow server --host HOST --port PORT`) or set mlflow.tracking_uri "
+            "(default sqlite:///mlflow.db)"
+        ) from None

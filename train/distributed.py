@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tracking import system_metrics
 from train.config import ScalingSpec, TrainConfig
 from train.ddp import WorkerInfo
 from train.loop import NonFiniteLossError, TrainJob, train
@@ -114,10 +116,13 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Body of every Ray Train worker: re-validate the config, resume if possible, train.
 
     A diverged run (NonFiniteLossError, raised alike on every rank) returns its message
-    instead of raising, so Ray does not restart a failure that would only repeat.
+    instead of raising, so Ray does not restart a failure that would only repeat. Rank 0
+    samples the machine's system metrics into the MLflow run while it trains.
     """
     import ray.train
     import ray.train.torch
+
+    quiet_worker_logging()
 
     cfg = TrainConfig.model_validate(config["train"])
     context = ray.train.get_context()
@@ -127,10 +132,22 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
         device=str(ray.train.torch.get_device()),
         threads=cfg.scaling.cpus_per_worker,
     )
+    job: TrainJob = config["job"]
+    run = (job.tracking_uri, job.mlflow_run_id) if world.is_chief else (None, None)
     try:
-        return train(cfg, config["job"], world, reporter(ray.train), latest_state(ray.train))
+        with system_metrics(*run):
+            return train(cfg, job, world, reporter(ray.train), latest_state(ray.train))
     except NonFiniteLossError as err:
         return {"status": "nonfinite", "message": str(err)}
+
+
+def quiet_worker_logging() -> None:
+    """Warnings and errors only from the worker's root logger.
+
+    Ray Train sets it to INFO in its workers, and logs every report there ("Reporting
+    training result N: TrainingReport(...)", two lines per epoch and rank, through a logger
+    named after its file path that the `ray.train` level does not reach)."""
+    logging.getLogger().setLevel(logging.WARNING)
 
 
 def fit(cfg: TrainConfig, job: TrainJob, storage_path: Path, name: str) -> FitResult:

@@ -10,6 +10,7 @@ on evaluated epochs and the others None. The folder is temporary: the reporter p
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from data_prep import Manifest, make_loader
 from flows.bpd import check_levels
 from flows.config import ModelConfig
 from flows.io import save_model
-from tracking import MlflowTracker
+from tracking import MlflowTracker, epoch_metrics
 from train import checkpoint
 from train.config import TrainConfig
 from train.ddp import WorkerInfo, all_reduce_sum, gather_digests
@@ -47,6 +48,7 @@ class TrainJob:
     mlflow_run_id: str | None = None
     bundle_meta: dict[str, Any] = field(default_factory=dict)  # extra meta.json entries
     verbose: bool = True  # rank 0 prints one line per epoch
+    progress_file: str | None = None  # rank 0 appends one JSON line per epoch (driver's bar)
     hooks: TrainHooks = field(default_factory=TrainHooks)  # fault injection in tests
 
 
@@ -279,9 +281,10 @@ def log_epoch(tracker: MlflowTracker | None, metrics: Metrics, step: int,
     """The epoch's metrics (and the checkpoint's sample grids) into MLflow, flushed."""
     if tracker is None:
         return
-    tracker.add({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, step)
+    tracker.add(epoch_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "step")}),
+                step)
     if ckpt is not None:
-        tracker.log_files(sorted((ckpt / "samples").glob("*.png")), "samples")
+        tracker.log_images(sorted((ckpt / "samples").glob("*.png")), step)
     tracker.flush()
 
 
@@ -296,8 +299,13 @@ def flush_quietly(tracker: MlflowTracker | None) -> None:
 
 def print_epoch(job: TrainJob, world: WorkerInfo, cfg: TrainConfig, state: TrainState,
                 m: Metrics) -> None:
-    """One progress line per epoch, rank 0 only."""
-    if not (world.is_chief and job.verbose):
+    """One progress line per epoch, rank 0 only: printed, and/or appended as JSON to
+    `job.progress_file` (the driver draws its progress bar from it)."""
+    if not world.is_chief:
+        return
+    if job.progress_file:
+        append_progress(Path(job.progress_file), cfg.epochs, m)
+    if not job.verbose:
         return
     speed = f"{m['images_per_s']:8.1f} img/s" if "images_per_s" in m else " " * 14
     train_bpd = f"train {m['train_bpd']:.4f}" if "train_bpd" in m else " " * 12
@@ -307,6 +315,14 @@ def print_epoch(job: TrainJob, world: WorkerInfo, cfg: TrainConfig, state: Train
     # the process's own stdout: Ray Train's patched print would also tee a wrapped
     # sys.stdout (MLflow wraps it on rank 0) and show every line twice
     print(line, file=sys.__stdout__ or sys.stdout, flush=True)
+
+
+def append_progress(path: Path, epochs: int, metrics: Metrics) -> None:
+    """One JSON line: the epoch's number, the run's total, and its bits/dim."""
+    keep = {k: metrics[k] for k in ("epoch", "step", "train_bpd", "test_bpd") if k in metrics}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps({**keep, "epochs": epochs, "time": time.time()}) + "\n")
 
 
 def summarize(state: TrainState) -> dict[str, Any]:

@@ -167,6 +167,13 @@ class TuneConfig(BaseModel):
         description="Epochs a trial trains at most (replaces train.epochs for trials; with "
         "asha only the survivors get this far).",
     )
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Learning-rate warmup of every trial, in optimiser steps (null: "
+        "train.optim.warmup_steps). It must end before the trials are first compared "
+        "(grace_period epochs with asha, max_t with fifo), or the sweep is rejected.",
+    )
     search: Literal["random", "optuna"] = Field(
         "random", description="random: independent samples; optuna: Optuna's TPE sampler."
     )
@@ -219,7 +226,14 @@ class TuneConfig(BaseModel):
             raise ValueError(
                 f"grace_period={self.grace_period} must be <= max_t={self.max_t} epochs"
             )
+        if self.warmup_steps is not None and "optim.warmup_steps" in self.space:
+            raise ValueError("set either tune.warmup_steps or tune.space.optim.warmup_steps")
         return self
+
+    @property
+    def first_rung_epochs(self) -> int:
+        """Epochs every trial trains before the scheduler first compares it."""
+        return self.grace_period if self.scheduler == "asha" else self.max_t
 
 
 def flatten_space(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

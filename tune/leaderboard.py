@@ -15,13 +15,16 @@ from typing import Any
 
 from rich.table import Table
 
-from tracking import client
+from tracking import client, epoch_metric
 from tune.trial_logger import (
     OVERRIDES_TAG,
     STATUS_TAG,
+    STEPS_TAG,
     TRIAL_TAG,
     child_runs,
 )
+
+WARMUP_PARAM = "optim.warmup_steps"  # a child run's param: the trial's LR warmup in steps
 
 
 @dataclass
@@ -34,10 +37,25 @@ class TrialRow:
     overrides: dict[str, Any]
     n_params: int | None
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, metric)
+    steps: int | None = None  # optimiser steps the trial took
+    warmup_steps: int | None = None  # its learning-rate warmup
 
     @property
     def epochs(self) -> int:
         return max((epoch for epoch, _ in self.curve), default=0)
+
+    @property
+    def warming_up(self) -> bool:
+        """The trial stopped before its LR warmup ended: it never trained at its own lr, so
+        its score says little about that lr."""
+        if self.steps is None or not self.warmup_steps:
+            return False
+        return self.steps < self.warmup_steps
+
+    def warmup_text(self) -> str:
+        if self.steps is None or not self.warmup_steps:
+            return ""
+        return f"{self.steps}/{self.warmup_steps}" if self.warming_up else "done"
 
     def best(self, mode: str = "min") -> tuple[int, float]:
         """(epoch, value) of the best reported metric; (0, nan) when nothing was reported."""
@@ -51,23 +69,30 @@ class TrialRow:
 def collect_rows(
     tracking_uri: str, experiment_id: str, parent_run_id: str, metric: str, mode: str
 ) -> list[TrialRow]:
-    """Every child run of the sweep with its metric curve, best first."""
+    """Every child run of the sweep with its metric curve (`metric` as Tune reports it, read
+    under its MLflow name), best first."""
     mlflow = client(tracking_uri)
     rows = []
     for run in child_runs(tracking_uri, experiment_id, parent_run_id):
-        history = mlflow.get_metric_history(run.info.run_id, metric)
-        n_params = run.data.params.get("model.n_params")
+        history = mlflow.get_metric_history(run.info.run_id, epoch_metric(metric))
+        params, tags = run.data.params, run.data.tags
         rows.append(
             TrialRow(
-                trial_id=run.data.tags.get(TRIAL_TAG, run.info.run_name),
+                trial_id=tags.get(TRIAL_TAG, run.info.run_name),
                 run_id=run.info.run_id,
-                status=run.data.tags.get(STATUS_TAG, "running"),
-                overrides=json.loads(run.data.tags.get(OVERRIDES_TAG, "{}")),
-                n_params=int(n_params) if n_params is not None else None,
+                status=tags.get(STATUS_TAG, "running"),
+                overrides=json.loads(tags.get(OVERRIDES_TAG, "{}")),
+                n_params=_int(params.get("model.n_params")),
                 curve=sorted((m.step, m.value) for m in history),
+                steps=_int(tags.get(STEPS_TAG)),
+                warmup_steps=_int(params.get(WARMUP_PARAM)),
             )
         )
     return sort_rows(rows, mode)
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text not in (None, "", "None") else None
 
 
 def sort_rows(rows: list[TrialRow], mode: str) -> list[TrialRow]:
@@ -97,6 +122,8 @@ def as_records(rows: list[TrialRow], metric: str, mode: str) -> list[dict[str, A
             f"best_{metric}": round(best, 5) if math.isfinite(best) else None,
             "best_epoch": best_epoch,
             f"last_{metric}": round(row.curve[-1][1], 5) if row.curve else None,
+            "steps": row.steps,
+            "warmup": row.warmup_text(),
         }
         record.update({path: row.overrides.get(path) for path in _columns(rows)})
         record["n_params"] = row.n_params
@@ -184,7 +211,8 @@ def leaderboard_table(rows: list[TrialRow], metric: str, mode: str, title: str) 
     short = {path: path.rsplit(".", 1)[-1] for path in params}
     if len(set(short.values())) < len(short):
         short = {path: path for path in params}
-    for column in ("#", "trial", "status", "epochs", "best@epoch", *short.values(), "params"):
+    columns = ("#", "trial", "status", "epochs", "best@epoch", "warmup", *short.values(), "params")
+    for column in columns:
         justify = "left" if column in ("trial", "status") else "right"
         table.add_column(column, justify=justify, no_wrap=True)
     styles = {"completed": "green", "stopped early": "yellow", "error": "red"}
@@ -197,6 +225,7 @@ def leaderboard_table(rows: list[TrialRow], metric: str, mode: str, title: str) 
             f"[{styles.get(row.status, 'dim')}]{status}[/]",
             str(row.epochs),
             f"{best:.4f}@{best_epoch}" if math.isfinite(best) else "",
+            f"[yellow]{row.warmup_text()}[/]" if row.warming_up else row.warmup_text(),
             *(_cell(row.overrides.get(path)) for path in params),
             _cell(row.n_params),
             style="bold" if rank == 1 else None,

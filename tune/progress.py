@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from train.progress import clock_text
+
 _STATE: dict[str, Any] = {"console": None, "live": None}  # this driver process's display
 
 
@@ -36,17 +38,21 @@ class LiveTrialTable(Callback):
     """Status, epochs and best metric of every trial, refreshed at most every `period_s`."""
 
     def __init__(
-        self, metric: str, mode: str, max_t: int, params: list[str], period_s: float = 1.0
+        self, metric: str, mode: str, max_t: int, params: list[str], period_s: float = 1.0,
+        num_samples: int | None = None,
     ):
         self.metric, self.mode, self.max_t = metric, mode, max_t
         self.params = params
         self.period_s = period_s
+        self.num_samples = num_samples
         self._best: dict[str, float] = {}
         self._last_draw = 0.0
+        self._started = time.monotonic()
+        self._finished = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_best"], state["_last_draw"] = {}, 0.0
+        state["_best"], state["_last_draw"], state["_finished"] = {}, 0.0, 0
         return state
 
     @property
@@ -56,6 +62,7 @@ class LiveTrialTable(Callback):
         return _STATE["console"]
 
     def setup(self, **info) -> None:
+        self._started = time.monotonic()  # this process's share of the sweep (after a restore)
         stop_live()
         if self.console.is_terminal:
             _STATE["live"] = Live(console=self.console, auto_refresh=False, transient=True)
@@ -94,16 +101,29 @@ class LiveTrialTable(Callback):
         return status
 
     def _announce(self, trial, status: str) -> None:
+        self._finished += 1
         best = self._best.get(trial.trial_id, math.nan)
         epochs = int((trial.last_result or {}).get("epoch", 0))
         self.console.print(
             f"    trial {trial.trial_id} {status:<10} {epochs}/{self.max_t} epochs, "
-            f"best {self.metric} {best:.4f}: {_values(trial, self.params)}",
+            f"best {self.metric} {best:.4f}: {_values(trial, self.params)}  "
+            f"[{self.clock()}]",
             highlight=False,
         )
 
+    def clock(self) -> str:
+        """'2/4 trials, elapsed 0:35, eta 0:35' (the ETA assumes the rest take as long as
+        the finished ones did, an upper bound when ASHA stops some early)."""
+        elapsed = time.monotonic() - self._started
+        total = self.num_samples
+        text = f"{self._finished}/{total or '?'} trials, elapsed {clock_text(elapsed)}"
+        if total and self._finished:
+            text += f", eta {clock_text(elapsed / self._finished * max(total - self._finished, 0))}"
+        return text
+
     def table(self, trials: list) -> Table:
-        table = Table(title=f"tune: {len(trials)} trials", title_justify="left", box=None)
+        table = Table(title=f"tune: {len(trials)} trials ({self.clock()})", title_justify="left",
+                      box=None)
         for column in ("trial", "status", "epochs", f"best {self.metric}", "config"):
             table.add_column(column)
         for trial in trials:

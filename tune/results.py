@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from data_prep import Manifest
-from tracking import client, log_params
+from tracking import client, epoch_metric, log_params
 from train.export import export_bundle
 from tune.leaderboard import TrialRow, collect_rows, leaderboard_table, write_leaderboard
 from tune.space import trial_train_config
@@ -137,6 +137,10 @@ def summarize(grid, sweep: Sweep) -> SweepResult:
     log_to_parent(result, rows, sweep)
     title = f"leaderboard: {sweep.spec.name} ({result.trial_epochs} trial-epochs)"
     sweep.console.print(leaderboard_table(rows, tune_cfg.metric, tune_cfg.mode, title))
+    warming = [row.trial_id for row in rows if row.warming_up]
+    if warming:
+        sweep.console.print(f"    [yellow]still warming up[/] when they stopped (never trained "
+                            f"at their own lr): {', '.join(warming)}")
     return result
 
 
@@ -164,10 +168,11 @@ def log_to_parent(result: SweepResult, rows: list[TrialRow], sweep: Sweep) -> No
     log_params(tracking_uri, result.parent_run_id, best_params)
     now = int(time.time() * 1000)
     mlflow.log_batch(result.parent_run_id, metrics=[
-        Metric(f"best_{metric}", result.best_test_bpd, now, 0),
-        Metric("trials", result.trials, now, 0),
-        Metric("stopped_early", result.stopped_early, now, 0),
-        Metric("trial_epochs", result.trial_epochs, now, 0),
+        Metric(f"{epoch_metric(metric)}_best", result.best_test_bpd, now, 0),
+        Metric("sweep/trials", result.trials, now, 0),
+        Metric("sweep/stopped_early", result.stopped_early, now, 0),
+        Metric("sweep/trial_epochs", result.trial_epochs, now, 0),
+        Metric("sweep/still_warming_up", sum(row.warming_up for row in rows), now, 0),
     ])
     for key, value in {"nfpipe.best_run_id": result.run_id,
                        "nfpipe.best_trial": result.best_trial_id}.items():

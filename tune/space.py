@@ -47,6 +47,8 @@ def trial_train_config(base: TrainConfig, overrides: Mapping[str, Any], cfg: Tun
         "eval_at_start": False,  # epoch 0 is never reported to Tune
         "scaling.num_workers": cfg.workers_per_trial,
     }
+    if cfg.warmup_steps is not None:
+        shared["optim.warmup_steps"] = cfg.warmup_steps
     return apply_overrides(base, {**overrides, **shared})
 
 
@@ -131,6 +133,44 @@ def _check_value(cfg, base, path: str, dist: ParamDistribution, value: Any) -> N
             f"tune.space.{path}: value {value!r} of {dist.describe()} is invalid for train: "
             f"{_problems(err)}"
         ) from None
+
+
+def check_warmup(cfg: TuneConfig, base: TrainConfig, train_images: int) -> None:
+    """Raise SearchSpaceError when a trial would still be warming its learning rate up when
+    the scheduler first compares it (a learning-rate search would then compare ramps).
+
+    Rejected rather than scaled: the user's warmup is kept as written, and the message says
+    the numbers and the settings that fix it. Checked at the corners of the space's batch
+    size and warmup."""
+    for corner in _corners(cfg, ("batch_size", "optim.warmup_steps")):
+        train = trial_train_config(base, corner, cfg)
+        world = cfg.workers_per_trial
+        steps_per_epoch = (train_images // world) // (train.batch_size // world)
+        rung_steps = cfg.first_rung_epochs * steps_per_epoch
+        warmup = train.optim.warmup_steps
+        if warmup == 0 or warmup < rung_steps:
+            continue
+        where = ("ASHA first compares trials after tune.grace_period="
+                 f"{cfg.grace_period}" if cfg.scheduler == "asha"
+                 else f"trials end after tune.max_t={cfg.max_t}")
+        source = ("tune.warmup_steps" if cfg.warmup_steps is not None
+                  else "tune.space.optim.warmup_steps" if "optim.warmup_steps" in corner
+                  else "train.optim.warmup_steps")
+        epochs_needed = warmup // max(steps_per_epoch, 1) + 1
+        raise SearchSpaceError(
+            f"tune: trials warm the learning rate up for {warmup} optimiser steps ({source}), "
+            f"but {where} epoch(s) = {rung_steps} steps ({train_images} train images / batch "
+            f"{train.batch_size}): every trial would be judged before it reached its own lr. "
+            f"Set tune.warmup_steps below {rung_steps} (e.g. {rung_steps // 2}), or raise "
+            f"tune.grace_period to {epochs_needed}"
+        )
+
+
+def _corners(cfg: TuneConfig, paths: tuple[str, ...]) -> list[Overrides]:
+    """Every combination of the corner values of those `paths` the space searches."""
+    params = {path: cfg.space[path].corners() for path in paths if path in cfg.space}
+    return [dict(zip(params, combo, strict=True))
+            for combo in itertools.product(*params.values())]
 
 
 def model_corners(cfg: TuneConfig) -> list[Overrides]:

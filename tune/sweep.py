@@ -27,7 +27,7 @@ from train.config import TrainConfig
 from tune import progress
 from tune.config import TuneConfig
 from tune.results import Sweep, SweepResult, summarize
-from tune.space import SearchSpaceError, to_tune_space, validate_space
+from tune.space import SearchSpaceError, check_warmup, to_tune_space, validate_space
 from tune.spec import SweepSpec
 from tune.trial import TrialSetup, run_trial
 from tune.trial_logger import MlflowTrialLogger, open_parent
@@ -178,6 +178,7 @@ def run_sweep(spec: SweepSpec, console: Console | None = None) -> SweepResult:
     manifest = Manifest.load(spec.manifest_path)
     validate_space(spec.tune, spec.train, tuple(manifest.image_shape), manifest.n_bins)
     check_gpus(spec.tune, spec.train, _cluster_resource("GPU"))
+    check_warmup(spec.tune, spec.train, manifest.split("train").count)
     concurrency = plan_concurrency(spec.tune, spec.train, _cluster_resource("CPU"))
     experiment_id = tracking.ensure_experiment(spec.tracking_uri, spec.experiment,
                                                spec.artifact_root)
@@ -250,7 +251,7 @@ def _callbacks(sweep: Sweep) -> list:
     if not spec.tune.verbose:
         return [logger]
     live = progress.LiveTrialTable(spec.tune.metric, spec.tune.mode, spec.tune.max_t,
-                                   list(spec.tune.space))
+                                   list(spec.tune.space), num_samples=spec.tune.num_samples)
     return [logger, live]
 
 

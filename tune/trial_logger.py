@@ -16,7 +16,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tracking import MlflowTracker, client, flatten, reopen_or_create
+from tracking import MlflowTracker, client, epoch_metrics, flatten, reopen_or_create
 from train.config import TrainConfig
 from tune.config import TuneConfig
 from tune.space import count_parameters, overrides_of, trial_train_config
@@ -25,6 +25,7 @@ SWEEP_TAG = "nfpipe.tune_sweep"  # on the parent and every child: the sweep's na
 TRIAL_TAG = "nfpipe.tune_trial"  # on a child: the Tune trial id
 STATUS_TAG = "nfpipe.trial_status"  # running | completed | stopped early | error
 EPOCHS_TAG = "nfpipe.epochs"
+STEPS_TAG = "nfpipe.steps"  # optimiser steps the trial has taken (against its LR warmup)
 OVERRIDES_TAG = "nfpipe.overrides"  # the trial's searched values, JSON
 PARENT_TAG = "mlflow.parentRunId"
 # Keys of a Tune result that are bookkeeping, not metrics of the model.
@@ -116,9 +117,11 @@ class MlflowTrialLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         tracker = self._tracker(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        tracker.add(result_metrics(result), step=epoch)
+        tracker.add(epoch_metrics(result_metrics(result)), step=epoch)
         tracker.flush()
         self.mlflow.set_tag(tracker.run_id, EPOCHS_TAG, str(epoch))
+        if "step" in result:
+            self.mlflow.set_tag(tracker.run_id, STEPS_TAG, str(int(result["step"])))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         epochs = int((trial.last_result or {}).get("epoch", 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,7 +19,7 @@ from rich.logging import RichHandler
 
 from pipeline.cli import jobs, models, run
 from pipeline.cli.args import UsageError
-from pipeline.config import ConfigError
+from pipeline.cli.errors import explain
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -50,17 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def report_error(err: BaseException, verbose: int = 0) -> int:
     """One clear line on stderr for an error a user can act on, and its exit code."""
+    from pipeline.config import ConfigError
     from pipeline.runner import StageFailed
 
     console = Console(stderr=True, soft_wrap=True)  # one line each, even in a pipe
     if isinstance(err, KeyboardInterrupt):
         console.print("[yellow]interrupted[/]: `nfpipe run` resumes where it stopped")
         return EXIT_INTERRUPTED
+    explained = explain(err.error if isinstance(err, StageFailed) else err)
     if isinstance(err, StageFailed):
-        console.print(f"[bold red]stage {err.stage} failed:[/] {type(err.error).__name__}: "
-                      f"{err.error}", highlight=False)
+        cause = explained[1] if explained else f"{type(err.error).__name__}: {err.error}"
+        console.print(f"[bold red]stage {err.stage} failed:[/] {cause}", highlight=False)
         console.print("fix the cause and run again: finished stages are kept, it resumes here")
         code = EXIT_FAILED
+    elif explained is not None:
+        code, line = explained
+        console.print(f"[bold red]{'error' if code == EXIT_USAGE else 'failed'}:[/] {line}",
+                      highlight=False)
     elif isinstance(err, ConfigError):
         console.print(f"[bold red]config error:[/] {err}", highlight=False)
         code = EXIT_USAGE
@@ -94,6 +101,11 @@ def _is_service_error(err: BaseException) -> bool:
 def setup_logging(level: str | None, verbose: int) -> None:
     if level is None:
         level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
+    # MLflow's own INFO lines ("Creating initial MLflow database tables...") follow the same
+    # level; read when mlflow is imported, here and in the Ray workers that inherit it
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level.upper())
+    if "mlflow" in sys.modules:  # imported already (main() called in-process): set it here
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
     logging.basicConfig(
         level=level.upper(),
         format="%(message)s",

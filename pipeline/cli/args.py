@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import PipelineConfig, load_config
+if TYPE_CHECKING:  # the config models load only when a command reads them (a fast --help)
+    from pipeline.config import PipelineConfig
 
 DEFAULT_PIPELINE = Path("pipeline.yaml")
 
@@ -29,6 +31,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The pipeline named by the arguments (./pipeline.yaml if present, else the defaults)."""
+    from pipeline.config import load_config
+
     path = getattr(args, "pipeline", None)
     if path is None and DEFAULT_PIPELINE.exists():
         path = DEFAULT_PIPELINE

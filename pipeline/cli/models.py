@@ -15,15 +15,16 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from deploy.load import model_uri
 from pipeline.cli.args import UsageError, config_from_args
-from pipeline.config import PipelineConfig, registered_model_name
+
+if TYPE_CHECKING:  # the config models load only when a command runs (a fast --help)
+    from pipeline.config import PipelineConfig
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:
@@ -95,16 +96,22 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def tracking_uri(args: argparse.Namespace, cfg: PipelineConfig | None = None) -> str:
-    from tracking import absolute_tracking_uri
+    """The store to use, checked to answer (a server that is not there fails in seconds)."""
+    from tracking import absolute_tracking_uri, check_reachable
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         uri = (cfg or pipeline_config(args)).mlflow.tracking_uri
-    return absolute_tracking_uri(uri)
+    uri = absolute_tracking_uri(uri)
+    check_reachable(uri)
+    return uri
 
 
 def _setup(args: argparse.Namespace) -> tuple[str, PipelineConfig]:
     import mlflow
+
+    from deploy.load import model_uri
+    from pipeline.config import registered_model_name
 
     cfg = pipeline_config(args)
     uri = tracking_uri(args, cfg)

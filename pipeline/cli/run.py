@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import yaml
 from rich.console import Console
 
-from pipeline.cli.args import add_config_arguments, config_from_args
-from pipeline.config import PipelineConfig, validate
+from pipeline.cli.args import UsageError, add_config_arguments, config_from_args
+
+if TYPE_CHECKING:  # the config models load only when a command runs (a fast --help)
+    from pipeline.config import PipelineConfig
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:
@@ -50,28 +52,45 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.next_steps import print_next_steps
+    from pipeline.ray_session import disconnect_ray
     from pipeline.runner import run_pipeline
 
+    targets = parse_stages(args.stages)
     cfg = _config(args)
-    targets = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-    console = Console()
-    run_pipeline(cfg, targets, force=args.force, console=console)
-    print_next_steps(cfg, console)
+    console = Console(soft_wrap=True)  # a long line stays one line in a log
+    outcomes = run_pipeline(cfg, targets, force=args.force, console=console,
+                            release=disconnect_ray)
+    print_next_steps(cfg, console, outcomes)
     return 0
 
 
+def parse_stages(text: str | None) -> list[str] | None:
+    """`--stages a,b` as a list; None when not given. Given but empty is a usage error."""
+    if text is None:
+        return None
+    stages = [name.strip() for name in text.split(",") if name.strip()]
+    if not stages:
+        raise UsageError(f"--stages {text!r} names no stage; give e.g. --stages train,evaluate "
+                         "or leave it out to run pipeline.yaml's `stages`")
+    return stages
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
+    from pipeline.ray_session import disconnect_ray
     from pipeline.runner import run_pipeline
     from tune.space import validate_space
 
     cfg = _config(args)
     validate_space(cfg.tune, cfg.train)  # paths and values now; model sizes once data exist
-    run_pipeline(cfg, ["tune"], force=args.force, console=Console())
+    run_pipeline(cfg, ["tune"], force=args.force, console=Console(soft_wrap=True),
+                 release=disconnect_ray)
     return 0
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
     """The config to run: resolved here, or (a submitted job) as resolved by the submitter."""
+    from pipeline.config import validate
+
     if getattr(args, "resolved_env", None):
         return validate(json.loads(os.environ[args.resolved_env]))
     if args.address:
@@ -80,12 +99,15 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
+    import yaml
+
     cfg = config_from_args(args)
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
     return 0
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
+    from pipeline.config import PipelineConfig
     from pipeline.reference import config_reference, with_reference
 
     table = config_reference(PipelineConfig)

@@ -29,7 +29,8 @@ def _sections(*names: str):
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
-        Stage("data_prep", (), _lazy("pipeline.stages.prep"), _sections("data_prep")),
+        Stage("data_prep", (), _lazy("pipeline.stages.prep"), _sections("data_prep"),
+              tracked=False),
         Stage("train", ("data_prep",), _lazy("pipeline.stages.train"), _sections("train")),
         Stage("tune", ("data_prep",), _lazy("pipeline.stages.tune"), _sections("train", "tune")),
         Stage(

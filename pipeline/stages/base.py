@@ -26,6 +26,7 @@ class StageContext:
     inputs: Mapping[str, Mapping[str, Any]]  # outputs of upstream stages, by stage name
     console: Console
     fingerprint: str = ""  # this stage's fingerprint: config + upstream; stable across resumes
+    force: bool = False  # `--force`: start afresh (a new Ray run) instead of resuming
 
     @property
     def tracking_uri(self) -> str:
@@ -51,3 +52,4 @@ class Stage:
     run: Callable[[StageContext], StageOutputs]
     config_of: Callable[[PipelineConfig], Any]
     optional_needs: tuple[str, ...] = ()  # used when they ran, not pulled in when they did not
+    tracked: bool = True  # talks to MLflow (the runner checks the server answers first)

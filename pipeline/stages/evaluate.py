@@ -30,9 +30,10 @@ def run(ctx: StageContext) -> StageOutputs:
     ctx.console.print(f"    scoring {manifest.split('test').count} test images of "
                       f"{manifest.dataset} with the {source['stage']} model (k={k}, {bound})")
     test_bpd, count = test_bits_per_dim(model, manifest, cfg.batch_size, k, cfg.seed)
-    metrics = {"eval_test_bpd": test_bpd, "eval_k": float(k), "eval_test_images": float(count)}
+    # MLflow names beside the training curves (tracking.names): bpd first, then eval/
+    metrics = {"bpd/test_eval": test_bpd, "eval/k": float(k), "eval/test_images": float(count)}
     if not model.exact and k > 1:
-        metrics["eval_test_bpd_elbo"] = test_bits_per_dim(model, manifest, cfg.batch_size, 1,
+        metrics["bpd/test_eval_elbo"] = test_bits_per_dim(model, manifest, cfg.batch_size, 1,
                                                           cfg.seed)[0]
     grids = sample_grids(model, ctx.stage_dir, cfg.grid_samples, cfg.temperatures, cfg.seed)
     report = {"source": source["stage"], "run_id": source["run_id"], "k": k, "seed": cfg.seed,

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from data_prep import Manifest, prepare
 from pipeline.stages.base import StageContext, StageOutputs
@@ -15,6 +22,8 @@ def run(ctx: StageContext) -> StageOutputs:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, console=ctx.console, transient=True) as bar:
         tasks: dict[str, int] = {}

@@ -8,14 +8,18 @@ import tracking
 from data_prep import Manifest
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
+from pipeline.stages.identity import run_name_for
 from train.cluster import check_visible_on_all_nodes
 from train.config import TrainConfig
 from train.distributed import FitResult, check_resources, fit, run_name
 from train.export import export_bundle, history_table
 from train.hooks import NO_HOOKS, TrainHooks
 from train.loop import TrainJob, resolve_model_config
+from train.progress import epoch_progress
 
 RUN_TAG = "nfpipe.train_run"  # the MLflow run of a Ray Train run, found again on resume
+PROGRESS_FILE = "progress.jsonl"  # in the Ray run's folder: rank 0's line per epoch
+DDP_TAG = "nfpipe.ddp.step1_digests"  # every rank's weight digest after step 1 (all equal)
 
 
 def run(ctx: StageContext, hooks: TrainHooks = NO_HOOKS) -> StageOutputs:
@@ -25,15 +29,17 @@ def run(ctx: StageContext, hooks: TrainHooks = NO_HOOKS) -> StageOutputs:
     manifest = Manifest.load(manifest_path)
     uri = ctx.tracking_uri
     storage = _prepare_cluster(ctx, manifest_path, uri)
-    name = run_name(cfg.name, cfg.train, manifest.fingerprint)
-    run_id = tracking.reopen_or_create(uri, ctx.experiment_id(), {RUN_TAG: name}, name,
-                                       _params(ctx, manifest), _tags(cfg.name, manifest, cfg.train))
+    name = run_name_for(ctx, run_name(cfg.name, cfg.train, manifest.fingerprint))
+    run_id = _open_run(ctx, uri, name, manifest)
     meta = {"dataset": manifest.dataset, "manifest_fingerprint": manifest.fingerprint,
             "train_run": name}
-    job = TrainJob(str(manifest_path), str(storage / name), uri, run_id, meta, hooks=hooks)
+    progress = storage / name / PROGRESS_FILE
+    job = TrainJob(str(manifest_path), str(storage / name), uri, run_id, meta, verbose=False,
+                   progress_file=str(progress), hooks=hooks)
     ctx.console.print(f"    Ray Train run {name} ({cfg.train.scaling.num_workers} workers) → "
-                      f"{storage / name}; MLflow run {run_id}")
-    result = _fit_tracked(cfg.train, job, storage, name)
+                      f"{storage / name}; MLflow run {run_id}", highlight=False)
+    with epoch_progress(progress, cfg.train.epochs, ctx.console):
+        result = _fit_tracked(cfg.train, job, storage, name)
     model_dir = export_bundle(Path(result.best_checkpoint), ctx.stage_dir / "model",
                               {**meta, "run_id": run_id, "checkpoint": result.best_checkpoint})
     tracking.log_artifacts(uri, run_id, model_dir, "model_bundle")
@@ -41,6 +47,15 @@ def run(ctx: StageContext, hooks: TrainHooks = NO_HOOKS) -> StageOutputs:
     tracking.finish_run(uri, run_id)
     ctx.console.print(history_table(result.summary.get("history", []), name))
     return _outputs(result, model_dir, run_id)
+
+
+def _open_run(ctx: StageContext, uri: str, name: str, manifest: Manifest) -> str:
+    """The MLflow run of Ray run `name` (reopened on resume), with its dataset input."""
+    cfg = ctx.config
+    run_id = tracking.reopen_or_create(uri, ctx.experiment_id(), {RUN_TAG: name}, name,
+                                       _params(ctx, manifest), _tags(cfg.name, manifest, cfg.train))
+    log_dataset(uri, run_id, manifest)
+    return run_id
 
 
 def _prepare_cluster(ctx: StageContext, manifest_path: Path, tracking_uri: str) -> Path:
@@ -86,7 +101,7 @@ def _record_ddp_check(ctx: StageContext, uri: str, run_id: str, digests: list[st
     """Tag the run with every rank's weight digest after step 1 (all equal under correct DDP)."""
     if not digests:
         return
-    tracking.set_tags(uri, run_id, {"ddp.step1_digests": ",".join(d[:16] for d in digests)})
+    tracking.set_tags(uri, run_id, {DDP_TAG: ",".join(d[:16] for d in digests)})
     if len(set(digests)) > 1:
         ctx.console.print("[bold red]warning[/]: ranks held different weights after step 1")
 
@@ -102,6 +117,7 @@ def _params(ctx: StageContext, manifest: Manifest) -> dict[str, object]:
 
 
 def _tags(pipeline: str, manifest: Manifest, train: TrainConfig) -> dict[str, str]:
+    """The run's tags, all `nfpipe.*` (MLflow's own `mlflow.*` kept)."""
     tags = {
         "pipeline": pipeline,
         "stage": "train",
@@ -112,6 +128,20 @@ def _tags(pipeline: str, manifest: Manifest, train: TrainConfig) -> dict[str, st
     }
     commit = tracking.git_commit()
     if commit:
-        tags["git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit
-    return tags
+    return tracking.nfpipe_tags(tags)
+
+
+def log_dataset(tracking_uri: str, run_id: str, manifest: Manifest) -> None:
+    """The manifest as the run's dataset input: name (its folder), digest (its fingerprint),
+    splits and counts, image shape and levels."""
+    tracking.log_dataset_input(
+        tracking_uri, run_id,
+        name=manifest.path.parent.name,
+        fingerprint=manifest.fingerprint,
+        manifest_path=manifest.path,
+        image_shape=tuple(manifest.image_shape),
+        profile={"dataset": manifest.dataset, "image_shape": list(manifest.image_shape),
+                 "n_bins": manifest.n_bins,
+                 "splits": {name: split.count for name, split in manifest.splits.items()}},
+    )

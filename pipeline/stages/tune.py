@@ -2,7 +2,8 @@
 
 Composes the sweep from the pipeline config: the sweep's name comes from this stage's
 fingerprint, so a re-run after an interruption resumes the same Tune experiment instead of
-starting over; the trials run the train stage's own loop.
+starting over (`--force` starts a new sweep instead); the trials run the train stage's own
+loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from data_prep import Manifest
 from pipeline.config import PipelineConfig
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
+from pipeline.stages.identity import run_name_for
 from tracking import absolute_tracking_uri
 from train.loop import train
 from tune.results import as_outputs
@@ -22,7 +24,7 @@ from tune.sweep import run_sweep, sweep_name
 
 def run(ctx: StageContext) -> StageOutputs:
     manifest_path = ctx.inputs["data_prep"]["manifest"]
-    name = sweep_name(ctx.config.name, ctx.fingerprint or "adhoc")
+    name = run_name_for(ctx, sweep_name(ctx.config.name, ctx.fingerprint or "adhoc"))
     ensure_ray(ctx.config.ray)
     result = run_sweep(sweep_spec(ctx.config, manifest_path, ctx.stage_dir, name), ctx.console)
     ctx.console.print(

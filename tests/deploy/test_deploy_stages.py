@@ -83,8 +83,8 @@ def test_evaluate_scores_the_whole_test_split_and_logs_to_the_run(evaluated, pip
     assert again["test_bpd"] == out["test_bpd"]
 
     run = mlflow.MlflowClient(pipeline_cfg.mlflow.tracking_uri).get_run(train_run)
-    assert run.data.metrics["eval_test_bpd"] == pytest.approx(out["test_bpd"])
-    assert run.data.metrics["eval_test_images"] == manifest.split("test").count
+    assert run.data.metrics["bpd/test_eval"] == pytest.approx(out["test_bpd"])
+    assert run.data.metrics["eval/test_images"] == manifest.split("test").count
     logged = {Path(a.path).name for a in mlflow.MlflowClient(
         pipeline_cfg.mlflow.tracking_uri).list_artifacts(train_run, "evaluate")}
     assert logged == {"evaluation.json", "samples_T1.png", "samples_T0.5.png"}
@@ -165,5 +165,5 @@ def test_evaluate_reports_the_iwae_bound_for_a_vae(pipeline_cfg, train_run, mani
     out = evaluate.run(_ctx(cfg, "evaluate-vae", inputs))
     assert out["k"] == 8 and out["family"] == "vae"
     metrics = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(run_id).data.metrics
-    assert metrics["eval_test_bpd"] == pytest.approx(out["test_bpd"])
-    assert metrics["eval_test_bpd_elbo"] >= out["test_bpd"] - 0.01  # IWAE: at least as tight
+    assert metrics["bpd/test_eval"] == pytest.approx(out["test_bpd"])
+    assert metrics["bpd/test_eval_elbo"] >= out["test_bpd"] - 0.01  # IWAE: at least as tight

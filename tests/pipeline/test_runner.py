@@ -99,3 +99,62 @@ def test_plan_pulls_in_needs_and_rejects_unknown_stages():
     assert names == ["data_prep", "train", "evaluate"]
     with pytest.raises(ConfigError, match=r"unknown stage 'trian' \(did you mean 'train'\?\)"):
         plan(["trian"])
+
+
+def optional_graph(log: list[str]) -> dict[str, Stage]:
+    """data -> train -> evaluate (uses tune when it is there) -> promote; tune needs data.
+    Each stage writes a file, so its record is only valid while the file exists."""
+
+    def stage(name: str, pick):
+        def run(ctx: StageContext) -> dict:
+            log.append(name)
+            out = ctx.stage_dir / "out.json"
+            out.write_text(json.dumps(pick(ctx)))
+            return {"model": pick(ctx), "file": str(out)}
+
+        return run
+
+    evaluate = lambda ctx: (ctx.inputs.get("tune") or ctx.inputs["train"])["model"]  # noqa: E731
+    return {
+        "data": Stage("data", (), stage("data", lambda ctx: "shards"), lambda c: c.ray),
+        "train": Stage("train", ("data",), stage("train", lambda ctx: "train-model"),
+                       lambda c: c.train.epochs),
+        "tune": Stage("tune", ("data",), stage("tune", lambda ctx: "tuned-model"),
+                      lambda c: c.tune.num_samples),
+        "evaluate": Stage("evaluate", ("data", "train"), stage("evaluate", evaluate),
+                          lambda c: c.evaluate, optional_needs=("tune",)),
+        "promote": Stage("promote", ("evaluate",),
+                         stage("promote", lambda ctx: ctx.inputs["evaluate"]["model"]),
+                         lambda c: c.promote),
+    }
+
+
+def test_a_stage_reads_the_latest_current_record_of_a_stage_not_run_now(tmp_path):
+    """Issue 15 row 3: `--stages tune,evaluate`, then `--stages promote`, promotes tune's
+    model: evaluate stays up to date (its optional input comes from tune's record on disk)
+    instead of re-running on the train stage's model."""
+    log: list[str] = []
+    graph = optional_graph(log)
+    workdir = tmp_path / "work"
+
+    def run(targets, **changes):
+        log.clear()
+        cfg = validate({"workdir": str(workdir), **changes})
+        outcomes = run_pipeline(cfg, targets, console=Console(quiet=True), graph=graph)
+        return {o.stage: o.status for o in outcomes}
+
+    assert run(["tune", "evaluate"])["evaluate"] == "ran"
+    assert run(["promote"]) == {"data": "skipped", "train": "skipped", "evaluate": "skipped",
+                                "promote": "ran"}
+    promoted = json.loads((workdir / "records" / "promote.json").read_text())["outputs"]
+    assert promoted["model"] == "tuned-model"
+
+    # a tune record that is no longer current (its config changed) is not read: evaluate
+    # runs again on the train stage's model
+    assert run(["promote"], tune={"num_samples": 7})["evaluate"] == "ran"
+    assert json.loads((workdir / "records" / "evaluate.json").read_text())["outputs"][
+        "model"] == "train-model"
+    # nor is one whose outputs are gone
+    run(["tune", "evaluate"])
+    Path(workdir / "tune" / "out.json").unlink()
+    assert run(["promote"])["evaluate"] == "ran" and "tune" not in log

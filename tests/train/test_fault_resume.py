@@ -56,8 +56,8 @@ def test_injected_failures_restart_then_resume_without_lost_or_repeated_epochs(
     run = client.get_run(out["run_id"])
     assert run.info.status == "FINISHED"
     steps = lambda key: [m.step for m in client.get_metric_history(out["run_id"], key)]  # noqa: E731
-    assert steps("train_bpd") == [1, 2, 3]
-    assert steps("test_bpd") == [0, 1, 2, 3]
+    assert steps("bpd/train") == [1, 2, 3]
+    assert steps("bpd/test") == [0, 1, 2, 3]
     assert steps("step/train_bpd") == list(range(5, 3 * STEPS_PER_EPOCH + 1, 5))
     state = load_state(_checkpoints(run_dir)[3])
     assert [h["epoch"] for h in state["history"]] == [0, 1, 2, 3]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import logged_images
 from mlflow import MlflowClient
 from train_helpers import TINY_MODELS, tiny_train
 
@@ -38,24 +39,27 @@ def test_two_worker_run_of_each_family(family, make_ctx, mlflow_uri, digits_mani
     client = MlflowClient(mlflow_uri)
     run = client.get_run(out["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.tags["manifest_fingerprint"] == meta["manifest_fingerprint"]
+    assert run.data.tags["nfpipe.manifest_fingerprint"] == meta["manifest_fingerprint"]
+    assert run.data.tags["nfpipe.stage"] == "train" and "mlflow.user" in run.data.tags
+    (dataset,) = run.inputs.dataset_inputs  # the manifest as the run's dataset input
+    assert meta["manifest_fingerprint"].startswith(dataset.dataset.digest)
     assert run.data.params["train.model.name"] == family
     assert run.data.params["train.model.n_bins"] == "17"
     # test bpd improves over epoch 0 (the initialised model), once per epoch
-    test_bpd = client.get_metric_history(out["run_id"], "test_bpd")
+    test_bpd = client.get_metric_history(out["run_id"], "bpd/test")
     assert [m.step for m in test_bpd] == [0, 1, 2]
     assert test_bpd[-1].value < test_bpd[0].value
-    for key in ("train_bpd", "images_per_s", "lr", "grad_norm", "skipped_steps"):
+    for key in ("bpd/train", "epoch/images_per_s", "epoch/lr", "epoch/grad_norm",
+                "epoch/skipped_steps"):
         assert _steps(client, out["run_id"], key) == [1, 2], key
     assert _steps(client, out["run_id"], "step/train_bpd") == list(range(5, 45, 5))
     # DDP: both ranks held bit-identical weights after the first step
-    digests = run.data.tags["ddp.step1_digests"].split(",")
+    digests = run.data.tags["nfpipe.ddp.step1_digests"].split(",")
     assert len(digests) == 2 and digests[0] == digests[1]
 
-    artifacts = {a.path for a in client.list_artifacts(out["run_id"], "samples")}
-    for epoch in (1, 2):
-        for temperature in ("0.7", "1"):
-            assert f"samples/samples_epoch{epoch:03d}_T{temperature}.png" in artifacts
+    images = logged_images(client, out["run_id"])  # one key per temperature, step = epoch
+    assert images == {("samples/T0.7", 1), ("samples/T1", 1), ("samples/T0.7", 2),
+                      ("samples/T1", 2)}
     bundle = {Path(a.path).name for a in client.list_artifacts(out["run_id"], "model_bundle")}
     assert {"model.safetensors", "model_config.json", "meta.json"} <= bundle
 

@@ -49,7 +49,7 @@ def sweep(ray_local, tmp_path_factory, shards_root):
     children = [r for r in runs if r.data.tags.get("nfpipe.role") == "trial"]
     curves = {
         r.info.run_id: sorted(
-            (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "test_bpd")
+            (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "bpd/test")
         )
         for r in children
     }
@@ -88,12 +88,12 @@ def test_mlflow_one_parent_one_child_per_trial_with_epoch_curves(sweep):
         assert child.info.status == "FINISHED"
         steps = [step for step, _ in sweep.curves[child.info.run_id]]
         assert steps == list(range(1, len(steps) + 1))  # one test_bpd per epoch, no repeats
-        train = sweep.client.get_metric_history(child.info.run_id, "train_bpd")
+        train = sweep.client.get_metric_history(child.info.run_id, "bpd/train")
         assert sorted(m.step for m in train) == steps
         assert child.data.params["epochs"] == str(MAX_T)  # the trial's full train config
     for path, value in sweep.out["best_config"].items():
         assert parent.data.params[f"best.{path}"] == str(value)
-    assert parent.data.metrics["best_test_bpd"] == pytest.approx(sweep.out["best_test_bpd"])
+    assert parent.data.metrics["bpd/test_best"] == pytest.approx(sweep.out["best_test_bpd"])
 
 
 def test_parent_holds_leaderboard_table_plot_and_best_config(sweep, tmp_path):

@@ -1,0 +1,200 @@
+"""The command line as a user meets it: start-up time, usage errors, services that are not
+there (one clear line, the right exit code, in seconds), and the "next" block."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO, VENV_BIN, free_port, subprocess_env
+from rich.console import Console
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, load_config, validate
+from pipeline.next_steps import next_steps, tool_command
+from pipeline.records import StageRecord, write_record
+from pipeline.runner import run_pipeline
+from pipeline.stages.base import Stage
+
+HEAVY = ("torch", "ray", "mlflow", "webdataset", "numpy")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["config", "show"]])
+def test_cli_starts_without_torch_ray_or_mlflow(argv):
+    """`nfpipe --help` and `config show` import none of the heavy frameworks (the config
+    models are pydantic only; flows and data_prep export lazily)."""
+    probe = (
+        "import sys, contextlib, io\n"
+        "from pipeline.cli import main\n"
+        f"with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        f"    main({argv!r})\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=subprocess_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_help_is_fast():
+    """The whole `nfpipe --help` process, timed (0.3 s on an idle 2-core machine; the bound
+    leaves room for a loaded one, while torch alone takes longer than it to import)."""
+    started = time.perf_counter()
+    out = subprocess.run([str(VENV_BIN / "nfpipe"), "--help"], cwd=REPO, env=subprocess_env(),
+                         capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - started
+    print(f"nfpipe --help: {seconds:.2f} s")
+    assert out.returncode == 0 and "usage: nfpipe" in out.stdout
+    assert seconds < 2.0
+
+
+def test_empty_stage_list_is_a_usage_error(capsys):
+    """Issue 15 row 11: `--stages ''` is exit 2, not "run everything"."""
+    assert main(["run", "--stages", ""]) == 2
+    assert main(["run", "--stages", " , "]) == 2
+    assert "names no stage" in capsys.readouterr().err
+
+
+def test_a_boolean_is_not_a_number(tmp_path):
+    """Issue 15 row 12: `--set train.epochs=true` is an error naming the key."""
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer, got a boolean"):
+        load_config(None, sets=["train.epochs=true"])
+    with pytest.raises(ConfigError, match=r"train\.optim\.lr: expected a number"):
+        validate({"train": {"optim": {"lr": False}}})
+    with pytest.raises(ConfigError, match=r"train\.optim\.betas: expected a number"):
+        validate({"train": {"optim": {"betas": [True, 0.9]}}})
+    # booleans where the schema wants them, and YAML's 1e-3 (a string) as a number, still work
+    cfg = load_config(None, sets=["ray.dashboard=false", "train.optim.lr=1e-3"])
+    assert cfg.ray.dashboard is False and cfg.train.optim.lr == 1e-3
+
+
+def test_an_empty_pipeline_file_is_an_error_naming_it(tmp_path, capsys):
+    """Issue 15 row 12: an empty file does not silently run the built-in defaults."""
+    empty = tmp_path / "pipeline.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=f"{empty} is empty"):
+        load_config(empty)
+    assert main(["config", "show", str(empty)]) == 2
+    assert f"{empty} is empty" in capsys.readouterr().err
+
+
+def test_unreachable_ray_dashboard_is_one_line_and_exit_2(capsys):
+    """Issue 15 row 13: `nfpipe status X --address http://127.0.0.1:PORT` (nothing there)."""
+    address = f"http://127.0.0.1:{free_port()}"
+    assert main(["status", "raysubmit_X", "--address", address]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"no Ray dashboard answers at {address}" in err and "ray start --head" in err
+
+
+def test_unreachable_tracking_server_fails_in_seconds_before_any_stage(tmp_path):
+    """Issue 15 row 6: a tracking URI where nothing listens fails before any stage runs (no
+    data preparation, no Ray), within seconds."""
+    ran: list[str] = []
+    graph = {"work": Stage("work", (), lambda ctx: ran.append("work") or {}, lambda c: c.name)}
+    cfg = validate({"workdir": str(tmp_path / "work"),
+                    "mlflow": {"tracking_uri": f"http://127.0.0.1:{free_port()}"}})
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="MLflow tracking server .* is not reachable"):
+        run_pipeline(cfg, ["work"], console=Console(quiet=True), graph=graph)
+    assert time.monotonic() - started < 10 and ran == []
+
+
+@pytest.mark.parametrize("argv", [["models", "list"], ["run", "--stages", "train"]])
+def test_unreachable_tracking_server_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys,
+                                                             argv):
+    """Issue 15 row 6, from the command line: `models list` and `run` say it in one line."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"http://127.0.0.1:{free_port()}"
+    sets = ["--set", f"mlflow.tracking_uri={uri}"] if argv[0] == "run" else []
+    if argv[0] == "models":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    assert main([*argv, *sets]) == 1
+    err = capsys.readouterr().err.strip()
+    assert time.monotonic() - started < 10
+    assert len(err.splitlines()) == 1 and f"MLflow tracking server {uri} is not reachable" in err
+    assert not (tmp_path / ".nfpipe" / "records").exists()
+
+
+def _record(workdir: Path, stage: str, outputs: dict) -> None:
+    write_record(workdir, StageRecord(stage, "ok", "fp", "cfg", {}, outputs))
+
+
+def test_next_block_says_only_what_this_run_did(tmp_path, monkeypatch):
+    """Issue 15 row 14 and issue 14: "registered vN" only when this invocation promoted; the
+    MLflow UI only once its store exists; samples only when the file is there."""
+    monkeypatch.chdir(tmp_path)
+    cfg = validate({"workdir": str(tmp_path / "work")})
+    workdir = tmp_path / "work"
+    assert next_steps(cfg, ran={"data_prep"}) == []  # a data_prep-only run: nothing to show
+
+    _record(workdir, "evaluate", {"test_bpd": 1.9478})
+    _record(workdir, "promote", {"model_name": "m", "version": 2, "champion_version": 1,
+                                 "promoted": False})
+    _record(workdir, "deploy", {"sample_grid": str(tmp_path / "gone.png")})
+    earlier = dict(next_steps(cfg, ran=set()))
+    assert earlier["champion"] == "models:/m@champion (v1)"
+    assert "this run" not in earlier and "samples" not in earlier and "MLflow UI" not in earlier
+
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    now = dict(next_steps(cfg, ran={"evaluate", "promote"}))
+    assert now["this run"] == "registered m v2 (kept the champion)"
+    assert now["MLflow UI"].endswith(f"ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db")
+    assert now["serve it"].endswith("deploy serve --model m@champion")
+
+
+def test_commands_in_next_match_how_nfpipe_was_started(tmp_path, monkeypatch):
+    """On PATH: the bare name; not on PATH: the script beside this Python."""
+    monkeypatch.setenv("PATH", f"{VENV_BIN}")
+    assert tool_command("mlflow") == "mlflow"
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert tool_command("mlflow") == str(Path(sys.executable).parent / "mlflow")
+
+
+def test_ray_jobs_500_no_available_agent_is_one_line_with_the_fix():
+    """A Ray Jobs API answer of 500 "No available agent" (a head whose job agent is not up)."""
+    from pipeline.cli.errors import explain
+
+    err = RuntimeError("Request failed with status code 500: No available agent to submit "
+                       "job, please try again later..")
+    code, line = explain(err)
+    assert code == 1 and "\n" not in line and "ray status" in line
+    assert json.dumps(line)  # printable as one line
+
+
+def test_an_mlflow_error_is_its_first_line_and_a_hint(tmp_path, capsys):
+    """A registry miss from a real SQLite store: one line, the MLflow message, the hint."""
+    assert main(["deploy", "sample", "--model", "nope@champion", "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "s.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "nope" in err and "nfpipe models list" in err
+
+
+def test_epoch_lines_in_a_log_carry_eta_and_feed_nfpipe_status(tmp_path):
+    """Off a terminal the train stage prints one line per epoch with elapsed time and ETA
+    (from rank 0's progress file); `nfpipe status` reads its numbers back from the job log."""
+    from pipeline.submit import latest_metrics
+    from train.progress import EpochProgress
+
+    progress_file = tmp_path / "progress.jsonl"
+    console = Console(record=True, width=200, force_terminal=False)
+    progress = EpochProgress(progress_file, epochs=4, console=console)
+    progress.start()
+    lines = [{"epoch": 0, "step": 0, "test_bpd": 3.9, "time": 100.0},
+             {"epoch": 1, "step": 44, "train_bpd": 3.5, "test_bpd": 3.8, "time": 110.0},
+             {"epoch": 2, "step": 88, "train_bpd": 3.1, "test_bpd": 3.7, "time": 120.0}]
+    progress_file.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"epo')
+    progress.stop()  # the half-written last line waits for its newline
+    shown = console.export_text().splitlines()
+    assert len(shown) == 3 and "eta ?" in shown[0]
+    assert shown[2].startswith("    train epoch 2/4  step 88  train 3.1000 test 3.7000 bpd")
+    assert shown[2].endswith("eta 0:20")  # 10 s per epoch since the first line, 2 to go
+    assert latest_metrics("\n".join(shown)) == {"epoch": 2.0, "step": 88.0, "train_bpd": 3.1,
+                                                "test_bpd": 3.7}

@@ -1,0 +1,79 @@
+"""Sweeps that mean something: a trial's learning-rate warmup ends before ASHA first compares
+trials (issue 14). The choice pinned here: such a sweep is REJECTED with the numbers and the
+fix, never silently rescaled; `tune.warmup_steps` sets the trials' own warmup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from train.config import TrainConfig
+from tune.config import TuneConfig
+from tune.leaderboard import TrialRow, as_records, leaderboard_table
+from tune.space import SearchSpaceError, check_warmup, trial_train_config
+
+DIGITS_TRAIN = 1438  # images in the digits train split (data_prep's default 80/20 split)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_warmup_longer_than_the_first_rung_is_rejected_naming_the_numbers():
+    base = TrainConfig.model_validate({"batch_size": 32, "optim": {"warmup_steps": 200}})
+    tune = TuneConfig(scheduler="asha", grace_period=1, max_t=4)
+    with pytest.raises(SearchSpaceError) as err:
+        check_warmup(tune, base, DIGITS_TRAIN)
+    message = str(err.value)
+    assert "200 optimiser steps (train.optim.warmup_steps)" in message
+    assert "tune.grace_period=1 epoch(s) = 44 steps" in message  # 1438 // 32
+    assert "tune.warmup_steps below 44" in message and "tune.grace_period to 5" in message
+
+    # fixed by the trials' own warmup, or by a later first rung
+    check_warmup(tune.model_copy(update={"warmup_steps": 20}), base, DIGITS_TRAIN)
+    check_warmup(tune.model_copy(update={"grace_period": 4, "max_t": 8}),
+                 base.model_copy(update={"optim": base.optim.model_copy(
+                     update={"warmup_steps": 100})}), DIGITS_TRAIN)
+
+
+def test_fifo_and_searched_warmups_and_batch_sizes_are_checked_at_their_corners():
+    base = TrainConfig.model_validate({"batch_size": 32, "optim": {"warmup_steps": 10}})
+    fifo = TuneConfig(scheduler="fifo", max_t=1, space={"optim.warmup_steps": [10, 60]})
+    with pytest.raises(SearchSpaceError, match=r"60 optimiser steps \(tune\.space"):
+        check_warmup(fifo, base, DIGITS_TRAIN)
+    batches = TuneConfig(grace_period=1, space={"batch_size": [32, 512]})
+    with pytest.raises(SearchSpaceError, match="batch 512"):  # 2 steps per epoch
+        check_warmup(batches, base, DIGITS_TRAIN)
+
+
+def test_trials_use_tune_warmup_steps():
+    base = TrainConfig.model_validate({"optim": {"warmup_steps": 200}})
+    trial = trial_train_config(base, {}, TuneConfig(warmup_steps=20))
+    assert trial.optim.warmup_steps == 20
+    with pytest.raises(ValueError, match="either tune.warmup_steps or tune.space"):
+        TuneConfig(warmup_steps=20, space={"optim.warmup_steps": [10, 20]})
+
+
+@pytest.mark.parametrize("profile", [None, "cifar10", "celeba"])
+def test_shipped_sweeps_warm_up_inside_their_first_rung(profile):
+    """The quickstart sweep (and the profiles') pass the check on their datasets' sizes."""
+    cfg = load_config(REPO / "pipeline.yaml", profile)
+    train_images = {"digits": DIGITS_TRAIN, "cifar10": 50_000, "celeba": 162_770}
+    check_warmup(cfg.tune, cfg.train, train_images[cfg.data_prep.dataset])
+    trial = trial_train_config(cfg.train, {}, cfg.tune)
+    steps = cfg.tune.first_rung_epochs * (train_images[cfg.data_prep.dataset]
+                                          // trial.batch_size)
+    assert trial.optim.warmup_steps < steps
+
+
+def test_leaderboard_says_which_trials_were_still_warming_up():
+    rows = [
+        TrialRow("t_1", "r1", "stopped early", {"optim.lr": 1e-3}, 10, [(1, 3.9)], steps=44,
+                 warmup_steps=200),
+        TrialRow("t_2", "r2", "completed", {"optim.lr": 2e-3}, 10, [(1, 3.8), (2, 3.7)],
+                 steps=88, warmup_steps=20),
+    ]
+    assert rows[0].warming_up and not rows[1].warming_up
+    records = {r["trial"]: r for r in as_records(rows, "test_bpd", "min")}
+    assert records["t_1"]["warmup"] == "44/200" and records["t_2"]["warmup"] == "done"
+    table = leaderboard_table(rows, "test_bpd", "min", "sweep")
+    assert "warmup" in [column.header for column in table.columns]
