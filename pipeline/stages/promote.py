@@ -27,7 +27,7 @@ def run(ctx: StageContext) -> StageOutputs:
         run_id=evaluated["run_id"],
         family=evaluated.get("family") or ctx.config.train.model.name,
         epoch=int(meta.get("epoch") or 0),
-        final_metrics=(("eval_test_bpd", float(evaluated["test_bpd"])),),
+        final_metrics=(("bpd/test_eval", float(evaluated["test_bpd"])),),
     )
     ctx.experiment_id()
     name = registered_model_name(ctx.config)
