@@ -50,7 +50,7 @@ MapFn = Callable[[GroupTask, list[ShardGroup]], Iterable[list[ShardInfo]]]
 
 
 def prepare(cfg: DataPrepConfig, progress: Progress | None = None,
-            map_fn: MapFn | None = None, blocks_per_group: int | None = None) -> Path | str:
+            map_fn: MapFn | None = None, groups_per_split: int = 1) -> Path | str:
     """Write `{output_root}/{dataset}-{H}x{W}-{bits}bit/`; return its manifest (a Path when
     local, the URL when remote).
 
@@ -58,7 +58,7 @@ def prepare(cfg: DataPrepConfig, progress: Progress | None = None,
     every shard it lists is present with its sha256. Otherwise the old manifest is removed
     first, the shards are written (those already present and identical are left as they are,
     so a rerun after damage rewrites only the damaged ones), and the manifest is written last.
-    `map_fn` runs the groups of `blocks_per_group` blocks elsewhere (e.g. as Ray tasks).
+    `map_fn` runs the shard groups (`groups_per_split` per split) elsewhere, e.g. as Ray tasks.
     """
     source = open_source(cfg)
     folder = output_folder(cfg, source)
@@ -74,7 +74,7 @@ def prepare(cfg: DataPrepConfig, progress: Progress | None = None,
         if not storage.is_remote(folder):
             remove_leftovers(folder, keep=_all_shard_names(folder))  # only temporaries
         target = ShardTarget(folder, cfg.max_count, cfg.shard_max_bytes, intact)
-        splits = _write_splits(cfg, source, target, progress, map_fn, blocks_per_group)
+        splits = _write_splits(cfg, source, target, progress, map_fn, groups_per_split)
         remove_leftovers(folder, keep={s.name for v in splits.values() for s in v["shards"]})
         manifest = Manifest(
             dataset=source.dataset, image_shape=source.image_shape, n_bins=source.n_bins,
@@ -86,10 +86,10 @@ def prepare(cfg: DataPrepConfig, progress: Progress | None = None,
 
 def _write_splits(cfg: DataPrepConfig, source: Source, target: ShardTarget,
                   progress: Progress | None, map_fn: MapFn | None,
-                  blocks_per_group: int | None) -> dict[str, dict[str, Any]]:
+                  groups_per_split: int) -> dict[str, dict[str, Any]]:
     """Every split's shards, in order, written here or by `map_fn`."""
     groups = plan_groups(source.split_counts, cfg.max_count,
-                         blocks_per_group if map_fn is not None else None)
+                         groups_per_split if map_fn is not None else 1)
     if map_fn is None:
         results = (_write_here(source, target, group, progress) for group in groups)
     else:

@@ -128,12 +128,12 @@ class ShardGroup:
 
 
 def plan_groups(split_counts: dict[str, int], max_count: int,
-                blocks_per_group: int | None = None) -> list[ShardGroup]:
-    """Every split's blocks cut into groups of `blocks_per_group` (None: one group a split)."""
+                groups_per_split: int = 1) -> list[ShardGroup]:
+    """Every split's blocks cut into (at most) `groups_per_split` groups of equal size."""
     groups = []
     for split, total in split_counts.items():
         blocks = -(-total // max_count)
-        step = blocks_per_group or max(blocks, 1)
+        step = max(1, -(-blocks // groups_per_split))
         for first in range(0, blocks, step):
             last = min(first + step, blocks)
             groups.append(ShardGroup(split, first, last, first * max_count,

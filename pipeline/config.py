@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_prep.config import DataPrepConfig
+from data_prep.storage import Location
 from deploy.config import DeployConfig, EvaluateConfig, PromoteConfig
 from train.config import TrainConfig
 from train.typed import model_type, suggest
@@ -39,9 +40,10 @@ class MlflowConfig(_Section):
         "an `mlflow server` (required on multi-node clusters).",
     )
     experiment: str = Field("nfpipe", description="MLflow experiment that holds the runs.")
-    artifact_root: Path = Field(
-        Path("mlartifacts"),
-        description="Artifact folder for a local SQLite store (ignored for an http:// server).",
+    artifact_root: Location = Field(
+        "mlartifacts",
+        description="Artifacts of a local SQLite store: a folder or a URL (s3://bucket/prefix); "
+        "ignored for an http:// server, which has its own (`--artifacts-destination`).",
     )
 
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.config import ConfigError, PipelineConfig
+from pipeline.locations import check_reachable
 from pipeline.records import (
     StageRecord,
     missing_paths,
@@ -81,6 +82,7 @@ def run_pipeline(
     console = console or Console()
     workdir = Path(cfg.workdir).resolve()
     stages = plan(targets or cfg.stages, graph)
+    check_reachable(cfg, [stage.name for stage in stages])  # seconds, before any work
     forced = set(targets or cfg.stages) if force else set()
     done: dict[str, StageRecord] = {}
     outcomes: list[Outcome] = []
@@ -115,6 +117,8 @@ def _run_or_skip(
     fingerprint = stable_hash({"stage": stage.name, "config": config_hash, "inputs": inputs})
     previous = read_record(workdir, stage.name)
     reason = _stale_reason(previous, fingerprint, force)
+    if reason is None and stage.recheck is not None:
+        reason = stage.recheck(previous.outputs)
     if reason is None:
         console.print(f"  [dim]↷ {stage.name:<10} up to date, skipped[/]")
         return Outcome(stage.name, "skipped", 0.0, "up to date"), previous

@@ -13,6 +13,13 @@ from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
+# Credentials of the test's S3 server: distinctive, so a test can prove none of them leaks into
+# MLflow, records or logs.
+S3_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "NFPIPETESTKEYID7Q2X",
+    "AWS_SECRET_ACCESS_KEY": "nfpipe-test-secret-3c9f1e7d",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -141,3 +148,27 @@ class LocalRayCluster:
             node.stop()
         # `ray start` left its address for ray.init() to find; it would point at a dead cluster
         Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)
+
+
+class S3Server:
+    """moto's standalone S3 server in a thread, on the host and port of `endpoint`."""
+
+    def __init__(self, endpoint: str):
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+        host, port = endpoint.removeprefix("http://").split(":")
+        self.endpoint = endpoint
+        self.server = ThreadedMotoServer(ip_address=host, port=int(port), verbose=False)
+        self.server.start()
+
+    def create_bucket(self, name: str) -> str:
+        import fsspec
+
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+        return f"s3://{name}"
+
+    def stop(self) -> None:
+        self.server.stop()

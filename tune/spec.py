@@ -27,12 +27,12 @@ class SweepSpec:
     pipeline: str  # the pipeline's name, for MLflow tags
     tune: TuneConfig
     train: TrainConfig  # every trial starts from this config
-    manifest_path: Path
+    manifest_path: str | Path  # an absolute path or a URL
     out_dir: Path  # the stage folder: model bundle and leaderboard files
     storage: Path  # Tune's storage_path
     tracking_uri: str
     experiment: str  # MLflow experiment of the parent and child runs
-    artifact_root: Path  # artifact folder of a local MLflow store
+    artifact_root: str | Path  # artifact folder or URL of a local MLflow store
     train_fn: TrainFn = train_loop
 
     @property

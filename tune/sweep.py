@@ -16,13 +16,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 import tracking
-from data_prep import Manifest
+from data_prep import Manifest, storage
 from train.config import TrainConfig
 from tune import progress
 from tune.config import TuneConfig
@@ -171,7 +170,7 @@ def run_sweep(spec: SweepSpec, console: Console | None = None) -> SweepResult:
     setup = TrialSetup(
         tune=spec.tune.model_dump(mode="json"),
         train=spec.train.model_dump(mode="json"),
-        manifest_path=str(Path(spec.manifest_path).resolve()),
+        manifest_path=storage.absolute(spec.manifest_path),
         bundle_meta={"manifest_fingerprint": manifest.fingerprint, "dataset": manifest.dataset,
                      "sweep": spec.name, "parent_run_id": parent},
         train_storage=str(spec.train_runs),

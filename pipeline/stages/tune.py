@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_prep import Manifest
+from data_prep.storage import is_remote
+from data_prep.verify import check_shards
 from pipeline.config import PipelineConfig
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
@@ -22,6 +24,7 @@ from tune.sweep import run_sweep, sweep_name
 
 def run(ctx: StageContext) -> StageOutputs:
     manifest_path = ctx.inputs["data_prep"]["manifest"]
+    check_shards(Manifest.load(manifest_path))  # before any trial starts, naming the shard
     name = sweep_name(ctx.config.name, ctx.fingerprint or "adhoc")
     ensure_ray(ctx.config.ray)
     result = run_sweep(sweep_spec(ctx.config, manifest_path, ctx.stage_dir, name), ctx.console)
@@ -40,12 +43,18 @@ def sweep_spec(cfg: PipelineConfig, manifest_path: str | Path, out_dir: Path,
     the stage folder's `ray_results`.
     """
     out_dir = Path(out_dir).resolve()
+    if cfg.train.storage_path is not None and is_remote(cfg.train.storage_path):
+        raise ValueError(
+            f"train.storage_path={cfg.train.storage_path}: the tune stage keeps its trials on a "
+            "local or shared file system (object storage is supported by the train stage "
+            "only); run the sweep with --set train.storage_path=/shared/path"
+        )
     storage = (Path(cfg.train.storage_path) / "tune" if cfg.train.storage_path is not None
                else out_dir / "ray_results")
     return SweepSpec(
         name=name, pipeline=cfg.name, tune=cfg.tune, train=cfg.train,
-        manifest_path=Path(manifest_path), out_dir=out_dir, storage=storage.resolve(),
+        manifest_path=manifest_path, out_dir=out_dir, storage=storage.resolve(),
         tracking_uri=absolute_tracking_uri(cfg.mlflow.tracking_uri),
-        experiment=cfg.mlflow.experiment, artifact_root=Path(cfg.mlflow.artifact_root),
+        experiment=cfg.mlflow.experiment, artifact_root=cfg.mlflow.artifact_root,
         train_fn=train,
     )
