@@ -77,7 +77,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _print_destinations(cfg, env_names: list[str]) -> None:
     """Where the job's results will be (on the cluster), and which variables went along."""
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     err.print("results of this job (on the cluster):")
     for key, place in durable_locations(cfg).items():
         err.print(f"  {key:<22} {place}")

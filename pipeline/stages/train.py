@@ -79,6 +79,7 @@ def _outputs(result: FitResult, model_dir: Path, run_id: str) -> StageOutputs:
         "test_bpd": float(result.best_metrics["test_bpd"]),
         "best_epoch": int(result.best_metrics["epoch"]),
         "ray_run": result.run_path,
+        "resumes": int(result.summary.get("resumes", 0)),  # restores from a checkpoint
     }
     final = result.summary.get("final", {})
     if "test_bpd_iwae" in final:  # VAE / f-VAE: the importance-weighted bound at the end
