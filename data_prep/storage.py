@@ -145,6 +145,16 @@ def read_many(locations: list[str], batch: int = 256) -> Iterator[bytes]:
             yield data
 
 
+def glob(pattern: str) -> list[str]:
+    """Locations matching a glob pattern (a path or a URL with `*`), sorted."""
+    fs, path = filesystem(pattern)
+    found = sorted(fs.glob(path))
+    if not is_remote(pattern):
+        return found
+    prefix = scheme(pattern) + "://"
+    return [prefix + p.lstrip("/") for p in found]
+
+
 def exists(location: str | os.PathLike) -> bool:
     fs, path = filesystem(location)
     return fs.exists(path)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep import Manifest
-from data_prep.storage import is_remote
+from data_prep import Manifest, storage
 from data_prep.verify import check_shards
 from pipeline.config import PipelineConfig
 from pipeline.ray_session import ensure_ray
@@ -39,21 +38,15 @@ def sweep_spec(cfg: PipelineConfig, manifest_path: str | Path, out_dir: Path,
                name: str) -> SweepSpec:
     """The sweep of `cfg` on a dataset, writing to `out_dir` (the stage folder).
 
-    Tune's storage is `train.storage_path/tune` when set (shared storage on a cluster), else
-    the stage folder's `ray_results`.
+    Tune's storage is `train.storage_path/tune` when set (object storage or a shared file
+    system on a cluster), else the stage folder's `ray_results`.
     """
     out_dir = Path(out_dir).resolve()
-    if cfg.train.storage_path is not None and is_remote(cfg.train.storage_path):
-        raise ValueError(
-            f"train.storage_path={cfg.train.storage_path}: the tune stage keeps its trials on a "
-            "local or shared file system (object storage is supported by the train stage "
-            "only); run the sweep with --set train.storage_path=/shared/path"
-        )
-    storage = (Path(cfg.train.storage_path) / "tune" if cfg.train.storage_path is not None
-               else out_dir / "ray_results")
+    sweeps = (storage.join(storage.absolute(cfg.train.storage_path), "tune")
+              if cfg.train.storage_path is not None else str(out_dir / "ray_results"))
     return SweepSpec(
         name=name, pipeline=cfg.name, tune=cfg.tune, train=cfg.train,
-        manifest_path=manifest_path, out_dir=out_dir, storage=storage.resolve(),
+        manifest_path=manifest_path, out_dir=out_dir, storage=sweeps,
         tracking_uri=absolute_tracking_uri(cfg.mlflow.tracking_uri),
         experiment=cfg.mlflow.experiment, artifact_root=cfg.mlflow.artifact_root,
         train_fn=train,
