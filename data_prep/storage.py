@@ -24,6 +24,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator
 
@@ -60,6 +61,11 @@ def check_scheme(value: Any) -> Any:
     if "://" in value:
         import fsspec
 
+        if urlsplit(value).password is not None:
+            raise ValueError(
+                "a location may not hold credentials (user:secret@…); they come from the "
+                "environment, ~/.aws or GOOGLE_APPLICATION_CREDENTIALS"
+            )
         name = scheme(value)
         known = set(fsspec.available_protocols())
         if name not in known:

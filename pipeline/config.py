@@ -8,6 +8,7 @@ closest valid key.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -21,6 +22,7 @@ from train.config import TrainConfig
 from train.typed import model_type, suggest
 from tune.config import TuneConfig
 
+URL_SECRET = re.compile(r"://[^/@\s]*:[^/@\s]*@")
 StageName = Literal["data_prep", "train", "tune", "evaluate", "promote", "deploy"]
 ALL_STAGES: tuple[str, ...] = get_args(StageName)
 
@@ -146,6 +148,8 @@ def format_validation_error(err: ValidationError) -> str:
             lines.append(f"  {path}: unknown key {loc[-1]!r}{hint}")
         else:
             given = problem.get("input")
+            if isinstance(given, str):
+                given = URL_SECRET.sub("://***@", given)  # never echo a secret in a URL
             shown = "" if isinstance(given, dict) else f" (got {given!r})"
             lines.append(f"  {path}: {problem['msg']}{shown}")
     return "\n".join(lines)

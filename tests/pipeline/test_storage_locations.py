@@ -23,6 +23,13 @@ def test_unknown_scheme_is_a_config_error_naming_the_key(key):
         load_config(None, sets=[f"{key}=bogus://bucket/x"])
 
 
+def test_credentials_in_a_url_are_refused_without_echoing_them():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, sets=["train.storage_path=s3://AKIAX:topsecret@bucket/runs"])
+    assert "train.storage_path" in str(err.value) and "may not hold credentials" in str(err.value)
+    assert "topsecret" not in str(err.value)
+
+
 def test_urls_are_kept_and_only_the_stages_locations_are_checked():
     cfg = load_config(None, sets=["train.storage_path=s3://b/runs",
                                   "data_prep.output_root=gs://b/shards"])
