@@ -74,3 +74,20 @@ def test_rerun_rechecks_the_shards_and_rewrites_the_damaged_one(tmp_path):
     assert Manifest.load(manifest.path).fingerprint == manifest.fingerprint
     assert intact.stat().st_mtime_ns == before  # only the damaged shard was written again
     assert run_pipeline(cfg, ["data_prep"], console=console)[0].status == "skipped"
+
+
+@pytest.mark.slow
+def test_sqlite_store_with_an_s3_artifact_root(s3_bucket, tmp_path):
+    import fsspec
+
+    import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = tracking.ensure_experiment(uri, "s3-artifacts", f"{s3_bucket}/mlartifacts")
+    run = tracking.client(uri).create_run(experiment).info.run_id
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "meta.json").write_text("{}")
+    tracking.log_artifacts(uri, run, tmp_path / "bundle", "model_bundle")
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    keys = fs.find(f"{s3_bucket}/mlartifacts".removeprefix("s3://"))
+    assert any(key.endswith(f"{run}/artifacts/model_bundle/meta.json") for key in keys)
