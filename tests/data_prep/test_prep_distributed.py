@@ -37,3 +37,19 @@ def test_ray_tasks_write_to_s3(s3_bucket, tmp_path):
                      map_fn=_on_ray, groups_per_split=4)
     alone = prepare(DataPrepConfig(output_root=tmp_path, shard_max_count=100))
     assert Manifest.load(spread).fingerprint == Manifest.load(alone).fingerprint
+
+
+def test_prep_stage_with_ray_workers(tmp_path, digits_manifest):
+    from rich.console import Console
+
+    from pipeline.config import PipelineConfig
+    from pipeline.stages import prep
+    from pipeline.stages.base import StageContext
+
+    cfg = PipelineConfig.model_validate({
+        "workdir": str(tmp_path / "work"),
+        "data_prep": {"output_root": str(tmp_path / "shards"), "ray_workers": 2}})
+    ctx = StageContext(config=cfg, stage_dir=tmp_path / "work" / "data_prep", inputs={},
+                       console=Console(quiet=True))
+    out = prep.run(ctx)
+    assert out["manifest_fingerprint"] == Manifest.load(digits_manifest).fingerprint

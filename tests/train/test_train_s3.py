@@ -1,6 +1,7 @@
 """The train stage with its shards and its Ray Train storage on S3 (a real moto server):
-checkpoints go to the bucket, a worker failure restarts from the S3 checkpoint, and a run
-that still fails resumes from S3 when the stage runs again."""
+checkpoints go to the bucket, and a run that failed resumes from its S3 checkpoint when the
+stage runs again (a worker group restarted by Ray after a killed worker is the 2-node test's,
+tests/cluster/test_multinode_s3.py)."""
 
 from __future__ import annotations
 
@@ -31,35 +32,35 @@ def _ctx(tmp_path, mlflow_uri, manifest: str, storage_path: str, train: dict) ->
                         inputs={"data_prep": {"manifest": manifest}}, console=Console(width=120))
 
 
-def test_checkpoints_restart_and_resume_on_s3(s3_bucket, tmp_path, mlflow_uri):
+def test_checkpoints_and_resume_on_s3(s3_bucket, tmp_path, mlflow_uri):
     import torch
 
     from pipeline.stages import train as stage
 
     manifest = str(prepare(DataPrepConfig(output_root=f"{s3_bucket}/shards")))
     runs = f"{s3_bucket}/runs"
-    train = tiny_train("glow", epochs=3, max_failures=1, checkpoints_keep=3)
+    train = tiny_train("glow", epochs=2, max_failures=0, checkpoints_keep=2)
     ctx = _ctx(tmp_path, mlflow_uri, manifest, runs, train)
-    faults = FaultInjection(fail_at_steps=(30, 50), fail_rank=1)
-    with pytest.raises(Exception, match="injected failure at step 50"):
+    faults = FaultInjection(fail_at_steps=(30,), fail_rank=1)  # step 30 is in epoch 2
+    with pytest.raises(Exception, match="injected failure at step 30"):
         stage.run(ctx, hooks=faults)
 
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     (run_dir,) = fs.glob(f"{runs.removeprefix('s3://')}/s3-train-*")
     names = {p.rsplit("/", 1)[-1] for p in fs.ls(run_dir)}
-    assert {"fault_injected_step30_rank1", "fault_injected_step50_rank1"} <= names
-    assert len([n for n in names if n.startswith("checkpoint_2")]) == 2  # epochs 1 and 2
+    assert "fault_injected_step30_rank1" in names  # the fault marker lives in the bucket too
+    assert len([n for n in names if n.startswith("checkpoint_2")]) == 1  # epoch 1
     assert not (tmp_path / "work" / "ray_results").exists()  # nothing written locally
 
     out = stage.run(ctx, hooks=faults)  # the stage again: resumes from the S3 checkpoint
 
-    assert out["checkpoint"].startswith(f"{runs}/s3-train-")
+    assert out["checkpoint"].startswith(f"{runs}/s3-train-") and out["resumes"] == 1
     client = MlflowClient(mlflow_uri)
-    assert [m.step for m in client.get_metric_history(out["run_id"], "train_bpd")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(out["run_id"], "train_bpd")] == [1, 2]
     with storage.local_copy(out["checkpoint"]) as folder:
         state = torch.load(folder / STATE_FILE, weights_only=True)
-    assert state["counters"]["step"] == 3 * STEPS_PER_EPOCH
-    assert state["counters"]["resumes"] == 2  # one Ray restart, one re-run of the stage
+    assert state["counters"]["step"] == 2 * STEPS_PER_EPOCH
+    assert state["counters"]["resumes"] == 1
     assert (tmp_path / "work" / "train" / "model" / "model.safetensors").exists()
 
 
