@@ -12,13 +12,14 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from data_prep import Manifest, prepare
+from data_prep import Manifest, prepare, storage
 from data_prep.errors import DataPrepError
 from data_prep.prepare import GroupTask
 from data_prep.shards import ShardGroup, ShardInfo
 from data_prep.verify import find_damage
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
+from train.cluster import check_storage_on_all_nodes
 
 GROUPS_PER_WORKER = 4  # several groups per task slot keep every worker busy to the end
 
@@ -64,10 +65,15 @@ def recheck(outputs: Mapping[str, Any]) -> str | None:
 
 def _distribution(ctx: StageContext) -> dict[str, Any]:
     """prepare()'s map_fn and group size: Ray tasks when `data_prep.ray_workers` is set."""
-    workers = ctx.config.data_prep.ray_workers
+    cfg = ctx.config.data_prep
+    workers = cfg.ray_workers
     if workers is None:
         return {}
     ensure_ray(ctx.config.ray)
+    # tasks on other nodes must reach the source and the output: fail now, naming the node
+    storage.make_folder(cfg.output_root)
+    check_storage_on_all_nodes(reads=[cfg.source] if cfg.source else [],
+                               writes=[cfg.output_root])
     return {"map_fn": lambda task, groups: ray_map(task, groups, workers),
             "groups_per_split": workers * GROUPS_PER_WORKER}
 
