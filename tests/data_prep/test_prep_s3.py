@@ -12,7 +12,7 @@ import time
 import fsspec
 import pytest
 from helpers import REPO, subprocess_env
-from raw_builders import cifar_batches, write_cifar_archive
+from raw_builders import cifar_batches, write_celeba, write_cifar_archive
 
 from data_prep import DataPrepConfig, DataPrepError, Manifest, make_loader, prepare
 from data_prep.verify import check_shards
@@ -119,6 +119,21 @@ def test_cifar_source_on_s3(s3_bucket, tmp_path):
     from_disk = prepare(DataPrepConfig(dataset="cifar10", source=archive,
                                        output_root=tmp_path / "b"))
     assert Manifest.load(from_s3).fingerprint == Manifest.load(from_disk).fingerprint
+
+
+def test_celeba_source_on_s3(s3_bucket, tmp_path):
+    folder = write_celeba(tmp_path / "celeba", [0, 0, 0, 2, 2])
+    _s3().put(str(folder) + "/", f"{s3_bucket}/raw/celeba", recursive=True)
+    from_s3 = prepare(DataPrepConfig(dataset="celeba", source=f"{s3_bucket}/raw/celeba",
+                                     output_root=tmp_path / "a"))
+    from_disk = prepare(DataPrepConfig(dataset="celeba", source=folder,
+                                       output_root=tmp_path / "b"))
+    assert Manifest.load(from_s3).fingerprint == Manifest.load(from_disk).fingerprint
+    with pytest.raises(DataPrepError, match="celeba/img_align_celeba/000009.jpg: image listed"):
+        _s3().pipe_file(f"{s3_bucket}/raw/celeba/list_eval_partition.txt",
+                        b"000001.jpg 0\n000009.jpg 2\n")
+        prepare(DataPrepConfig(dataset="celeba", source=f"{s3_bucket}/raw/celeba",
+                               output_root=tmp_path / "c"))
 
 
 def test_missing_bucket_is_a_clear_error(s3_server):
