@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from data_prep.storage import Location
 
 # Samples per shard when `shard_max_count` is not set: digits is tiny, so small shards give
 # several per split (2 ranks x 2 loader workers each get one); the image sets use bigger ones.
@@ -22,15 +23,25 @@ class DataPrepConfig(BaseModel):
         description="Dataset to shard: `digits` (scikit-learn's bundled 8x8 digits, offline), "
         "`cifar10` (32x32x3, 8-bit) or `celeba` (aligned faces, cropped and resized).",
     )
-    source: Path | None = Field(
+    source: Location | None = Field(
         None,
-        description="Raw data. cifar10: `cifar-10-python.tar.gz` or the extracted "
-        "`cifar-10-batches-py/` folder (or a folder holding either); celeba: the folder with "
-        "`img_align_celeba/` and `list_eval_partition.txt`. Unused for digits.",
+        description="Raw data, a local path or a URL (s3://…). cifar10: "
+        "`cifar-10-python.tar.gz` or the extracted `cifar-10-batches-py/` folder (or a folder "
+        "holding either); celeba: the folder with `img_align_celeba/` and "
+        "`list_eval_partition.txt`. Unused for digits.",
     )
-    output_root: Path = Field(
-        Path("data/shards"),
-        description="Shards go to `{output_root}/{dataset}-{H}x{W}-{bits}bit/`.",
+    output_root: Location = Field(
+        "data/shards",
+        description="Shards go to `{output_root}/{dataset}-{H}x{W}-{bits}bit/`: a local path "
+        "or an object-store URL (s3://bucket/prefix), which every rank then streams from.",
+    )
+    ray_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Write shards as Ray tasks, this many at once (one task per group of "
+        "shards, on the local Ray or across the cluster; the shards are byte-identical). "
+        "null: in the pipeline's own process. On a multi-node cluster `source` and "
+        "`output_root` must be URLs or shared paths.",
     )
     shard_max_count: int | None = Field(
         None,

@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_prep import storage
 from data_prep.errors import DataPrepError
 from data_prep.manifest import Manifest, ShardInfo
 from data_prep.shards import decode_image, read_samples
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # x uint8 [B, C, H, W], label int64 [B] (-1: none)
-# (shard path, key, png bytes, label) of one encoded sample
-Encoded = tuple[Path, str, bytes, int]
+# (shard location, key, png bytes, label) of one encoded sample
+Encoded = tuple[str, str, bytes, int]
 
 
 def make_loader(
@@ -121,7 +122,7 @@ class ShardLoader:
         if self.mode == "train":
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(shards))
             shards = [shards[i] for i in order]
-        return _Plan(self.manifest.root, shards, tuple(self.manifest.image_shape),
+        return _Plan(self.manifest.folder, shards, tuple(self.manifest.image_shape),
                      self.batch_size, self.start, self.end, self.num_batches,
                      self.mode == "train", (self.seed, self.epoch, self.rank),
                      self.shuffle_buffer)
@@ -150,7 +151,7 @@ def worker_range(start: int, end: int, batches: int, batch_size: int, worker: in
 class _Plan:
     """What one rank reads this epoch; picklable, so it travels to loader workers."""
 
-    root: Path
+    root: str  # the shard folder: an absolute path or a URL
     shards: list[ShardInfo]  # in reading order
     image_shape: tuple[int, int, int]
     batch_size: int
@@ -182,7 +183,7 @@ class _Plan:
         for shard in self.shards:
             a, b = max(lo, offset) - offset, min(hi, offset + shard.count) - offset
             if a < b:
-                yield from read_shard(self.root / shard.name, shard, a, b)
+                yield from read_shard(storage.join(self.root, shard.name), shard, a, b)
             offset += shard.count
 
     def _collate(self, chunk: list[Encoded]) -> Batch:
@@ -224,11 +225,13 @@ class _WorkerError:
     message: str
 
 
-def read_shard(path: Path, shard: ShardInfo, lo: int, hi: int) -> Iterator[Encoded]:
-    """Samples lo..hi-1 of a shard, after checking its sample count and sha256 against the
-    manifest (the whole shard is read: a few MB, hashed at ~1 GB/s)."""
+def read_shard(path: str | Path, shard: ShardInfo, lo: int, hi: int) -> Iterator[Encoded]:
+    """Samples lo..hi-1 of a shard (a local path or a URL, streamed whole into memory: a few
+    MB, one GET on an object store, nothing written to local disk), after checking its sample
+    count and sha256 against the manifest (hashed at ~1 GB/s)."""
+    path = str(path)
     try:
-        data = path.read_bytes()
+        data = storage.read_bytes(path)
     except FileNotFoundError:
         raise _damaged(path, "shard is missing") from None
     except OSError as exc:
@@ -248,10 +251,10 @@ def read_shard(path: Path, shard: ShardInfo, lo: int, hi: int) -> Iterator[Encod
         yield path, sample["__key__"], sample.get("png", b""), label
 
 
-def _damaged(path: Path, what: str) -> DataPrepError:
+def _damaged(path: str, what: str) -> DataPrepError:
     return DataPrepError(
         f"{path}: {what}: the shard is truncated or corrupt; run the data_prep stage again "
-        "(it re-checks every shard and rewrites the set)"
+        "(it re-verifies the shards and rewrites the damaged ones)"
     )
 
 

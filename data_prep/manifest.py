@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
+from data_prep import storage
 from data_prep.errors import DataPrepError
 
 MANIFEST_NAME = "manifest.json"
@@ -55,58 +55,77 @@ class Manifest(BaseModel):
     config: dict[str, Any]  # the settings that shaped the shards (no paths)
     splits: dict[str, SplitInfo]
 
-    _path: Path | None = PrivateAttr(None)
+    _location: str | None = PrivateAttr(None)  # absolute local path or URL of the file
     _file_sha256: str | None = PrivateAttr(None)
 
     @classmethod
-    def load(cls, path: str | Path) -> Manifest:
-        """Read `manifest.json` (or the folder holding it)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / MANIFEST_NAME
+    def load(cls, location: str | Path) -> Manifest:
+        """Read `manifest.json` (or the folder or prefix holding it), local or a URL."""
+        location = manifest_location(location)
         try:
-            raw = path.read_bytes()
+            raw = storage.read_bytes(location)
         except FileNotFoundError:
             raise DataPrepError(
-                f"{path}: no shard manifest here; run the data_prep stage to write the shards"
+                f"{location}: no shard manifest here; run the data_prep stage to write the "
+                "shards"
             ) from None
         try:
             manifest = cls.model_validate(json.loads(raw))
         except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
             raise DataPrepError(
-                f"{path}: not a valid shard manifest ({exc}); delete it and run the data_prep "
-                "stage again"
+                f"{location}: not a valid shard manifest ({exc}); delete it and run the "
+                "data_prep stage again"
             ) from None
-        manifest._path = path.resolve()
+        manifest._location = location
         manifest._file_sha256 = hashlib.sha256(raw).hexdigest()
         return manifest
 
     @property
-    def path(self) -> Path | None:
-        """Where this manifest was loaded from or written to."""
-        return self._path
+    def location(self) -> str:
+        """Where this manifest was loaded from or written to: an absolute path or a URL."""
+        if self._location is None:
+            raise ValueError("manifest has no location: load() or write() it first")
+        return self._location
 
     @property
-    def root(self) -> Path:
-        """The folder holding the shards."""
-        if self._path is None:
-            raise ValueError("manifest has no location: load() or write() it first")
-        return self._path.parent
+    def folder(self) -> str:
+        """The folder or prefix holding the shards: an absolute path or a URL."""
+        return storage.parent(self.location)
+
+    @property
+    def path(self) -> Path | str | None:
+        """Where this manifest lies: a Path when local, the URL string when remote."""
+        if self._location is None:
+            return None
+        return self._location if storage.is_remote(self._location) else Path(self._location)
+
+    @property
+    def root(self) -> Path | str:
+        """The folder holding the shards: a Path when local, the URL string when remote."""
+        folder = self.folder
+        return folder if storage.is_remote(folder) else Path(folder)
 
     @property
     def fingerprint(self) -> str:
         """sha256 of the manifest file: the identity of this shard set."""
         return self._file_sha256 or hashlib.sha256(self.to_json()).hexdigest()
 
-    def shard_paths(self, split: str) -> list[Path]:
-        """Absolute paths of a split's shards, in manifest order."""
-        return [self.root / shard.name for shard in self.split(split).shards]
+    def shard_location(self, name: str) -> str:
+        """Absolute path or URL of one shard."""
+        return storage.join(self.folder, name)
+
+    def shard_paths(self, split: str) -> list[Path | str]:
+        """Paths (URLs when remote) of a split's shards, in manifest order."""
+        root = self.root
+        if isinstance(root, str):
+            return [storage.join(root, shard.name) for shard in self.split(split).shards]
+        return [root / shard.name for shard in self.split(split).shards]
 
     def split(self, name: str) -> SplitInfo:
         """A split by name, with an error that lists the ones present."""
         if name not in self.splits:
             raise DataPrepError(
-                f"{self._path}: no split {name!r} (has {', '.join(sorted(self.splits))})"
+                f"{self._location}: no split {name!r} (has {', '.join(sorted(self.splits))})"
             )
         return self.splits[name]
 
@@ -115,15 +134,21 @@ class Manifest(BaseModel):
         text = json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
         return (text + "\n").encode()
 
-    def write(self, path: Path) -> Path:
-        """Write atomically: a temporary file, fsync, then rename over `path`."""
+    def write(self, location: str | Path) -> str:
+        """Write atomically (local: temporary file, fsync, rename; object store: one PUT)."""
         data = self.to_json()
-        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._path = path.resolve()
+        location = storage.absolute(location)
+        storage.write_bytes(location, data)
+        self._location = location
         self._file_sha256 = hashlib.sha256(data).hexdigest()
-        return path
+        return location
+
+
+def manifest_location(location: str | Path) -> str:
+    """The manifest file of a location that names it or the folder holding it."""
+    location = storage.absolute(location)
+    if location.endswith(".json"):
+        return location
+    if storage.is_remote(location) or Path(location).is_dir():
+        return storage.join(location, MANIFEST_NAME)
+    return location

@@ -11,13 +11,17 @@ import hashlib
 import io
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from data_prep import storage
 from data_prep.manifest import ShardInfo
 from data_prep.sources import Sample
 
@@ -25,10 +29,10 @@ PNG_COMPRESS_LEVEL = 1  # lossless at any level; at 32x32 the level barely moves
 TAR_BLOCK = 512
 ZERO_BLOCK = bytes(TAR_BLOCK)
 SHARD_NAME = "{split}-{index:05d}.tar"
-SHARD_PATTERN = re.compile(r"^(train|val|test)-\d{5}\.tar$")
+SHARD_PATTERN = re.compile(r"^(train|val|test)-\d{5}(-\d+)?\.tar$")
 TMP_PREFIX = ".tmp-"
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[[str, int, int], None]  # (split, samples written, split total)
 
 
 def encode_image(image: np.ndarray) -> bytes:
@@ -107,100 +111,146 @@ class _HashingFile:
         return self.f.write(data)
 
 
-class SplitWriter:
-    """Cuts one split into shards of at most `max_count` samples / `max_bytes` bytes.
+@dataclass(frozen=True)
+class ShardGroup:
+    """Blocks `first`..`last`-1 of a split, written by one task.
 
-    Each shard is written as `.tmp-{name}` and renamed when complete; `abort()` removes the
-    one in progress. Never creates an empty shard (unlike `wds.ShardWriter`).
+    Block b holds samples [b·max_count, (b+1)·max_count) and becomes shard `{split}-{b:05d}.tar`
+    (when the byte limit cuts it, further pieces `{split}-{b:05d}-{p}.tar`). The cut points
+    depend only on the samples, so any grouping of blocks gives byte-identical shards.
     """
 
-    def __init__(self, folder: Path, split: str, max_count: int, max_bytes: int):
-        self.folder, self.split = folder, split
-        self.max_count, self.max_bytes = max_count, max_bytes
-        self.shards: list[ShardInfo] = []
-        self._file = self._tar = self._hashing = None
-        self._count = self._size = 0
+    split: str
+    first: int
+    last: int
+    start: int  # first sample
+    stop: int  # one past the last sample
 
-    @property
-    def _name(self) -> str:
-        return SHARD_NAME.format(split=self.split, index=len(self.shards))
 
-    def write(self, key: str, image: np.ndarray, label: int | None) -> None:
-        sample = {"__key__": key, "png": encode_image(image)}
-        if label is not None:
-            sample["cls"] = str(int(label)).encode("ascii")
-        size = sum(member_bytes(len(v)) for k, v in sample.items() if k != "__key__")
-        full = self._count >= self.max_count or self._size + size > self.max_bytes
-        if self._tar is not None and full:
-            self._finish()
-        if self._tar is None:
-            self._open()
-        self._tar.write(sample)
-        self._count += 1
-        self._size += size
+def plan_groups(split_counts: dict[str, int], max_count: int,
+                groups_per_split: int = 1) -> list[ShardGroup]:
+    """Every split's blocks cut into (at most) `groups_per_split` groups of equal size."""
+    groups = []
+    for split, total in split_counts.items():
+        blocks = -(-total // max_count)
+        step = max(1, -(-blocks // groups_per_split))
+        for first in range(0, blocks, step):
+            last = min(first + step, blocks)
+            groups.append(ShardGroup(split, first, last, first * max_count,
+                                     min(last * max_count, total)))
+    return groups
 
-    def close(self) -> list[ShardInfo]:
-        """Finish the last shard; the split's shards in order."""
-        if self._tar is not None:
-            self._finish()
-        return self.shards
 
-    def abort(self) -> None:
-        """Drop the shard in progress (finished shards stay; no manifest lists them)."""
-        if self._tar is not None:
-            self._tar.close()  # before the file: tarfile would flush into it when collected
-            self._file.close()
-            (self.folder / (TMP_PREFIX + self._name)).unlink(missing_ok=True)
-            self._tar = None
+@dataclass(frozen=True)
+class ShardTarget:
+    """Where a group's shards go and what is already there: `intact` maps the name of each
+    shard verified against the previous manifest to its sha256 (such a shard is not written
+    again when the new one is identical)."""
 
-    def _open(self) -> None:
-        self._file = open(self.folder / (TMP_PREFIX + self._name), "wb")
+    folder: str  # absolute path or URL
+    max_count: int
+    max_bytes: int
+    intact: dict[str, str] = field(default_factory=dict)
+
+
+def write_group(target: ShardTarget, group: ShardGroup, samples: Iterable[Sample],
+                progress: Callable[[int], None] | None = None) -> list[ShardInfo]:
+    """Write a group's samples (in order) into its shards; `progress(done)` every 256."""
+    staging = target.folder if not storage.is_remote(target.folder) else tempfile.mkdtemp(
+        prefix="nfpipe-shards-")
+    shards: list[ShardInfo] = []
+    block_samples: list[Sample] = []
+    block = group.first
+    try:
+        for done, sample in enumerate(samples, start=1):
+            block_samples.append(sample)
+            if len(block_samples) == target.max_count:
+                shards += _write_block(target, staging, group.split, block, block_samples)
+                block, block_samples = block + 1, []
+            if progress is not None and done % 256 == 0:
+                progress(done)
+        if block_samples:
+            shards += _write_block(target, staging, group.split, block, block_samples)
+    finally:
+        if staging != target.folder:
+            shutil.rmtree(staging, ignore_errors=True)
+    return shards
+
+
+def _write_block(target: ShardTarget, staging: str, split: str, block: int,
+                 samples: list[Sample]) -> list[ShardInfo]:
+    """One block as one shard, or more where the byte limit cuts it."""
+    shards, piece = [], 0
+    writer = _ShardFile(Path(staging), _shard_name(split, block, piece))
+    try:
+        for key, image, label in samples:
+            sample = {"__key__": key, "png": encode_image(image)}
+            if label is not None:
+                sample["cls"] = str(int(label)).encode("ascii")
+            size = sum(member_bytes(len(v)) for k, v in sample.items() if k != "__key__")
+            if writer.count and writer.size + size > target.max_bytes:
+                shards.append(_commit(target, writer))
+                piece += 1
+                writer = _ShardFile(Path(staging), _shard_name(split, block, piece))
+            writer.write(sample, size)
+        shards.append(_commit(target, writer))
+    except BaseException:
+        writer.abort()
+        raise
+    return shards
+
+
+def _shard_name(split: str, block: int, piece: int) -> str:
+    name = SHARD_NAME.format(split=split, index=block)
+    return name if piece == 0 else name.replace(".tar", f"-{piece}.tar")
+
+
+def _commit(target: ShardTarget, writer: _ShardFile) -> ShardInfo:
+    """Close the shard and move it into place, unless an identical one is there already."""
+    info = writer.close()
+    if target.intact.get(info.name) == info.sha256:
+        writer.path.unlink()
+    else:
+        storage.put_file(writer.path, storage.join(target.folder, info.name))
+    return info
+
+
+class _ShardFile:
+    """One tar shard being written under a temporary name in a local staging folder."""
+
+    def __init__(self, staging: Path, name: str):
+        self.name, self.path = name, staging / (TMP_PREFIX + name)
+        self._file = open(self.path, "wb")
         self._hashing = _HashingFile(self._file)
         self._tar = wds.TarWriter(
             self._hashing, encoder=False, user="nfpipe", group="nfpipe", mode=0o444, mtime=0
         )
-        self._count = self._size = 0
+        self.count = self.size = 0
 
-    def _finish(self) -> None:
+    def write(self, sample: dict, size: int) -> None:
+        self._tar.write(sample)
+        self.count += 1
+        self.size += size
+
+    def close(self) -> ShardInfo:
         self._tar.close()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        name = self._name
-        os.replace(self.folder / (TMP_PREFIX + name), self.folder / name)
-        self.shards.append(ShardInfo(name=name, count=self._count,
-                                     sha256=self._hashing.sha256.hexdigest()))
-        self._tar = None
+        return ShardInfo(name=self.name, count=self.count,
+                         sha256=self._hashing.sha256.hexdigest())
+
+    def abort(self) -> None:
+        """Drop the shard in progress (finished shards stay; no manifest lists them)."""
+        if not self._file.closed:
+            self._tar.close()  # before the file: tarfile would flush into it when collected
+            self._file.close()
+        self.path.unlink(missing_ok=True)
 
 
-def write_split(
-    folder: Path,
-    split: str,
-    samples: Iterable[Sample],
-    total: int,
-    *,
-    max_count: int,
-    max_bytes: int,
-    progress: Progress | None = None,
-) -> list[ShardInfo]:
-    """Write a split's samples into shards; `progress(split, done, total)` every 256 samples."""
-    writer = SplitWriter(folder, split, max_count, max_bytes)
-    done = 0
-    try:
-        for key, image, label in samples:
-            writer.write(key, image, label)
-            done += 1
-            if progress is not None and (done % 256 == 0 or done == total):
-                progress(split, done, total)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close()
-
-
-def remove_leftovers(folder: Path, keep: set[str] = frozenset()) -> None:
+def remove_leftovers(folder: str, keep: set[str] = frozenset()) -> None:
     """Delete temporary files of an interrupted run and shard files not in `keep`."""
-    for path in folder.iterdir():
-        stale_shard = SHARD_PATTERN.match(path.name) and path.name not in keep
-        if path.name.startswith(TMP_PREFIX) or stale_shard:
-            path.unlink(missing_ok=True)
+    for name in storage.list_names(folder):
+        stale_shard = SHARD_PATTERN.match(name) and name not in keep
+        if name.startswith(TMP_PREFIX) or stale_shard:
+            storage.remove(storage.join(folder, name))

@@ -8,6 +8,7 @@ closest valid key.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -15,11 +16,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_prep.config import DataPrepConfig
+from data_prep.storage import Location
 from deploy.config import DeployConfig, EvaluateConfig, PromoteConfig
 from train.config import TrainConfig
 from train.typed import model_type, suggest
 from tune.config import TuneConfig
 
+URL_SECRET = re.compile(r"://[^/@\s]*:[^/@\s]*@")
 StageName = Literal["data_prep", "train", "tune", "evaluate", "promote", "deploy"]
 ALL_STAGES: tuple[str, ...] = get_args(StageName)
 
@@ -39,9 +42,10 @@ class MlflowConfig(_Section):
         "an `mlflow server` (required on multi-node clusters).",
     )
     experiment: str = Field("nfpipe", description="MLflow experiment that holds the runs.")
-    artifact_root: Path = Field(
-        Path("mlartifacts"),
-        description="Artifact folder for a local SQLite store (ignored for an http:// server).",
+    artifact_root: Location = Field(
+        "mlartifacts",
+        description="Artifacts of a local SQLite store: a folder or a URL (s3://bucket/prefix); "
+        "ignored for an http:// server, which has its own (`--artifacts-destination`).",
     )
 
 
@@ -202,6 +206,8 @@ def format_validation_error(err: ValidationError) -> str:
             lines.append(f"  {path}: unknown key {loc[-1]!r}{hint}")
         else:
             given = problem.get("input")
+            if isinstance(given, str):
+                given = URL_SECRET.sub("://***@", given)  # never echo a secret in a URL
             shown = "" if isinstance(given, dict) else f" (got {given!r})"
             lines.append(f"  {path}: {problem['msg']}{shown}")
     return "\n".join(lines)

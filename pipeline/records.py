@@ -64,7 +64,8 @@ def stable_hash(value: Any) -> str:
 
 
 def missing_paths(outputs: dict[str, Any]) -> list[str]:
-    """Absolute local paths named in `outputs` that no longer exist."""
+    """Absolute local paths named in `outputs` that no longer exist (URLs are not looked up:
+    a stage that must check its remote outputs does so in its `recheck`)."""
     return [
         v
         for v in outputs.values()

@@ -9,6 +9,7 @@ from typing import Any, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
+from data_prep.storage import Location, check_scheme
 from train.typed import model_type
 
 
@@ -28,11 +29,18 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             continue
         default = _default(field.get_default(call_default_factory=True))
         description = (field.description or "").replace("|", "/")
-        rows.append(f"| `{path}` | {_type_name(field.annotation)} | {default} | {description} |")
+        kind = _type_name(field.annotation)
+        if any(getattr(m, "func", None) is check_scheme for m in field.metadata):
+            kind = "path or URL"  # pydantic moved Location's validator into the metadata
+        rows.append(f"| `{path}` | {kind} | {default} | {description} |")
     return rows
 
 
 def _type_name(annotation: Any) -> str:
+    if annotation == Location:
+        return "path or URL"
+    if annotation == Location | None:
+        return "path or URL / None"
     text = getattr(annotation, "__name__", None) or str(annotation)
     return text.replace("typing.", "").replace("pathlib.", "").replace("|", "/")
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.config import ConfigError, PipelineConfig
+from pipeline.locations import check_locations
 from pipeline.records import (
     StageRecord,
     missing_paths,
@@ -89,6 +90,7 @@ def run_pipeline(
     workdir = Path(cfg.workdir).resolve()
     stages = plan(targets or cfg.stages, graph)
     check_tracking_server(cfg, stages)
+    check_locations(cfg, [stage.name for stage in stages])  # seconds, before any work
     forced = set(targets or cfg.stages) if force else set()
     done: dict[str, StageRecord] = {}
     outcomes: list[Outcome] = []
@@ -186,6 +188,8 @@ def _run_or_skip(
     earlier = sorted(name for name in upstream if name not in done)
     if earlier:
         console.print(f"  [dim]  {stage.name} reads {', '.join(earlier)} from an earlier run[/]")
+    if reason is None and stage.recheck is not None:
+        reason = stage.recheck(previous.outputs)
     if reason is None:
         console.print(f"  [dim]↷ {stage.name:<10} up to date, skipped[/]")
         return Outcome(stage.name, "skipped", 0.0, "up to date"), previous

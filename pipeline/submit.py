@@ -3,14 +3,21 @@
 What runs on the cluster is exactly the config `nfpipe config show` resolves here: it travels in
 the job's environment as JSON, with `ray.address` set to `auto` (the job runs on the cluster).
 The project code travels as the job's working_dir, without data, checkpoints or MLflow stores.
+
+Ray runs the job inside a temporary copy of that working_dir and deletes it when its session
+ends, so every location a job writes must be durable: an absolute path on the cluster, an
+object-store URL, or an MLflow server. Relative ones are refused before submission. The
+entrypoint holds only quoted, validated arguments; everything else travels in the environment.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,21 +59,97 @@ def use_local_auth_token() -> None:
     Config.initialize("")  # Ray caches the mode at import: refresh it, as ray.init does
 
 
-def job_payload(cfg: PipelineConfig, stages: str | None) -> tuple[str, dict]:
-    """The entrypoint and runtime_env that run `cfg` on the cluster."""
+def job_payload(cfg: PipelineConfig, stages: list[str] | None,
+                forward_env: Mapping[str, str] | None = None) -> tuple[str, dict]:
+    """The entrypoint and runtime_env that run `cfg` on the cluster.
+
+    `stages` must already be validated (`parse_stages`); `forward_env` are the environment
+    variables the user named with `--env` (their values go to the job, never to the output).
+    """
+    check_durable(cfg)
     on_cluster = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": "auto"})})
-    entrypoint = f"python -m pipeline.cli run --resolved-env {RESOLVED_CONFIG_ENV}"
+    command = ["python", "-m", "pipeline.cli", "run", "--resolved-env", RESOLVED_CONFIG_ENV]
     if stages:
-        entrypoint += f" --stages {stages}"
+        command += ["--stages", ",".join(stages)]
     runtime_env = {
         "working_dir": str(PROJECT_ROOT),
         "excludes": EXCLUDES,
         "env_vars": {
+            **(forward_env or {}),
             RESOLVED_CONFIG_ENV: on_cluster.model_dump_json(),
             "PYTHONUNBUFFERED": "1",
         },
     }
-    return entrypoint, runtime_env
+    return shlex.join(command), runtime_env
+
+
+def parse_stages(text: str | None) -> list[str] | None:
+    """`a,b` -> ['a', 'b'], every name a known stage; None when not given."""
+    from pipeline.config import ALL_STAGES, ConfigError
+    from train.typed import suggest
+
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not any(names):
+        raise ConfigError("--stages is empty: name at least one stage "
+                          f"({', '.join(ALL_STAGES)})")
+    for name in names:
+        if name not in ALL_STAGES:
+            raise ConfigError(f"--stages: unknown stage {name!r}{suggest(name, ALL_STAGES)}; "
+                              f"stages: {', '.join(ALL_STAGES)}")
+    return names
+
+
+def forwarded_env(names: list[str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The values of the variables named with `--env` (an unset one is an error)."""
+    from pipeline.config import ConfigError
+
+    missing = [name for name in names if name not in environ]
+    if missing:
+        raise ConfigError(f"--env {missing[0]}: not set in this shell; export it first")
+    return {name: environ[name] for name in names}
+
+
+def durable_locations(cfg: PipelineConfig) -> dict[str, str]:
+    """Config key -> where the job's results go on the cluster."""
+    from tracking.store import sqlite_folder
+
+    places = {"workdir": str(cfg.workdir), "data_prep.output_root": cfg.data_prep.output_root,
+              "train.storage_path": cfg.train.storage_path or f"{cfg.workdir}/ray_results",
+              "mlflow.tracking_uri": cfg.mlflow.tracking_uri}
+    if sqlite_folder(cfg.mlflow.tracking_uri) is not None:
+        places["mlflow.artifact_root"] = cfg.mlflow.artifact_root
+    return places
+
+
+def check_durable(cfg: PipelineConfig) -> None:
+    """Refuse relative locations: on the cluster they would land in Ray's temporary copy of the
+    working directory, which Ray deletes when the job's session ends."""
+    from pipeline.config import ConfigError
+
+    given = {**durable_locations(cfg), "train.storage_path": cfg.train.storage_path,
+             "data_prep.source": cfg.data_prep.source}
+    relative = [key for key, place in given.items() if place is not None and _is_relative(place)]
+    if relative:
+        lines = [f"  {key}={given[key]}" for key in relative]
+        raise ConfigError(
+            "a submitted job runs in Ray's temporary copy of the working directory, deleted "
+            "when the job ends; these locations are relative and would be lost there:\n"
+            + "\n".join(lines) + "\nset each to an absolute path that exists on the cluster, "
+            "an object-store URL (--set data_prep.output_root=s3://bucket/shards, "
+            "--set train.storage_path=s3://bucket/runs) or, for MLflow, a server "
+            "(--set mlflow.tracking_uri=http://HOST:5000)"
+        )
+
+
+def _is_relative(place: str) -> bool:
+    from data_prep.storage import is_remote
+    from tracking.store import SQLITE
+
+    if place.startswith(SQLITE):
+        return not place[len(SQLITE):].startswith("/")
+    return not is_remote(place) and not place.startswith(("/", "file:///"))
 
 
 def submit_job(client, entrypoint: str, runtime_env: dict, metadata: dict,

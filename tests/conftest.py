@@ -7,14 +7,25 @@ Tests that need a Ray cluster, a server process or a whole pipeline are marked `
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
+from helpers import S3_TEST_ENV, S3Server, free_port
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point every S3 client of this session (Ray nodes and workers included, whenever they
+    start) at the test's S3 server, as a user points them at MinIO; the server itself starts
+    only when a test asks for it (the `s3` fixture)."""
+    os.environ.update(S3_TEST_ENV, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        os.environ.pop(name, None)  # never a real account from the developer's shell
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,3 +50,17 @@ def ray_local():
 def mlflow_uri(tmp_path: Path) -> str:
     """A fresh SQLite-backed MLflow tracking store (and artifact folder) in a temp dir."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's standalone server) on 127.0.0.1 for the session."""
+    server = S3Server(os.environ["AWS_ENDPOINT_URL"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket: `s3://NAME`."""
+    return s3_server.create_bucket(f"nfpipe-{uuid.uuid4().hex[:12]}")

@@ -14,6 +14,13 @@ from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
+# Credentials of the test's S3 server: distinctive, so a test can prove none of them leaks into
+# MLflow, records or logs.
+S3_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "NFPIPETESTKEYID7Q2X",
+    "AWS_SECRET_ACCESS_KEY": "nfpipe-test-secret-3c9f1e7d",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -155,3 +162,27 @@ def logged_images(client, run_id: str) -> set[tuple[str, int]]:
         if match:  # MLflow writes `/` in keys as `~`; compressed previews end in .webp
             found.add((match["key"].replace("~", "/"), int(match["step"])))
     return found
+
+
+class S3Server:
+    """moto's standalone S3 server in a thread, on the host and port of `endpoint`."""
+
+    def __init__(self, endpoint: str):
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+        host, port = endpoint.removeprefix("http://").split(":")
+        self.endpoint = endpoint
+        self.server = ThreadedMotoServer(ip_address=host, port=int(port), verbose=False)
+        self.server.start()
+
+    def create_bucket(self, name: str) -> str:
+        import fsspec
+
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+        return f"s3://{name}"
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -19,7 +19,7 @@ def log_dataset_input(
     *,
     name: str,
     fingerprint: str,
-    manifest_path: Path,
+    manifest_location: str,
     image_shape: tuple[int, int, int],
     profile: Mapping[str, Any],
     context: str = "training",
@@ -27,8 +27,8 @@ def log_dataset_input(
     """Log the dataset as an input of the run, once (a resumed run already has it).
 
     digest: the first DIGEST_CHARS of the manifest's fingerprint (sha256 of manifest.json; the
-    whole one is in the profile); source: the manifest file; schema: one uint8 image tensor
-    [-1, C, H, W]; profile: `profile` (splits and counts, levels)."""
+    whole one is in the profile); source: the manifest file (a local path or a URL); schema:
+    one uint8 image tensor [-1, C, H, W]; profile: `profile` (splits and counts, levels)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     mlflow = client(tracking_uri)
@@ -39,8 +39,8 @@ def log_dataset_input(
     dataset = Dataset(
         name=name,
         digest=digest,
-        source_type="local",
-        source=json.dumps({"uri": Path(manifest_path).resolve().as_uri()}),
+        source_type=manifest_location.split("://")[0] if "://" in manifest_location else "local",
+        source=json.dumps({"uri": _uri(manifest_location)}),
         schema=_image_schema(image_shape),
         profile=json.dumps({**profile, "fingerprint": fingerprint}),
     )
@@ -55,3 +55,8 @@ def _image_schema(image_shape: tuple[int, int, int]) -> str:
 
     images = Schema([TensorSpec(np.dtype("uint8"), (-1, *image_shape), "image")])
     return json.dumps(TensorDatasetSchema(features=images).to_dict())
+
+
+def _uri(location: str) -> str:
+    """A URL as it is; a local path as a file:// URI."""
+    return location if "://" in location else Path(location).resolve().as_uri()

@@ -44,7 +44,9 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | Path) -
         return experiment.experiment_id
     location = None
     if not tracking_uri.startswith(("http://", "https://", "databricks")):
-        location = Path(artifact_root).resolve().as_uri()
+        root = str(artifact_root)
+        remote = "://" in root and not root.startswith("file://")
+        location = root if remote else Path(root.removeprefix("file://")).resolve().as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
 

@@ -1,49 +1,90 @@
-"""Checks that make a multi-node run fail fast, before any training, when storage is not shared."""
+"""Checks that make a multi-node run fail fast, before any training, when a node cannot reach
+the data or the storage: every node must read the shard manifest (and a SQLite store) and
+write to Ray Train's storage path, whether they are shared folders or object-store URLs."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Iterable
-from pathlib import Path
+
+from data_prep import storage
 
 log = logging.getLogger(__name__)
 
 
 class StorageNotShared(RuntimeError):
-    """A path the workers need is not visible on every node of the Ray cluster."""
+    """A location the workers need cannot be read or written from some node of the cluster."""
 
 
-def _missing_here(paths: list[str]) -> list[str]:
-    return [p for p in paths if not Path(p).exists()]
+def probe_storage(reads: list[str], writes: list[str]) -> list[str]:
+    """What this node cannot do, one phrase per location ('cannot see …', 'cannot write …').
+
+    Local paths must exist here (on several nodes that means a shared file system); URLs are
+    read (a file) or listed (a folder) and written with a small probe object, deleted again.
+    """
+    problems = []
+    for location in reads:
+        try:
+            if storage.is_remote(location):
+                _read_or_list(location)
+            elif not os.path.exists(location):
+                problems.append(f"cannot see {location}")
+        except Exception as exc:  # noqa: BLE001 - any client error means this node cannot read
+            problems.append(f"cannot read {location} ({type(exc).__name__}: {exc})")
+    for location in writes:
+        if not storage.is_remote(location):
+            if not os.path.exists(location):
+                problems.append(f"cannot see {location}")
+            continue
+        probe = storage.join(location, f".nfpipe-probe-{socket.gethostname()}-{uuid.uuid4().hex}")
+        try:
+            storage.write_bytes(probe, b"nfpipe storage check\n")
+            storage.remove(probe)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"cannot write to {location} ({type(exc).__name__}: {exc})")
+    return problems
 
 
-def check_visible_on_all_nodes(paths: Iterable[str | Path]) -> None:
-    """Raise StorageNotShared naming the node and path when a node cannot see a path.
+def _read_or_list(location: str) -> None:
+    if storage.is_file(location):
+        storage.read_bytes(location)
+    else:
+        storage.list_names(location)
 
-    One zero-CPU task per alive node (hard node affinity) looks the paths up there; on a
-    single-node Ray this costs nothing and checks nothing.
+
+def check_storage_on_all_nodes(reads: Iterable[str], writes: Iterable[str] = ()) -> None:
+    """Raise StorageNotShared naming the node and the location when a node cannot read or
+    write what the workers need.
+
+    One zero-CPU task per alive node (hard node affinity) probes there; on a single-node Ray
+    this costs nothing and checks nothing (the driver already reached everything).
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    wanted = [str(Path(p).resolve()) for p in paths]
+    reads, writes = [storage.absolute(p) for p in reads], [storage.absolute(p) for p in writes]
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) <= 1 or not wanted:
+    if len(nodes) <= 1 or not (reads or writes):
         return
-    probe = ray.remote(num_cpus=0)(_missing_here)
+    probe = ray.remote(num_cpus=0)(probe_storage)
     refs = {
         node["NodeManagerAddress"] + " " + node["NodeID"][:8]: probe.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-        ).remote(wanted)
+        ).remote(reads, writes)
         for node in nodes
     }
-    problems = [(name, missing) for name, ref in refs.items() if (missing := ray.get(ref))]
+    problems = [(name, found) for name, ref in refs.items() if (found := ray.get(ref))]
     if problems:
-        name, missing = problems[0]
+        name, found = problems[0]
         raise StorageNotShared(
-            f"node {name} cannot see {missing[0]} ({len(problems)} of {len(nodes)} nodes "
-            "affected). On a multi-node cluster put the shards (data_prep.output_root), Ray's "
-            "storage (train.storage_path) and MLflow (an http:// tracking_uri) on storage every "
-            "node can read: NFS, or S3/GCS URLs."
+            f"node {name} {found[0]} ({len(problems)} of {len(nodes)} nodes affected). On a "
+            "multi-node cluster put the shards (data_prep.output_root) and Ray's storage "
+            "(train.storage_path) where every node reaches them: object storage "
+            "(s3://bucket/prefix, with credentials on every node) or a shared file system, and "
+            "MLflow on a server (an http:// mlflow.tracking_uri)."
         )
-    log.info("all %d nodes see %d shared paths", len(nodes), len(wanted))
+    log.info("all %d nodes reach %d locations", len(nodes), len(reads) + len(writes))
+

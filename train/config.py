@@ -7,11 +7,11 @@ re-validate it with `TrainConfig.model_validate`, so code below sees only typed 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from data_prep.storage import Location
 from flows.config import ModelConfig
 from train.typed import model_type
 
@@ -102,10 +102,11 @@ class TrainConfig(_Section):
     )
     seed: int = Field(0, ge=0, description="Seed of weights, data order and noise.")
     scaling: ScalingSpec = Field(ScalingSpec(), description="Ray Train workers.")
-    storage_path: Path | None = Field(
+    storage_path: Location | None = Field(
         None,
-        description="Ray Train storage (checkpoints, run snapshots); null: "
-        "{workdir}/ray_results. Must be shared storage on a multi-node cluster.",
+        description="Ray Train storage (checkpoints, run snapshots): a local path or a URL "
+        "(s3://bucket/prefix); null: {workdir}/ray_results. On a multi-node cluster, object "
+        "storage or a shared file system.",
     )
     checkpoints_keep: int = Field(
         2, ge=1, description="Checkpoints kept: the best by test bpd (plus always the latest)."

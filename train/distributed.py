@@ -78,11 +78,14 @@ def check_resources(spec: ScalingSpec) -> None:
 
 
 def build_trainer(
-    cfg: TrainConfig, job: TrainJob, storage_path: Path, name: str, callbacks: list | None = None
+    cfg: TrainConfig, job: TrainJob, storage_path: str | Path, name: str,
+    callbacks: list | None = None,
 ):
     """The TorchTrainer of one run (gloo on CPU, NCCL on GPU).
 
     `callbacks` go to `RunConfig` (a Tune trial passes `[TuneReportCallback()]`).
+    `storage_path` is a local path or a URL (s3://…): Ray reads and writes it through
+    pyarrow, with the credentials and endpoint of the environment of each node.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -150,23 +153,33 @@ def quiet_worker_logging() -> None:
     logging.getLogger().setLevel(logging.WARNING)
 
 
-def fit(cfg: TrainConfig, job: TrainJob, storage_path: Path, name: str) -> FitResult:
+def fit(cfg: TrainConfig, job: TrainJob, storage_path: str | Path, name: str) -> FitResult:
     """Run (or resume) the Ray Train run `name`; raise on divergence or exhausted retries."""
     result = build_trainer(cfg, job, storage_path, name).fit()
     summary = result.return_value or {}
     if summary.get("status") == "nonfinite":
         raise NonFiniteLossError(summary["message"])
     best, metrics = best_checkpoint(result)
-    return FitResult(name, str(result.path), best, metrics, summary)
+    return FitResult(name, as_location(result.filesystem, result.path), best, metrics, summary)
 
 
 def best_checkpoint(result) -> tuple[str, dict[str, Any]]:
-    """(folder, metrics) of the kept checkpoint with the lowest finite test bpd."""
+    """(folder: an absolute path or a URL, metrics) of the kept checkpoint with the lowest
+    finite test bpd."""
     scored = [
-        (ckpt.path, metrics)
+        (as_location(ckpt.filesystem, ckpt.path), metrics)
         for ckpt, metrics in (result.best_checkpoints or [])
         if math.isfinite(float(metrics.get(SCORE, math.nan)))
     ]
     if not scored:
         raise RuntimeError(f"run {result.path} has no checkpoint with a finite {SCORE}")
     return min(scored, key=lambda item: item[1][SCORE])
+
+
+def as_location(filesystem, path: str) -> str:
+    """A path inside a pyarrow file system as a location: the path when local, else a URL
+    (pyarrow's S3 paths are `bucket/key`, without the scheme)."""
+    kind = getattr(filesystem, "type_name", "local")
+    if kind == "local":
+        return str(path)
+    return f"{'gs' if kind == 'gcs' else kind}://{str(path).lstrip('/')}"

@@ -10,22 +10,26 @@ from typing import Any
 
 from rich.table import Table
 
+from data_prep import storage
 from train import checkpoint
 
 
-def export_bundle(checkpoint_dir: Path, out_dir: Path, meta: dict[str, Any]) -> Path:
+def export_bundle(checkpoint_dir: str | Path, out_dir: Path, meta: dict[str, Any]) -> Path:
     """Rebuild the checkpoint's model from its bundle alone and save it to `out_dir`.
 
-    Loading before saving proves the bundle is complete; `meta` is merged over the
-    checkpoint's own (epoch, test_bpd, dataset, manifest fingerprint…).
+    The checkpoint is a local folder or a URL (only its model bundle is downloaded). Loading
+    before saving proves the bundle is complete; `meta` is merged over the checkpoint's own
+    (epoch, test_bpd, dataset, manifest fingerprint…).
     """
     from flows.io import load_meta, load_model, save_model
 
-    source = checkpoint.model_bundle(checkpoint_dir)
-    model = load_model(source)
+    bundle = storage.join(checkpoint_dir, checkpoint.MODEL_SUBDIR)
+    with storage.local_copy(bundle) as source:
+        model = load_model(source)
+        bundle_meta = load_meta(source)
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    return save_model(model, out_dir, {**load_meta(source), **meta})
+    return save_model(model, out_dir, {**bundle_meta, **meta})
 
 
 def history_table(history: Sequence[dict[str, float]], title: str) -> Table:

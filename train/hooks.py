@@ -8,10 +8,11 @@ Ray worker (it is pickled with it), so it holds plain values only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from data_prep import storage
 
 if TYPE_CHECKING:
     from train.ddp import WorkerInfo
@@ -63,11 +64,10 @@ class FaultInjection(TrainHooks):
             return
         if run_dir is None:
             raise ValueError("fail_at_steps needs the job's run_dir for its marker files")
-        marker = Path(run_dir) / f"fault_injected_step{step}_rank{world.rank}"
-        if marker.exists():
+        marker = storage.join(run_dir, f"fault_injected_step{step}_rank{world.rank}")
+        if storage.exists(marker):
             return
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        storage.write_bytes(marker, b"")  # in the run folder: local or object storage
         raise InjectedFault(f"injected failure at step {step} on rank {world.rank}")
 
     def loss(self, loss: torch.Tensor, step: int) -> torch.Tensor:

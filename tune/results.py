@@ -11,13 +11,13 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from data_prep import Manifest
+from data_prep import Manifest, storage
 from tracking import client, epoch_metric, log_params
+from train.distributed import as_location
 from train.export import export_bundle
 from tune.leaderboard import TrialRow, collect_rows, leaderboard_table, write_leaderboard
 from tune.space import trial_train_config
@@ -57,14 +57,14 @@ class SweepResult:
     trial_epochs: int  # epochs trained over all trials (the sweep's cost)
 
 
-def trial_checkpoints(result, train_runs: Path, metric: str) -> list[tuple[str, float]]:
+def trial_checkpoints(result, train_runs: str, metric: str) -> list[tuple[str, float]]:
     """(folder, metric) of a trial's kept checkpoints.
 
     In-process trials report their checkpoints to Tune; TorchTrainer trials keep them in
     their Train run (`train_runs/trial-{id}`), each with the model bundle's meta.json.
     """
     kept = [
-        (ckpt.path, float(metrics[metric]))
+        (as_location(ckpt.filesystem, ckpt.path), float(metrics[metric]))
         for ckpt, metrics in (result.best_checkpoints or [])
         if metric in metrics
     ]
@@ -72,15 +72,15 @@ def trial_checkpoints(result, train_runs: Path, metric: str) -> list[tuple[str, 
         return kept
     trial_id = (result.metrics or {}).get("trial_id")
     found = []
-    run_dir = train_runs / f"trial-{trial_id}"
-    for meta_path in sorted(run_dir.glob("checkpoint_*/model/meta.json")):
-        meta = json.loads(meta_path.read_text())
+    pattern = storage.join(train_runs, f"trial-{trial_id}", "checkpoint_*", "model", "meta.json")
+    for meta_path in storage.glob(pattern):
+        meta = json.loads(storage.read_bytes(meta_path))
         if metric in meta:
-            found.append((str(meta_path.parent.parent), float(meta[metric])))
+            found.append((storage.parent(storage.parent(meta_path)), float(meta[metric])))
     return found
 
 
-def pick_best(grid, train_runs: Path, metric: str, mode: str) -> tuple[str, str, float]:
+def pick_best(grid, train_runs: str, metric: str, mode: str) -> tuple[str, str, float]:
     """(trial_id, checkpoint folder, metric) of the best checkpoint of any non-failed trial."""
     sign = 1.0 if mode == "min" else -1.0
     best: tuple[str, str, float] | None = None
@@ -111,9 +111,10 @@ def summarize(grid, sweep: Sweep) -> SweepResult:
     if best_row is None:
         raise RuntimeError(f"best trial {trial_id} has no MLflow child run under "
                            f"{sweep.parent_run_id}")
-    best_epoch = int(json.loads((Path(checkpoint) / "model" / "meta.json").read_text())["epoch"])
+    meta = json.loads(storage.read_bytes(storage.join(checkpoint, "model", "meta.json")))
+    best_epoch = int(meta["epoch"])
     train = trial_train_config(sweep.spec.train, best_row.overrides, tune_cfg)
-    model_dir = export_bundle(Path(checkpoint), sweep.spec.out_dir / MODEL_DIR, {
+    model_dir = export_bundle(checkpoint, sweep.spec.out_dir / MODEL_DIR, {
         "source": "tune", "sweep": sweep.spec.name, "trial_id": trial_id, "run_id": best_row.run_id,
         "parent_run_id": sweep.parent_run_id, "dataset": sweep.manifest.dataset,
         "manifest_fingerprint": sweep.manifest.fingerprint, "best_config": best_row.overrides,
@@ -121,7 +122,7 @@ def summarize(grid, sweep: Sweep) -> SweepResult:
     })
     result = SweepResult(
         name=sweep.spec.name,
-        experiment_path=str(sweep.spec.exp_dir),
+        experiment_path=sweep.spec.exp_dir,
         best_trial_id=trial_id,
         best_config=best_row.overrides,
         best_test_bpd=value,

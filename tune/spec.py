@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_prep import storage
 from train.config import TrainConfig
 from train.loop import train as train_loop
 from tune.config import TuneConfig
@@ -27,19 +28,19 @@ class SweepSpec:
     pipeline: str  # the pipeline's name, for MLflow tags
     tune: TuneConfig
     train: TrainConfig  # every trial starts from this config
-    manifest_path: Path
+    manifest_path: str | Path  # an absolute path or a URL
     out_dir: Path  # the stage folder: model bundle and leaderboard files
-    storage: Path  # Tune's storage_path
+    storage: str  # Tune's storage_path: an absolute path or a URL
     tracking_uri: str
     experiment: str  # MLflow experiment of the parent and child runs
-    artifact_root: Path  # artifact folder of a local MLflow store
+    artifact_root: str | Path  # artifact folder or URL of a local MLflow store
     train_fn: TrainFn = train_loop
 
     @property
-    def exp_dir(self) -> Path:
-        return self.storage / self.name
+    def exp_dir(self) -> str:
+        return storage.join(self.storage, self.name)
 
     @property
-    def train_runs(self) -> Path:
+    def train_runs(self) -> str:
         """Where trials with a TorchTrainer keep their Train runs."""
-        return self.exp_dir / "train_runs"
+        return storage.join(self.exp_dir, "train_runs")

@@ -16,13 +16,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 import tracking
-from data_prep import Manifest
+from data_prep import Manifest, storage
 from train.config import TrainConfig
 from tune import progress
 from tune.config import TuneConfig
@@ -156,7 +155,7 @@ def build_tuner(trainable, spec: SweepSpec, concurrency: int, callbacks: list):
         ),
         run_config=tune.RunConfig(
             name=spec.name,
-            storage_path=str(spec.storage),
+            storage_path=spec.storage,
             callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.train.checkpoints_keep,
@@ -188,10 +187,10 @@ def run_sweep(spec: SweepSpec, console: Console | None = None) -> SweepResult:
     setup = TrialSetup(
         tune=spec.tune.model_dump(mode="json"),
         train=spec.train.model_dump(mode="json"),
-        manifest_path=str(Path(spec.manifest_path).resolve()),
+        manifest_path=storage.absolute(spec.manifest_path),
         bundle_meta={"manifest_fingerprint": manifest.fingerprint, "dataset": manifest.dataset,
                      "sweep": spec.name, "parent_run_id": parent},
-        train_storage=str(spec.train_runs),
+        train_storage=spec.train_runs,
         train_fn=spec.train_fn,
     )
     trainable = tune.with_resources(
@@ -212,9 +211,9 @@ def _fit(sweep: Sweep, trainable, concurrency: int):
     from ray import tune
 
     spec = sweep.spec
-    if tune.Tuner.can_restore(str(spec.exp_dir)):
+    if tune.Tuner.can_restore(spec.exp_dir):
         sweep.console.print(f"    resuming sweep {spec.name} from {spec.exp_dir}")
-        tuner = tune.Tuner.restore(str(spec.exp_dir), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(spec.exp_dir, trainable=trainable, resume_errored=True)
     else:
         sweep.console.print(
             f"    sweep {spec.name}: {spec.tune.num_samples} trials, {spec.tune.scheduler}, "

@@ -62,7 +62,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     if tune_cfg.workers_per_trial == 1:
         _train_in_process(setup.train_fn, train, job, tune_cfg.cpus_per_trial)
     else:
-        _train_with_trainer(train, job, Path(setup.train_storage), f"trial-{trial_id}")
+        _train_with_trainer(train, job, setup.train_storage, f"trial-{trial_id}")
 
 
 def _train_in_process(train_fn: TrainFn, train: TrainConfig, job: TrainJob,
@@ -79,7 +79,7 @@ def _train_in_process(train_fn: TrainFn, train: TrainConfig, job: TrainJob,
     train_fn(train, job, world, reporter(ray.tune), resume)
 
 
-def _train_with_trainer(train: TrainConfig, job: TrainJob, storage: Path, name: str) -> None:
+def _train_with_trainer(train: TrainConfig, job: TrainJob, storage: str, name: str) -> None:
     """A data-parallel Train run as the trial; this function is its driver (1 Tune bundle)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +19,9 @@ class Source:
     """A dataset ready to be sharded.
 
     `fingerprint` is a sha256 of the raw content (not paths or mtimes), so it identifies the
-    data wherever it lies; `split_counts` is known before any image is decoded.
+    data wherever it lies ("" when opened without it, as shard-writing tasks do);
+    `split_counts` is known before any image is decoded. `read_range(split, start, stop)`
+    yields samples start..stop-1 of a split in its fixed order.
     """
 
     dataset: str
@@ -29,16 +29,19 @@ class Source:
     n_bins: int
     fingerprint: str
     split_counts: dict[str, int]
-    read_split: Callable[[str], Iterator[Sample]] = field(repr=False)
+    read_range: Callable[[str, int, int], Iterator[Sample]] = field(repr=False)
     classes: list[str] | None = None
 
-    def samples(self, split: str) -> Iterator[Sample]:
-        """The split's samples in a fixed order."""
-        return self.read_split(split)
+    def samples(self, split: str, start: int = 0, stop: int | None = None) -> Iterator[Sample]:
+        """The split's samples start..stop-1 (default: all) in a fixed order."""
+        return self.read_range(split, start, self.split_counts[split] if stop is None else stop)
 
 
-def open_source(cfg: DataPrepConfig) -> Source:
-    """The configured dataset; raises DataPrepError when the raw data is missing or damaged."""
+def open_source(cfg: DataPrepConfig, fingerprint: bool = True) -> Source:
+    """The configured dataset; raises DataPrepError when the raw data is missing or damaged.
+
+    `fingerprint=False` skips hashing the raw content (CelebA reads every image for it).
+    """
     if cfg.dataset == "digits":
         from data_prep.sources.digits import open_digits
 
@@ -49,7 +52,7 @@ def open_source(cfg: DataPrepConfig) -> Source:
         return open_cifar10(cfg)
     from data_prep.sources.celeba import open_celeba
 
-    return open_celeba(cfg)
+    return open_celeba(cfg, fingerprint)
 
 
 def split_indices(
@@ -70,10 +73,3 @@ def split_indices(
     return out
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

@@ -8,12 +8,13 @@ follows common practice for flows on CelebA (RealNVP, Glow).
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data_prep import storage
 from data_prep.config import DataPrepConfig
 from data_prep.errors import DataPrepError
 from data_prep.sources import Sample, Source
@@ -24,97 +25,108 @@ SPLIT_OF = {0: "train", 1: "val", 2: "test"}
 HOME = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 
 
-def open_celeba(cfg: DataPrepConfig) -> Source:
-    """Check the layout, read the partition file and fingerprint every listed image."""
+def open_celeba(cfg: DataPrepConfig, fingerprint: bool = True) -> Source:
+    """Check the layout, read the partition file and (unless told not to) fingerprint every
+    listed image. The folder may be local or on an object store."""
     root = _check_layout(cfg.source)
-    listing = _read_partition(root / PARTITION)
+    partition = storage.join(root, PARTITION)
+    listing = _read_partition(partition)
     wanted = {"train", "test", "val"} if cfg.val_fraction > 0 else {"train", "test"}
     names = {split: [n for n, s in listing if s == split] for split in ("train", "val", "test")
              if split in wanted}
     for split, files in names.items():
         if not files:
-            raise DataPrepError(f"{root / PARTITION}: lists no {split} images")
-    fingerprint = _fingerprint(root, listing, cfg)
+            raise DataPrepError(f"{partition}: lists no {split} images")
+    digest = _fingerprint(root, listing, cfg) if fingerprint else ""
 
-    def read_split(split: str) -> Iterator[Sample]:
-        for name in names[split]:
-            image = _load(root / IMAGES / name, cfg)
-            yield name.split(".")[0], image, None
+    def read_range(split: str, start: int, stop: int) -> Iterator[Sample]:
+        chosen = names[split][start:stop]
+        locations = [storage.join(root, IMAGES, name) for name in chosen]
+        for name, location, data in zip(chosen, locations, _read_images(root, chosen),
+                                        strict=True):
+            yield name.split(".")[0], _load(location, data, cfg), None
 
     return Source(
         dataset="celeba",
         image_shape=(3, cfg.size, cfg.size),
         n_bins=2**cfg.n_bits,
-        fingerprint=fingerprint,
+        fingerprint=digest,
         split_counts={split: len(files) for split, files in names.items()},
-        read_split=read_split,
+        read_range=read_range,
     )
 
 
-def _check_layout(source: Path | None) -> Path:
+def _check_layout(source: str | None) -> str:
     if source is None:
         raise DataPrepError(
             f"data_prep.source is not set for celeba: set it to the folder holding {IMAGES}/ "
             f"and {PARTITION} (the 'Align&Cropped Images' and 'Eval' files from {HOME})"
         )
-    root = Path(source)
-    if not root.is_dir():
+    root = str(source).rstrip("/")
+    if not storage.is_dir(root):
         raise DataPrepError(
             f"{root}: CelebA folder not found; it must hold {IMAGES}/ and {PARTITION} "
             f"(from {HOME})"
         )
-    if not (root / IMAGES).is_dir():
+    if not storage.is_dir(storage.join(root, IMAGES)):
         raise DataPrepError(
-            f"{root / IMAGES}: folder not found; extract img_align_celeba.zip (from {HOME}) "
-            f"into {root}"
+            f"{storage.join(root, IMAGES)}: folder not found; extract img_align_celeba.zip "
+            f"(from {HOME}) into {root}"
         )
-    if not (root / PARTITION).is_file():
+    partition = storage.join(root, PARTITION)
+    if not storage.is_file(partition):
         raise DataPrepError(
-            f"{root / PARTITION}: partition file not found; put Eval/{PARTITION} (from {HOME}) "
-            f"at {root / PARTITION}"
+            f"{partition}: partition file not found; put Eval/{PARTITION} (from {HOME}) at "
+            f"{partition}"
         )
     return root
 
 
-def _read_partition(path: Path) -> list[tuple[str, str]]:
+def _read_images(root: str, names: list[str]) -> Iterator[bytes]:
+    """The bytes of each listed image, in order; a missing one is named."""
+    locations = [storage.join(root, IMAGES, name) for name in names]
+    try:
+        yield from storage.read_many(locations)
+    except FileNotFoundError as exc:
+        missing = exc.filename or exc
+        raise DataPrepError(
+            f"{missing}: image listed in {storage.join(root, PARTITION)} is missing; "
+            "re-extract img_align_celeba.zip or remove the line from the partition file"
+        ) from None
+
+
+def _read_partition(location: str) -> list[tuple[str, str]]:
     """(file name, split) per line, in file order."""
     listing = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    text = storage.read_bytes(location).decode()
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) not in SPLIT_OF \
                 or "/" in parts[0]:
             raise DataPrepError(
-                f"{path}:{number}: expected '<image>.jpg <0|1|2>', got {line.strip()!r}"
+                f"{location}:{number}: expected '<image>.jpg <0|1|2>', got {line.strip()!r}"
             )
         listing.append((parts[0], SPLIT_OF[int(parts[1])]))
     if not listing:
-        raise DataPrepError(f"{path}: partition file is empty")
+        raise DataPrepError(f"{location}: partition file is empty")
     return listing
 
 
-def _fingerprint(root: Path, listing: list[tuple[str, str]], cfg: DataPrepConfig) -> str:
+def _fingerprint(root: str, listing: list[tuple[str, str]], cfg: DataPrepConfig) -> str:
     """sha256 over the partition and the bytes of every listed image (content, not mtimes)."""
-    digest = hashlib.sha256((root / PARTITION).read_bytes())
-    for name, split in listing:
-        if split == "val" and cfg.val_fraction == 0:
-            continue
-        path = root / IMAGES / name
-        try:
-            digest.update(name.encode() + hashlib.sha256(path.read_bytes()).digest())
-        except FileNotFoundError:
-            raise DataPrepError(
-                f"{path}: image listed in {root / PARTITION} is missing; re-extract "
-                f"img_align_celeba.zip or remove the line from the partition file"
-            ) from None
+    digest = hashlib.sha256(storage.read_bytes(storage.join(root, PARTITION)))
+    names = [name for name, split in listing if split != "val" or cfg.val_fraction > 0]
+    for name, data in zip(names, _read_images(root, names), strict=True):
+        digest.update(name.encode() + hashlib.sha256(data).digest())
     return digest.hexdigest()
 
 
-def _load(path: Path, cfg: DataPrepConfig) -> np.ndarray:
+def _load(path: str, data: bytes, cfg: DataPrepConfig) -> np.ndarray:
     """Center crop `crop`, resize to `size` (bilinear, antialiased), keep `n_bits`: HWC uint8."""
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
     except (OSError, UnidentifiedImageError) as exc:
         raise DataPrepError(f"{path}: unreadable image ({exc}); re-extract it") from None

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from data_prep import storage
 from data_prep.config import DataPrepConfig
 from data_prep.errors import DataPrepError
 from data_prep.sources import Sample, Source, split_indices
@@ -31,8 +32,8 @@ MEMBERS = [*TRAIN_BATCHES, "test_batch", "batches.meta"]
 
 def open_cifar10(cfg: DataPrepConfig) -> Source:
     """Load both official splits (val carved from train by seed when asked)."""
-    location = _locate(cfg)
-    raw = _read_archive(location) if location.is_file() else _read_folder(location)
+    location, is_archive = _locate(cfg)
+    raw = _read_archive(location) if is_archive else _read_folder(location)
     digest = hashlib.sha256()
     for name in MEMBERS:  # content only: the archive and its extracted folder agree
         digest.update(name.encode() + hashlib.sha256(raw[name]).digest())
@@ -44,53 +45,57 @@ def open_cifar10(cfg: DataPrepConfig) -> Source:
     parts = split_indices(len(train_x), cfg.seed, {"val": cfg.val_fraction})
     arrays = {"train": (train_x, train_y), "test": (test_x, test_y)}
 
-    def read_split(split: str) -> Iterator[Sample]:
+    def read_range(split: str, start: int, stop: int) -> Iterator[Sample]:
         origin = "test" if split == "test" else "train"
         x, y = arrays[origin]
         indices = range(len(x)) if split == "test" else parts[split]
-        for i in indices:
+        for i in indices[start:stop]:
             yield f"{origin}{i:05d}", x[i], int(y[i])
 
     counts = {"train": len(parts["train"])}
     if "val" in parts:
         counts["val"] = len(parts["val"])
     counts["test"] = len(test_x)
-    return Source("cifar10", (3, 32, 32), 256, digest.hexdigest(), counts, read_split, classes)
+    return Source("cifar10", (3, 32, 32), 256, digest.hexdigest(), counts, read_range, classes)
 
 
-def _missing_message(where: Path, archive: Path) -> str:
+def _missing_message(where: str, archive: str) -> str:
+    folder = storage.join(storage.parent(archive), FOLDER)
     return (
         f"CIFAR-10 not found at {where}. Download {URL} (163 MB, md5 {MD5}) and save it as "
-        f"{archive} (or extract it there so that {archive.parent / FOLDER}/data_batch_1 exists), "
+        f"{archive} (or extract it there so that {folder}/data_batch_1 exists), "
         "then run again; on a machine with network access you may set data_prep.download: true "
         "instead."
     )
 
 
-def _locate(cfg: DataPrepConfig) -> Path:
-    """The archive file or the extracted folder that `cfg.source` points at (or into)."""
+def _locate(cfg: DataPrepConfig) -> tuple[str, bool]:
+    """(location, is it the archive) of what `cfg.source` points at (or into): the archive
+    file or the extracted folder, on a local disk or an object store."""
     if cfg.source is None:
         if cfg.download:
-            return _download(Path("data/raw") / ARCHIVE)
+            return str(_download(Path("data/raw") / ARCHIVE)), True
         raise DataPrepError(
             f"data_prep.source is not set for cifar10. Download {URL} (163 MB, md5 {MD5}), save "
             f"it as data/raw/{ARCHIVE} and set data_prep.source: data/raw/{ARCHIVE} (or set "
             "data_prep.download: true on a machine with network access)."
         )
-    source = Path(cfg.source)
-    if source.is_file():
-        return source
-    if source.is_dir():
-        for candidate in (source, source / FOLDER):
-            if (candidate / "data_batch_1").exists() or (candidate / "test_batch").exists():
-                return candidate
-        if (source / ARCHIVE).is_file():
-            return source / ARCHIVE
-    archive = source if source.name.endswith((".tar.gz", ".tgz", ".tar")) else source / ARCHIVE
-    if source.name == FOLDER:
-        archive = source.parent / ARCHIVE
-    if cfg.download:
-        return _download(archive)
+    source = str(cfg.source).rstrip("/")
+    if storage.is_file(source):
+        return source, True
+    if storage.is_dir(source):
+        for candidate in (source, storage.join(source, FOLDER)):
+            if any(storage.exists(storage.join(candidate, member))
+                   for member in ("data_batch_1", "test_batch")):
+                return candidate, False
+        if storage.is_file(storage.join(source, ARCHIVE)):
+            return storage.join(source, ARCHIVE), True
+    archive = source if source.endswith((".tar.gz", ".tgz", ".tar")) else storage.join(
+        source, ARCHIVE)
+    if storage.name_of(source) == FOLDER:
+        archive = storage.join(storage.parent(source), ARCHIVE)
+    if cfg.download and not storage.is_remote(archive):
+        return str(_download(storage.local_path(archive))), True
     raise DataPrepError(_missing_message(source, archive))
 
 
@@ -105,7 +110,7 @@ def _download(target: Path) -> Path:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise DataPrepError(f"could not download {URL} ({exc}). " + _missing_message(
-            target, target)) from None
+            str(target), str(target))) from None
     md5 = hashlib.md5(tmp.read_bytes()).hexdigest()
     if md5 != MD5:
         tmp.unlink()
@@ -114,38 +119,45 @@ def _download(target: Path) -> Path:
     return target
 
 
-def _read_archive(path: Path) -> dict[str, bytes]:
+def _read_archive(location: str) -> dict[str, bytes]:
     """The batch files inside the archive, by base name."""
     found: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with _open_tar(location) as tar:
             for info in tar:
                 name = PurePosixPath(info.name).name
                 if info.isfile() and name in MEMBERS and name not in found:
                     found[name] = tar.extractfile(info).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataPrepError(
-            f"{path}: truncated or corrupt CIFAR-10 archive ({exc}). Delete it and download it "
-            f"again from {URL}"
+            f"{location}: truncated or corrupt CIFAR-10 archive ({exc}). Delete it and download "
+            f"it again from {URL}"
         ) from None
     missing = [name for name in MEMBERS if name not in found]
     if missing:
         raise DataPrepError(
-            f"{path}: not the official CIFAR-10 python archive: it lacks {', '.join(missing)}. "
-            f"Download it again from {URL}"
+            f"{location}: not the official CIFAR-10 python archive: it lacks "
+            f"{', '.join(missing)}. Download it again from {URL}"
         )
     return found
 
 
-def _read_folder(folder: Path) -> dict[str, bytes]:
+def _open_tar(location: str) -> tarfile.TarFile:
+    """The archive from the local disk, or read whole from an object store."""
+    if storage.is_remote(location):
+        return tarfile.open(fileobj=io.BytesIO(storage.read_bytes(location)), mode="r:*")
+    return tarfile.open(storage.local_path(location), "r:*")
+
+
+def _read_folder(folder: str) -> dict[str, bytes]:
     """The batch files of an extracted `cifar-10-batches-py/` folder."""
-    missing = [name for name in MEMBERS if not (folder / name).is_file()]
+    missing = [name for name in MEMBERS if not storage.is_file(storage.join(folder, name))]
     if missing:
         raise DataPrepError(
             f"{folder}: incomplete CIFAR-10 folder: missing {', '.join(missing)}. Extract the "
             f"whole official archive ({URL}) here, or point data_prep.source at the archive"
         )
-    return {name: (folder / name).read_bytes() for name in MEMBERS}
+    return {name: storage.read_bytes(storage.join(folder, name)) for name in MEMBERS}
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -162,7 +174,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(raw: dict[str, bytes], name: str, where: Path) -> dict:
+def _unpickle(raw: dict[str, bytes], name: str, where: str) -> dict:
     try:
         obj = _ArrayUnpickler(io.BytesIO(raw[name]), encoding="bytes").load()
     except Exception as exc:  # any unpickling failure means a damaged file
@@ -175,7 +187,7 @@ def _unpickle(raw: dict[str, bytes], name: str, where: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def _load_batch(raw: dict[str, bytes], name: str, where: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load_batch(raw: dict[str, bytes], name: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, 32, 32, 3], labels int64 [N]) of one batch file, checked."""
     batch = _unpickle(raw, name, where)
     data, labels = batch.get("data"), batch.get("labels")
@@ -195,7 +207,7 @@ def _load_batch(raw: dict[str, bytes], name: str, where: Path) -> tuple[np.ndarr
     return np.ascontiguousarray(images), labels
 
 
-def _load_classes(raw: dict[str, bytes], where: Path) -> list[str]:
+def _load_classes(raw: dict[str, bytes], where: str) -> list[str]:
     names = _unpickle(raw, "batches.meta", where).get("label_names", [])
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 

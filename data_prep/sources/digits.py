@@ -24,8 +24,8 @@ def open_digits(cfg: DataPrepConfig) -> Source:
     fractions = {"test": cfg.test_fraction, "val": cfg.val_fraction}
     indices = split_indices(len(images), cfg.seed, fractions)
 
-    def read_split(split: str) -> Iterator[Sample]:
-        for i in indices[split]:
+    def read_range(split: str, start: int, stop: int) -> Iterator[Sample]:
+        for i in indices[split][start:stop]:
             yield f"digits{i:04d}", images[i], int(labels[i])
 
     return Source(
@@ -35,6 +35,6 @@ def open_digits(cfg: DataPrepConfig) -> Source:
         fingerprint=fingerprint,
         split_counts={name: len(indices[name]) for name in ("train", "val", "test")
                       if name in indices},
-        read_split=read_split,
+        read_range=read_range,
         classes=[str(d) for d in range(10)],
     )

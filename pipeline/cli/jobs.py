@@ -13,10 +13,13 @@ from pipeline.cli.args import add_config_arguments, config_from_args
 from pipeline.submit import (
     DEFAULT_ADDRESS,
     current_stage,
+    durable_locations,
     follow_logs,
+    forwarded_env,
     job_client,
     job_payload,
     latest_metrics,
+    parse_stages,
     submit_job,
     wait_final,
 )
@@ -27,6 +30,11 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(submit)
     _add_address(submit)
     submit.add_argument("--stages", default=None, help="comma-separated stages to run")
+    submit.add_argument(
+        "--env", dest="env_names", action="append", default=[], metavar="NAME",
+        help="forward this environment variable to the job (e.g. AWS_ENDPOINT_URL; "
+        "repeatable; its value is never printed)",
+    )
     submit.add_argument("--wait", action="store_true", help="follow the logs until it ends")
     submit.set_defaults(func=cmd_submit)
     for name, func, text in (
@@ -52,17 +60,29 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    entrypoint, runtime_env = job_payload(cfg, args.stages)
+    stages = parse_stages(args.stages)
+    entrypoint, runtime_env = job_payload(cfg, stages, forwarded_env(args.env_names))
     client = job_client(args.address)
     metadata = {"nfpipe.pipeline": cfg.name, "nfpipe.profile": cfg.profile or ""}
     job_id = submit_job(client, entrypoint, runtime_env, metadata)
-    print(job_id)
+    print(job_id)  # alone on stdout, for scripts; the rest goes to stderr
+    _print_destinations(cfg, args.env_names)
     if not args.wait:
         return 0
     follow_logs(client, job_id)
     status = wait_final(client, job_id)
     Console(stderr=True).print(f"job {job_id}: {status}")
     return 0 if status == "SUCCEEDED" else 1
+
+
+def _print_destinations(cfg, env_names: list[str]) -> None:
+    """Where the job's results will be (on the cluster), and which variables went along."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err.print("results of this job (on the cluster):")
+    for key, place in durable_locations(cfg).items():
+        err.print(f"  {key:<22} {place}")
+    if env_names:
+        err.print(f"forwarded to the job: {', '.join(env_names)} (values not shown)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

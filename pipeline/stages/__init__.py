@@ -19,6 +19,13 @@ def _lazy(module: str):
     return run
 
 
+def _lazy_recheck(module: str):
+    def recheck(outputs: Any) -> str | None:
+        return importlib.import_module(module).recheck(outputs)
+
+    return recheck
+
+
 def _sections(*names: str):
     def pick(cfg: Any) -> dict[str, Any]:
         return {name: getattr(cfg, name).model_dump(mode="json") for name in names}
@@ -30,7 +37,7 @@ STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
         Stage("data_prep", (), _lazy("pipeline.stages.prep"), _sections("data_prep"),
-              tracked=False),
+              tracked=False, recheck=_lazy_recheck("pipeline.stages.prep")),
         Stage("train", ("data_prep",), _lazy("pipeline.stages.train"), _sections("train")),
         Stage("tune", ("data_prep",), _lazy("pipeline.stages.tune"), _sections("train", "tune")),
         Stage(

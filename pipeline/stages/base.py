@@ -44,7 +44,9 @@ class Stage:
     """A node of the pipeline graph.
 
     `config_of` picks the part of the config this stage depends on: its hash decides whether
-    the stage is up to date (together with the fingerprints of upstream stages).
+    the stage is up to date (together with the fingerprints of upstream stages). `recheck`,
+    when given, looks at the recorded outputs of an up-to-date stage and returns why they are
+    no longer valid (e.g. a damaged shard), or None.
     """
 
     name: str
@@ -53,3 +55,4 @@ class Stage:
     config_of: Callable[[PipelineConfig], Any]
     optional_needs: tuple[str, ...] = ()  # used when they ran, not pulled in when they did not
     tracked: bool = True  # talks to MLflow (the runner checks the server answers first)
+    recheck: Callable[[Mapping[str, Any]], str | None] | None = None

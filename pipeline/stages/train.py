@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import tracking
-from data_prep import Manifest
+from data_prep import Manifest, storage
+from data_prep.verify import check_shards
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
 from pipeline.stages.identity import run_name_for
-from train.cluster import check_visible_on_all_nodes
+from train.cluster import check_storage_on_all_nodes
 from train.config import TrainConfig
 from train.distributed import FitResult, check_resources, fit, run_name
 from train.export import export_bundle, history_table
@@ -25,22 +26,23 @@ DDP_TAG = "nfpipe.ddp.step1_digests"  # every rank's weight digest after step 1 
 def run(ctx: StageContext, hooks: TrainHooks = NO_HOOKS) -> StageOutputs:
     """Train (or resume) the configured model; `hooks` inject faults in tests."""
     cfg = ctx.config
-    manifest_path = Path(ctx.inputs["data_prep"]["manifest"]).resolve()
-    manifest = Manifest.load(manifest_path)
+    manifest = Manifest.load(ctx.inputs["data_prep"]["manifest"])
+    check_shards(manifest)  # on the driver, before any worker starts: one line naming the shard
     uri = ctx.tracking_uri
-    storage = _prepare_cluster(ctx, manifest_path, uri)
+    storage_path = _prepare_cluster(ctx, manifest, uri)
     name = run_name_for(ctx, run_name(cfg.name, cfg.train, manifest.fingerprint))
     run_id = _open_run(ctx, uri, name, manifest)
     meta = {"dataset": manifest.dataset, "manifest_fingerprint": manifest.fingerprint,
             "train_run": name}
-    progress = storage / name / PROGRESS_FILE
-    job = TrainJob(str(manifest_path), str(storage / name), uri, run_id, meta, verbose=False,
+    run_dir = storage.join(storage_path, name)
+    progress = _progress_file(ctx, run_dir, name)
+    job = TrainJob(manifest.location, run_dir, uri, run_id, meta, verbose=False,
                    progress_file=str(progress), hooks=hooks)
     ctx.console.print(f"    Ray Train run {name} ({cfg.train.scaling.num_workers} workers) → "
-                      f"{storage / name}; MLflow run {run_id}", highlight=False)
+                      f"{run_dir}; MLflow run {run_id}", highlight=False)
     with epoch_progress(progress, cfg.train.epochs, ctx.console):
-        result = _fit_tracked(cfg.train, job, storage, name)
-    model_dir = export_bundle(Path(result.best_checkpoint), ctx.stage_dir / "model",
+        result = _fit_tracked(cfg.train, job, storage_path, name)
+    model_dir = export_bundle(result.best_checkpoint, ctx.stage_dir / "model",
                               {**meta, "run_id": run_id, "checkpoint": result.best_checkpoint})
     tracking.log_artifacts(uri, run_id, model_dir, "model_bundle")
     _record_ddp_check(ctx, uri, run_id, result.summary.get("step1_digests") or [])
@@ -58,24 +60,35 @@ def _open_run(ctx: StageContext, uri: str, name: str, manifest: Manifest) -> str
     return run_id
 
 
-def _prepare_cluster(ctx: StageContext, manifest_path: Path, tracking_uri: str) -> Path:
-    """Start or join Ray, check the workers fit and see the shards, storage and SQLite store;
-    return the (absolute) Ray Train storage path."""
+def _progress_file(ctx: StageContext, run_dir: str, name: str) -> Path:
+    """Where rank 0 appends its line per epoch for the driver's progress bar: in the run's
+    folder on local (or NFS) storage; beside the stage's outputs when the storage is an
+    object store (rank 0 cannot append to an object)."""
+    if storage.is_remote(run_dir):
+        return ctx.stage_dir / f"{name}.{PROGRESS_FILE}"
+    return Path(run_dir) / PROGRESS_FILE
+
+
+def _prepare_cluster(ctx: StageContext, manifest: Manifest, tracking_uri: str) -> str:
+    """Start or join Ray, check the workers fit, and that every node reads the shards and the
+    SQLite store and writes the storage path; return the Ray Train storage path (an absolute
+    path or a URL)."""
     cfg = ctx.config
     ensure_ray(cfg.ray)
     if not cfg.ray.address:  # the embedded local Ray cannot grow: fail now, not hang
         check_resources(cfg.train.scaling)
-    storage = Path(cfg.train.storage_path or Path(cfg.workdir) / "ray_results").resolve()
-    storage.mkdir(parents=True, exist_ok=True)
+    storage_path = storage.absolute(cfg.train.storage_path or Path(cfg.workdir) / "ray_results")
+    storage.make_folder(storage_path)
     store = tracking.sqlite_folder(tracking_uri)
-    check_visible_on_all_nodes([manifest_path.parent, storage, *([store] if store else [])])
-    return storage
+    check_storage_on_all_nodes(reads=[manifest.location, *([str(store)] if store else [])],
+                               writes=[storage_path])
+    return storage_path
 
 
-def _fit_tracked(train: TrainConfig, job: TrainJob, storage: Path, name: str) -> FitResult:
+def _fit_tracked(train: TrainConfig, job: TrainJob, storage_path: str, name: str) -> FitResult:
     """`fit`, marking the MLflow run FAILED (or KILLED on Ctrl-C) when it raises."""
     try:
-        return fit(train, job, storage, name)
+        return fit(train, job, storage_path, name)
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         tracking.finish_run(job.tracking_uri, job.mlflow_run_id, status)
@@ -90,6 +103,7 @@ def _outputs(result: FitResult, model_dir: Path, run_id: str) -> StageOutputs:
         "test_bpd": float(result.best_metrics["test_bpd"]),
         "best_epoch": int(result.best_metrics["epoch"]),
         "ray_run": result.run_path,
+        "resumes": int(result.summary.get("resumes", 0)),  # restores from a checkpoint
     }
     final = result.summary.get("final", {})
     if "test_bpd_iwae" in final:  # VAE / f-VAE: the importance-weighted bound at the end
@@ -112,7 +126,7 @@ def _params(ctx: StageContext, manifest: Manifest) -> dict[str, object]:
     train["model"] = resolve_model_config(ctx.config.train, manifest).model_dump(mode="json")
     params = tracking.flatten(train, "train.")
     params["name"] = ctx.config.name
-    params["data_prep.manifest"] = ctx.inputs["data_prep"]["manifest"]
+    params["data_prep.manifest"] = manifest.location
     return params
 
 
@@ -137,9 +151,9 @@ def log_dataset(tracking_uri: str, run_id: str, manifest: Manifest) -> None:
     splits and counts, image shape and levels."""
     tracking.log_dataset_input(
         tracking_uri, run_id,
-        name=manifest.path.parent.name,
+        name=storage.name_of(storage.parent(manifest.location)),
         fingerprint=manifest.fingerprint,
-        manifest_path=manifest.path,
+        manifest_location=manifest.location,
         image_shape=tuple(manifest.image_shape),
         profile={"dataset": manifest.dataset, "image_shape": list(manifest.image_shape),
                  "n_bins": manifest.n_bins,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep import Manifest
+from data_prep import Manifest, storage
+from data_prep.verify import check_shards
 from pipeline.config import PipelineConfig
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
@@ -24,6 +25,7 @@ from tune.sweep import run_sweep, sweep_name
 
 def run(ctx: StageContext) -> StageOutputs:
     manifest_path = ctx.inputs["data_prep"]["manifest"]
+    check_shards(Manifest.load(manifest_path))  # before any trial starts, naming the shard
     name = run_name_for(ctx, sweep_name(ctx.config.name, ctx.fingerprint or "adhoc"))
     ensure_ray(ctx.config.ray)
     result = run_sweep(sweep_spec(ctx.config, manifest_path, ctx.stage_dir, name), ctx.console)
@@ -38,16 +40,16 @@ def sweep_spec(cfg: PipelineConfig, manifest_path: str | Path, out_dir: Path,
                name: str) -> SweepSpec:
     """The sweep of `cfg` on a dataset, writing to `out_dir` (the stage folder).
 
-    Tune's storage is `train.storage_path/tune` when set (shared storage on a cluster), else
-    the stage folder's `ray_results`.
+    Tune's storage is `train.storage_path/tune` when set (object storage or a shared file
+    system on a cluster), else the stage folder's `ray_results`.
     """
     out_dir = Path(out_dir).resolve()
-    storage = (Path(cfg.train.storage_path) / "tune" if cfg.train.storage_path is not None
-               else out_dir / "ray_results")
+    sweeps = (storage.join(storage.absolute(cfg.train.storage_path), "tune")
+              if cfg.train.storage_path is not None else str(out_dir / "ray_results"))
     return SweepSpec(
         name=name, pipeline=cfg.name, tune=cfg.tune, train=cfg.train,
-        manifest_path=Path(manifest_path), out_dir=out_dir, storage=storage.resolve(),
+        manifest_path=manifest_path, out_dir=out_dir, storage=sweeps,
         tracking_uri=absolute_tracking_uri(cfg.mlflow.tracking_uri),
-        experiment=cfg.mlflow.experiment, artifact_root=Path(cfg.mlflow.artifact_root),
+        experiment=cfg.mlflow.experiment, artifact_root=cfg.mlflow.artifact_root,
         train_fn=train,
     )

@@ -1,0 +1,66 @@
+"""Check a shard set against its manifest: every shard present with the sha256 it records.
+
+Run on the driver before any training worker starts (a damaged shard is named in one line),
+and by `prepare` before it declares a set up to date. Shards are hashed a few at a time in
+threads: the hashing releases the GIL and object-store reads overlap.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from data_prep import storage
+from data_prep.errors import DataPrepError
+from data_prep.manifest import Manifest, ShardInfo
+
+THREADS = 8
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One shard that does not match the manifest, and how."""
+
+    location: str
+    problem: str  # "missing", "sha256 differs from the manifest", "unreadable (…)"
+
+
+def find_damage(manifest: Manifest, threads: int = THREADS) -> list[Damage]:
+    """Every shard of every split that is missing, unreadable or has another sha256."""
+    shards = [s for split in manifest.splits.values() for s in split.shards]
+    with ThreadPoolExecutor(threads) as pool:
+        found = pool.map(lambda shard: _check(manifest, shard), shards)
+        return [damage for damage in found if damage is not None]
+
+
+def check_shards(manifest: Manifest, threads: int = THREADS) -> None:
+    """Raise DataPrepError naming the first damaged shard (and how many are damaged)."""
+    damaged = find_damage(manifest, threads)
+    if not damaged:
+        return
+    total = sum(len(split.shards) for split in manifest.splits.values())
+    first = damaged[0]
+    raise DataPrepError(
+        f"{first.location}: {first.problem} ({len(damaged)} of {total} shards damaged); run "
+        "the data_prep stage again: it re-verifies the shards and rewrites the damaged ones"
+    )
+
+
+def intact_shards(manifest: Manifest, threads: int = THREADS) -> dict[str, str]:
+    """name -> sha256 of the manifest's shards that are present and match it."""
+    damaged = {d.location for d in find_damage(manifest, threads)}
+    return {s.name: s.sha256 for split in manifest.splits.values() for s in split.shards
+            if manifest.shard_location(s.name) not in damaged}
+
+
+def _check(manifest: Manifest, shard: ShardInfo) -> Damage | None:
+    location = manifest.shard_location(shard.name)
+    try:
+        digest = storage.sha256_of(location)
+    except FileNotFoundError:
+        return Damage(location, "shard is missing")
+    except OSError as exc:
+        return Damage(location, f"shard is unreadable ({exc})")
+    if digest != shard.sha256:
+        return Damage(location, "sha256 differs from the manifest (truncated or changed)")
+    return None

@@ -1,0 +1,68 @@
+"""What `nfpipe submit` sends, checked before anything reaches a cluster: durable locations
+only, validated and quoted stages, forwarded variables whose values are never printed."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, load_config
+from pipeline.submit import RESOLVED_CONFIG_ENV, forwarded_env, job_payload, parse_stages
+
+DURABLE = [
+    "workdir=/srv/nfpipe/work",
+    "data_prep.output_root=s3://team-bucket/nfpipe/shards",
+    "train.storage_path=s3://team-bucket/nfpipe/runs",
+    "mlflow.tracking_uri=http://mlflow.internal:5000",
+]
+
+
+def test_default_relative_locations_are_refused_naming_each_key():
+    cfg = load_config(None)
+    with pytest.raises(ConfigError) as err:
+        job_payload(cfg, None)
+    text = str(err.value)
+    for key in ("workdir=.nfpipe", "data_prep.output_root=data/shards",
+                "mlflow.tracking_uri=sqlite:///mlflow.db", "mlflow.artifact_root=mlartifacts"):
+        assert key in text
+    assert "Ray's temporary copy" in text and "s3://bucket" in text
+
+
+def test_durable_config_travels_whole_in_the_environment():
+    cfg = load_config(None, sets=DURABLE)
+    entrypoint, env = job_payload(cfg, ["data_prep", "train"], {"AWS_ENDPOINT_URL": "http://x"})
+    assert shlex.split(entrypoint)[-2:] == ["--stages", "data_prep,train"]
+    shipped = json.loads(env["env_vars"][RESOLVED_CONFIG_ENV])
+    assert shipped["train"]["storage_path"] == "s3://team-bucket/nfpipe/runs"
+    assert shipped["ray"]["address"] == "auto"
+    assert env["env_vars"]["AWS_ENDPOINT_URL"] == "http://x"
+
+
+@pytest.mark.parametrize("text", ["train;touch marker", "train, tune;rm -rf x", "", " , "])
+def test_stages_are_validated_before_submission(text):
+    with pytest.raises(ConfigError, match="stage"):
+        parse_stages(text)
+
+
+def test_stages_with_spaces_are_normalised_and_quoted():
+    stages = parse_stages("train, tune")
+    entrypoint, _ = job_payload(load_config(None, sets=DURABLE), stages)
+    assert shlex.split(entrypoint)[-1] == "train,tune"
+    assert ";" not in entrypoint and "&" not in entrypoint
+
+
+def test_forwarded_env_needs_the_variable_set():
+    assert forwarded_env(["A"], {"A": "1", "B": "2"}) == {"A": "1"}
+    with pytest.raises(ConfigError, match="--env B: not set"):
+        forwarded_env(["B"], {})
+
+
+def test_submit_refuses_before_contacting_any_cluster(capsys):
+    code = main(["submit", "--address", "http://127.0.0.1:9", "--stages", "train;touch x"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown stage 'train;touch x'" in err
+    code = main(["submit", "--address", "http://127.0.0.1:9", "--stages", "train"])
+    assert code == 2 and "workdir=.nfpipe" in capsys.readouterr().err
