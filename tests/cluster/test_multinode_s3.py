@@ -189,7 +189,7 @@ def test_two_nodes_train_from_s3_survive_a_killed_worker_and_register(cloud):
     assert [h["epoch"] for h in state["history"]] == [0, 1, 2, 3, 4]
     client = MlflowClient(cloud.mlflow_url)
     assert client.get_run(train["run_id"]).info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(train["run_id"], "train_bpd")]
+    steps = [m.step for m in client.get_metric_history(train["run_id"], "bpd/train")]
     assert steps == [1, 2, 3, 4]  # no epoch lost or logged twice across the restart
     promote = json.loads((records / "promote.json").read_text())["outputs"]
     assert promote["promoted"] and promote["model_name"] == "cloud-glow"

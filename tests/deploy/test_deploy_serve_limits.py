@@ -29,7 +29,7 @@ SMALL_P99_BOUND_S = 2.0  # the stated bound for the small requests while a heavy
 
 @pytest.fixture(scope="module")
 def heavier_bundle(tmp_path_factory, manifest):
-    """A Glow a few times the session's tiny one, so 1024 images x k=8 take seconds."""
+    """A Glow big enough that 1024 images x k=8 take seconds even on an idle machine."""
     import torch
 
     from data_prep import make_loader
@@ -38,7 +38,7 @@ def heavier_bundle(tmp_path_factory, manifest):
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="glow", image_shape=(1, 8, 8), n_bins=17, levels=2,
-                                    steps=2, hidden=32))
+                                    steps=3, hidden=64))
     initialize_from_batch(model, next(iter(make_loader(manifest, "train", 64, mode="eval")))[0])
     return save_model(model.eval(), tmp_path_factory.mktemp("heavier"), {"dataset": "digits"})
 

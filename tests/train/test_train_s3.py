@@ -56,7 +56,7 @@ def test_checkpoints_and_resume_on_s3(s3_bucket, tmp_path, mlflow_uri):
 
     assert out["checkpoint"].startswith(f"{runs}/s3-train-") and out["resumes"] == 1
     client = MlflowClient(mlflow_uri)
-    assert [m.step for m in client.get_metric_history(out["run_id"], "train_bpd")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(out["run_id"], "bpd/train")] == [1, 2]
     with storage.local_copy(out["checkpoint"]) as folder:
         state = torch.load(folder / STATE_FILE, weights_only=True)
     assert state["counters"]["step"] == 2 * STEPS_PER_EPOCH
