@@ -9,8 +9,9 @@ process with MLflow, torch, safetensors and pydantic can
 Request forms of `predict(model_input, params)` (and of `/invocations` on any server):
 
 * score (default): `model_input` uint8 levels, shape [B, C, H, W], values in [0, n_bins);
-  params `{"k": 1, "seed": 0}` -> float64 [B], bits/dim per image (seeded dequantization noise,
-  so the same request gives the same numbers). Over HTTP: `{"inputs": [[[[...]]]]}`.
+  params `{"k": 1, "seed": 0}` -> float64 [B], bits/dim per image: the importance-weighted
+  bound over k draws (dequantisation noise, and latents for VAE / f-VAE), seeded, so the same
+  request gives the same numbers. Over HTTP: `{"inputs": [[[[...]]]]}`.
 * sample: params `{"mode": "sample", "n": 16, "temperature": 0.7, "seed": 0}` -> uint8 levels
   [n, C, H, W]; `model_input` is ignored (the MLflow scoring protocol requires one, so send
   any valid batch, e.g. the input example: one image of zeros).
@@ -38,7 +39,7 @@ from flows.scoring import sample_levels, score_levels
 BUNDLE_FILES = ("model.safetensors", "model_config.json", "meta.json")
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 ARTIFACT_PATH = "model"  # name of the logged model inside its run
-MAX_K = 1000  # dequantization / importance samples per image in one request
+MAX_K = 1000  # importance-weighted draws per image in one request
 
 
 class BadRequest(ValueError):
@@ -101,11 +102,6 @@ def _check_int(name: str, value: Any, low: int, high: int) -> int:
     if not low <= int(value) <= high:
         raise BadRequest(f"'{name}' must be between {low} and {high}, got {value}.")
     return int(value)
-
-
-def draws(model: Any, k: int) -> dict[str, int]:
-    """A request's `k`: noise draws for exact flows, importance samples for VAE / f-VAE."""
-    return {"noise_draws": k} if model.exact else {"importance_samples": k}
 
 
 class FlowPyfunc(PythonModel):
@@ -171,7 +167,7 @@ class FlowPyfunc(PythonModel):
         k = _check_int("k", params.get("k", 1), 1, MAX_K)
         x = check_images(model_input, self.image_shape, self.n_bins, self.limits.max_batch)
         with self._lock:
-            return score_levels(self.model, x, generator=seed, **draws(self.model, k))
+            return score_levels(self.model, x, k=k, generator=seed)
 
 
 def signature_for(image_shape: tuple[int, int, int]):

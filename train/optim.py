@@ -25,22 +25,36 @@ def build_scheduler(
 
 
 class Ema:
-    """Exponential moving average of a model's weights: θ̄ ← d·θ̄ + (1 − d)·θ.
+    r"""Exponential moving average of a model's weights (Polyak averaging).
+
+    Plain: θ̄_t = d·θ̄_{t-1} + (1 − d)·θ_t, from θ̄_0 = the initial weights.
+    Debiased (`debias=True`, as Adam's moments and Glow's `zero_debias`): the average of a
+    zero-started EMA divided by 1 − d^t, i.e. θ̄_t = θ̄_{t-1} + (1 − d)/(1 − d^t)·(θ_t − θ̄_{t-1});
+    θ̄_1 = θ_1, and the initial weights carry no weight at all.
 
     Buffers (ActNorm's initialised flag, running statistics) are copied, not averaged.
     `module` is a full copy of the model that evaluation and export use.
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, debias: bool = True):
         self.decay = decay
+        self.debias = debias
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
+    def weight(self, updates: int) -> float:
+        """The new iterate's weight at update number `updates` (1, 2, …)."""
+        if not self.debias:
+            return 1.0 - self.decay
+        return (1.0 - self.decay) / (1.0 - self.decay ** max(updates, 1))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, updates: int) -> None:
+        """Fold in the weights after optimiser update number `updates` (counted from 1)."""
+        weight = self.weight(updates)
         for ema_p, p in zip(self.module.parameters(), model.parameters(), strict=True):
-            ema_p.lerp_(p.detach(), 1.0 - self.decay)
+            ema_p.lerp_(p.detach(), weight)
         for ema_b, b in zip(self.module.buffers(), model.buffers(), strict=True):
             ema_b.copy_(b)
 

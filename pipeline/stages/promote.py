@@ -26,6 +26,8 @@ def run(ctx: StageContext) -> StageOutputs:
         manifest_fingerprint=evaluated["manifest_fingerprint"],
         run_id=evaluated["run_id"],
         family=evaluated.get("family") or ctx.config.train.model.name,
+        bpd_at_k={key: float(value) for key, value in evaluated.items()
+                  if key.startswith("test_bpd_k")},
     )
     ctx.experiment_id()
     name = registered_model_name(ctx.config)
