@@ -128,3 +128,15 @@ def test_gate_without_finite_bpd_never_promotes(client, logged):
     v1 = _register(client, name, logged, float("nan"))
     decision = reg.promote(client, name, v1)
     assert not decision.promoted and decision.champion_version is None
+
+
+def test_the_k_draw_bound_is_tagged_and_listed():
+    from types import SimpleNamespace
+
+    from deploy.registry import Candidate, _bpd_at_k
+
+    tags = Candidate(test_bpd=1.9, dataset="digits", manifest_fingerprint="f", run_id="r",
+                     bpd_at_k={"test_bpd_k64": 1.85}).tags()
+    assert float(tags["test_bpd"]) == 1.9 and float(tags["test_bpd_k64"]) == 1.85
+    assert _bpd_at_k(SimpleNamespace(tags=tags)) == {"64": 1.85}
+    assert _bpd_at_k(SimpleNamespace(tags={"test_bpd_kx": "1", "test_bpd_k8": "nan?"})) == {}
