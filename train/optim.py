@@ -9,11 +9,24 @@ from torch import nn
 
 from train.config import OptimConfig
 
+#: Suffix of a weight-normalised weight's direction v in w = g·v/‖v‖ (torch parametrizations).
+WEIGHT_NORM_DIRECTION = "parametrizations.weight.original1"
 
-def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam or Adamax (Glow uses Adamax) over `params`."""
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam or Adamax (Glow uses Adamax) over the model's parameters.
+
+    Weight decay skips the directions v of weight-normalised convs: the loss is invariant to
+    ‖v‖, so an L2 pull would shrink v towards 0 unopposed, blowing up the gradient g/‖v‖ and
+    finally w itself (the scales g are decayed, as Real NVP did).
+    """
     kind = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}[cfg.name]
-    return kind(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    decayed, free = [], []
+    for name, p in model.named_parameters():
+        (free if name.endswith(WEIGHT_NORM_DIRECTION) else decayed).append(p)
+    groups = [{"params": decayed}, {"params": free, "weight_decay": 0.0}]
+    return kind([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas,
+                weight_decay=cfg.weight_decay)
 
 
 def build_scheduler(

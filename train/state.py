@@ -102,7 +102,7 @@ def build_state(
         noise = torch.Generator(device).manual_seed(derive_seed(cfg.seed, "init"))
         initialize_from_batch(model, init_x.to(device), noise)
     broadcast_module(model, world)
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim)
     state = TrainState(
         model=model,
         objective=wrap_for_training(model, world, cfg.compile),

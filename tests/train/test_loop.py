@@ -104,3 +104,19 @@ def test_debiased_ema_forgets_the_initial_weights():
     assert plain.module.weight.item() == pytest.approx(1.0 + 9.0 * 0.99**5)
     assert debiased.weight(1) == pytest.approx(1.0)
     assert debiased.weight(10**6) == pytest.approx(0.01)
+
+
+def test_weight_decay_spares_weight_norm_directions():
+    from flows import ModelConfig, build_model
+    from train.config import OptimConfig
+    from train.optim import WEIGHT_NORM_DIRECTION, build_optimizer
+
+    model = build_model(ModelConfig(name="realnvp", image_shape=(1, 4, 4), n_bins=16, levels=1,
+                                    steps=1, hidden=8, res_blocks=1, weight_norm=True))
+    optimizer = build_optimizer(model, OptimConfig(weight_decay=1e-3))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {g["weight_decay"]: [names[id(p)] for p in g["params"]]
+             for g in optimizer.param_groups}
+    assert decay[0.0] and all(n.endswith(WEIGHT_NORM_DIRECTION) for n in decay[0.0])
+    assert not any(n.endswith(WEIGHT_NORM_DIRECTION) for n in decay[1e-3])
+    assert len(decay[0.0]) + len(decay[1e-3]) == len(names)
