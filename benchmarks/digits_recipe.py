@@ -13,6 +13,14 @@ EMA weights when the recipe keeps them.
     .venv/bin/python benchmarks/digits_recipe.py --list
     .venv/bin/python benchmarks/digits_recipe.py realnvp_ema
     .venv/bin/python benchmarks/digits_recipe.py glow --set epochs=20 optim.lr=2e-3
+
+`--ablation` trains every variant of `ABLATION` (for each family: the issue-12 changes off,
+each change alone, all together) for `--seeds`, at a fixed compute budget (the same epochs,
+batch and so optimiser steps for every variant), and prints a markdown table of test bpd at
+k = 1 and k = `--k` (the importance-weighted bound, `train.eval_k`) at the last epoch:
+
+    nice -n 10 .venv/bin/python benchmarks/digits_recipe.py --ablation --seeds 0 1 \
+        --set epochs=20 --log /tmp/ablation.jsonl
 """
 
 from __future__ import annotations
@@ -78,6 +86,86 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
+# The issue-12 changes, each as `train:` overrides, and their "off" settings.
+CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # name: (off, on)
+    "net_actnorm": ({"model.coupling_actnorm": False}, {"model.coupling_actnorm": True}),
+    "ordered_squeeze": ({"model.squeeze": "plain"}, {"model.squeeze": "ordered"}),
+    "weight_norm": ({"model.weight_norm": False}, {"model.weight_norm": True}),
+    "ema_debias": ({"optim.ema_debias": False}, {"optim.ema_debias": True}),
+    "logistic": ({"model.vae_likelihood": "gaussian"}, {"model.vae_likelihood": "logistic"}),
+    "var_deq": ({"model.dequantization": "uniform"},
+                {"model.dequantization": "variational"}),
+}
+
+# family: (its recipe, the changes that apply to it)
+ABLATION: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "glow": (CANDIDATES["glow_ema"], ("net_actnorm", "ema_debias", "var_deq")),
+    "realnvp": (CANDIDATES["realnvp_ema"],
+                ("ordered_squeeze", "weight_norm", "ema_debias", "var_deq")),
+    "vae": (recipe(model__name="vae", model__levels=2, model__hidden=64, model__latent_dim=32,
+                   optim__lr=1e-3, optim__ema_decay=0.995, batch_size=32, epochs=40),
+            ("logistic", "ema_debias")),
+    "fvae": (recipe(model__name="fvae", model__levels=2, model__steps=3, model__hidden=64,
+                    model__res_blocks=1, optim__lr=1e-3, optim__ema_decay=0.995,
+                    batch_size=32, epochs=40),
+             ("net_actnorm", "weight_norm", "ema_debias")),
+}
+
+
+def ablation_variants(family: str) -> dict[str, dict[str, Any]]:
+    """'baseline' (every change off), each change alone, and 'all' (every change on)."""
+    base, changes = ABLATION[family]
+    off = {k: v for name in changes for k, v in CHANGES[name][0].items()}
+
+    def variant(on: tuple[str, ...]) -> dict[str, Any]:
+        r = copy.deepcopy(base)
+        for key, value in off.items():
+            set_key(r, key, value)
+        for name in on:
+            for key, value in CHANGES[name][1].items():
+                set_key(r, key, value)
+        return r
+
+    return {"baseline": variant(()), **{name: variant((name,)) for name in changes},
+            "all": variant(changes)}
+
+
+def run_ablation(args: argparse.Namespace, manifest: Path) -> None:
+    """Every family's variants x seeds; one JSON line each to --log, then a markdown table."""
+    results: list[dict[str, Any]] = []
+    for family in args.families:
+        for variant, raw in ablation_variants(family).items():
+            for seed in args.seeds:
+                raw = copy.deepcopy(raw)
+                for item in [*args.set, f"seed={seed}", f"eval_k={args.k}"]:
+                    key, _, value = item.partition("=")
+                    set_key(raw, key, _parse_value(value))
+                summary = run(TrainConfig.model_validate(raw), manifest, None)
+                row = {"family": family, "variant": variant, "seed": seed, **summary}
+                results.append(row)
+                if args.log is not None:
+                    with open(args.log, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+    print(ablation_table(results, args.k))
+
+
+def ablation_table(results: list[dict[str, Any]], k: int) -> str:
+    """Markdown: one row per (family, variant), seeds side by side and their mean."""
+    lines = [f"| family | variant | test bpd k=1 (per seed) | mean | test bpd k={k} (per seed) "
+             "| mean | CPU s / run |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in results:
+        groups.setdefault((row["family"], row["variant"]), []).append(row)
+    for (family, variant), rows in groups.items():
+        k1 = [r["final_test_bpd"] for r in rows]
+        kk = [r[f"final_test_bpd_k{k}"] for r in rows]
+        cpu = sum(r["cpu_s"] for r in rows) / len(rows)
+        lines.append(f"| {family} | {variant} | {' / '.join(f'{v:.4f}' for v in k1)} | "
+                     f"{sum(k1) / len(k1):.4f} | {' / '.join(f'{v:.4f}' for v in kk)} | "
+                     f"{sum(kk) / len(kk):.4f} | {cpu:.0f} |")
+    return "\n".join(lines)
+
+
 def run(cfg: TrainConfig, manifest: Path, log: Path | None) -> dict[str, Any]:
     """Train `cfg` in this process; one JSON row per evaluated epoch, then a summary."""
     rows: list[dict[str, Any]] = []
@@ -90,7 +178,9 @@ def run(cfg: TrainConfig, manifest: Path, log: Path | None) -> dict[str, Any]:
                "wall_s": round(time.perf_counter() - t0, 1),
                "cpu_s": round(time.process_time() - c0, 1),
                "train_bpd": round(metrics.get("train_bpd", float("nan")), 4),
-               "test_bpd": round(metrics["test_bpd"], 4)}
+               "test_bpd": round(metrics["test_bpd"], 4),
+               **{key: round(value, 4) for key, value in metrics.items()
+                  if key.startswith("test_bpd_k")}}
         rows.append(row)
         print(json.dumps(row), flush=True)
         if log is not None:
@@ -104,7 +194,9 @@ def run(cfg: TrainConfig, manifest: Path, log: Path | None) -> dict[str, Any]:
     best = min(rows, key=lambda r: r["test_bpd"])
     summary = {"final_test_bpd": rows[-1]["test_bpd"], "best_test_bpd": best["test_bpd"],
                "best_epoch": best["epoch"], "wall_s": rows[-1]["wall_s"],
-               "cpu_s": rows[-1]["cpu_s"]}
+               "cpu_s": rows[-1]["cpu_s"],
+               **{f"final_{key}": value for key, value in rows[-1].items()
+                  if key.startswith("test_bpd_k")}}
     print("# summary " + json.dumps(summary), flush=True)
     return summary
 
@@ -127,12 +219,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-root", default="data/shards", help="data_prep output_root")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = one Ray worker)")
     ap.add_argument("--log", type=Path, default=None, help="append JSON rows to this file")
+    ap.add_argument("--ablation", action="store_true",
+                    help="run the issue-12 ablation (every family's variants x --seeds)")
+    ap.add_argument("--families", nargs="*", default=list(ABLATION), choices=list(ABLATION))
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
+    ap.add_argument("--k", type=int, default=64, help="ablation: draws of the k-sample bound")
     args = ap.parse_args(argv)
     if args.list:
         for name, r in CANDIDATES.items():
             print(name, json.dumps(r))
         return
     torch.set_num_threads(args.threads)
+    if args.ablation:
+        manifest = prepare(DataPrepConfig(dataset="digits", output_root=Path(args.data_root)))
+        run_ablation(args, manifest)
+        return
     raw = copy.deepcopy(CANDIDATES[args.candidate])
     for item in args.set:
         key, _, value = item.partition("=")

@@ -9,8 +9,9 @@ process with MLflow, torch, safetensors and pydantic can
 Request forms of `predict(model_input, params)` (and of `/invocations` on any server):
 
 * score (default): `model_input` uint8 levels, shape [B, C, H, W], values in [0, n_bins);
-  params `{"k": 1, "seed": 0}` -> float64 [B], bits/dim per image (seeded dequantization noise,
-  so the same request gives the same numbers). Over HTTP: `{"inputs": [[[[...]]]]}`.
+  params `{"k": 1, "seed": 0}` -> float64 [B], bits/dim per image: the importance-weighted
+  bound over k draws (dequantisation noise, and latents for VAE / f-VAE), seeded, so the same
+  request gives the same numbers. Over HTTP: `{"inputs": [[[[...]]]]}`.
 * sample: params `{"mode": "sample", "n": 16, "temperature": 0.7, "seed": 0}` -> uint8 levels
   [n, C, H, W]; `model_input` is ignored (the MLflow scoring protocol requires one, so send
   any valid batch, e.g. the input example: one image of zeros).
@@ -49,8 +50,8 @@ from flows.scoring import sample_levels, score_levels
 BUNDLE_FILES = ("model.safetensors", "model_config.json", "meta.json")
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 ARTIFACT_PATH = "model"  # name of the logged model inside its run
-MAX_K = 1000  # dequantization / importance samples per image in one request
-SLICE_IMAGES = 64  # images per unit of work (one noise draw each): the grain of interleaving
+MAX_K = 1000  # importance-weighted draws per image in one request
+SLICE_IMAGES = 64  # image evaluations per unit of work: the grain of interleaving
 # The shipped code's third-party imports, pinned to what is installed here (the model's
 # requirements.txt); flows/viz.py (torchvision) is not shipped: the model never draws grids.
 REQUIREMENTS = ("mlflow-skinny", "torch", "safetensors", "pydantic", "numpy", "pandas")
@@ -132,11 +133,6 @@ def _check_int(name: str, value: Any, low: int, high: int) -> int:
     return int(value)
 
 
-def draws(model: Any, k: int) -> dict[str, int]:
-    """A request's `k`: noise draws for exact flows, importance samples for VAE / f-VAE."""
-    return {"noise_draws": k} if model.exact else {"importance_samples": k}
-
-
 def check_work(images: int, k: int, max_work: int) -> None:
     """The per-request budget: images x k forward passes at most."""
     if images * k > max_work:
@@ -161,10 +157,10 @@ class FlowScorer:
     """A loaded `flows.DensityModel` behind the request forms (score or sample), in units.
 
     `plan(x, params)` validates a request at once (raising `BadRequest`) and returns a
-    generator that computes one unit per `next()` (at most `SLICE_IMAGES` images, one noise
-    draw) and returns the result [B] float64 bits/dim or uint8 levels [n, C, H, W]. A server
-    interleaves the units of several requests; `run_request` runs one request to the end. Each
-    unit holds a lock: the forward passes share one model instance.
+    generator that computes one unit per `next()` (about `SLICE_IMAGES` image evaluations:
+    images x k draws) and returns the result [B] float64 bits/dim or uint8 levels
+    [n, C, H, W]. A server interleaves the units of several requests; `run_request` runs one
+    request to the end. Each unit holds a lock: the forward passes share one model instance.
     """
 
     def __init__(self, model: Any, meta: Mapping[str, Any] | None = None,
@@ -203,25 +199,16 @@ class FlowScorer:
         return self._score_units(x, k, seed)
 
     def _score_units(self, x: np.ndarray, k: int, seed: int) -> Steps:
-        """Per slice: `k` draws (exact flows) or one K-sample bound (VAE), seeded by `seed`.
-
-        Draws continue one generator, so a slice's numbers equal
-        `score_levels(model, slice, noise_draws=k, generator=seed)`."""
-        import torch
-
-        exact = self.model.exact
-        n_draws, iw = (k, 1) if exact else (1, k)
-        width = SLICE_IMAGES if exact else max(1, SLICE_IMAGES // k)
+        """Per slice of max(1, SLICE_IMAGES // k) images: the k-draw bound, seeded by `seed`,
+        so a slice's numbers equal `score_levels(model, slice, k=k, generator=seed)` and a
+        unit is about SLICE_IMAGES image evaluations whatever k is."""
+        width = max(1, SLICE_IMAGES // k)
         slices = []
         for start in range(0, len(x), width):
-            generator = torch.Generator().manual_seed(seed)
-            total = 0.0
-            for _ in range(n_draws):
-                with self._lock:
-                    total = total + score_levels(self.model, x[start:start + width],
-                                                 importance_samples=iw, generator=generator)
-                yield
-            slices.append(total / n_draws)
+            with self._lock:
+                slices.append(score_levels(self.model, x[start:start + width], k=k,
+                                           generator=seed))
+            yield
         return np.concatenate(slices)
 
     def _sample_units(self, n: int, temperature: float, seed: int) -> Steps:

@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +58,12 @@ class Candidate:
     bundle_sha256: str = ""
     epoch: int = 0  # the epoch the weights come from: the run's metrics there go on the model
     final_metrics: tuple[tuple[str, float], ...] = ()  # also put on the logged model
+    bpd_at_k: dict[str, float] = field(default_factory=dict)  # {"test_bpd_k64": …}
 
     def tags(self) -> dict[str, str]:
         return {
             "test_bpd": repr(float(self.test_bpd)),
+            **{name: repr(float(value)) for name, value in self.bpd_at_k.items()},
             "dataset": self.dataset,
             "manifest_fingerprint": self.manifest_fingerprint,
             "training_run_id": self.run_id,
@@ -228,6 +230,7 @@ def list_models(client, name: str | None = None) -> list[dict[str, Any]]:
                 "version": int(v.version),
                 "aliases": sorted(aliases.get(str(v.version), [])),
                 "test_bpd": bpd,
+                "test_bpd_k": _bpd_at_k(v),
                 "dataset": v.tags.get("dataset", ""),
                 "manifest_fingerprint": v.tags.get("manifest_fingerprint", ""),
                 "run_id": v.tags.get("training_run_id") or v.run_id or "",
@@ -237,6 +240,18 @@ def list_models(client, name: str | None = None) -> list[dict[str, Any]]:
                 "created": v.creation_timestamp,
             })
     return rows
+
+
+def _bpd_at_k(version: Any) -> dict[str, float]:
+    """The importance-weighted figures of a version, {"64": bpd} from its test_bpd_k64 tag."""
+    found = {}
+    for name, value in (version.tags or {}).items():
+        if name.startswith("test_bpd_k") and name[len("test_bpd_k"):].isdigit():
+            try:
+                found[name[len("test_bpd_k"):]] = float(value)
+            except ValueError:
+                continue
+    return found
 
 
 def _bpd(version: Any) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from flows import bpd
 from flows.config import ModelConfig
+from flows.dequantization import VariationalDequantizer
 from flows.layers.actnorm import ActNorm
 
 if TYPE_CHECKING:
@@ -20,9 +22,10 @@ if TYPE_CHECKING:
 class DensityModel(nn.Module):
     """A density over continuous images y ∈ [-0.5, 0.5)^D, scored on discrete levels x.
 
-    Subclasses implement `log_prob(y, k)` and `sample(n, temperature)`; dequantisation,
-    bits/dim and level conversion are shared. `forward(x)` is the training objective
-    (bits/dim per example), so a DDP wrapper can call the model directly.
+    Subclasses implement `log_prob(y, k)` and `sample(n, temperature)`; dequantisation
+    (uniform, or a learned q(u|x) with `dequantization: variational`), bits/dim, the
+    importance-weighted bound and level conversion are shared. `forward(x)` is the training
+    objective (bits/dim per example), so a DDP wrapper can call the model directly.
     """
 
     exact: bool = False
@@ -33,21 +36,46 @@ class DensityModel(nn.Module):
         self.image_shape: tuple[int, int, int] = tuple(config.image_shape)
         self.n_bins: int = config.n_bins
         self.n_dims = math.prod(self.image_shape)
+        self.dequantizer = None
+        if config.dequantization == "variational":
+            self.dequantizer = VariationalDequantizer(self.image_shape, self.n_bins,
+                                                      config.dequant_hidden, config.dequant_steps)
+        self._init_checked = False  # whether the ActNorm-initialisation check has run
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the weights (noise and y are drawn in it)."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
     def _check_y(self, y: torch.Tensor) -> None:
         if tuple(y.shape[1:]) != self.image_shape:
             raise ValueError(f"Expected y of shape [B, {', '.join(map(str, self.image_shape))}],"
                              f" got {list(y.shape)}.")
+        if self.training and not self._init_checked:
+            self._init_checked = True
+            warn_if_uninitialized(self)
 
     def dequantize(self, x: torch.Tensor, generator: torch.Generator | int | None = None,
                    noise: torch.Tensor | None = None) -> torch.Tensor:
-        """y = (x + u) / n_bins - 0.5, u ~ U[0, 1): `noise` when given, else drawn (from
+        """y = (x + u) / n_bins - 0.5 with u ~ q(u|x) (uniform unless variational): `noise`
+        when given (u itself for uniform, the base draw ε for variational), else drawn (from
         `generator` / seed where given). y keeps x's memory format (channels_last)."""
-        return bpd.dequantize(x, self.n_bins, bpd.as_generator(generator), noise=noise)
+        return self.sample_dequantization(x, generator, noise)[0]
+
+    def sample_dequantization(self, x: torch.Tensor,
+                              generator: torch.Generator | int | None = None,
+                              noise: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y, log q(u|x) [B]): one dequantisation and its log-density (0 for uniform)."""
+        generator = bpd.as_generator(generator)
+        if self.dequantizer is not None:
+            return self.dequantizer(x, generator, noise)
+        y = bpd.dequantize(x, self.n_bins, generator, self.dtype, noise)
+        return y, y.new_zeros(y.shape[0])
 
     def to_levels(self, y: torch.Tensor) -> torch.Tensor:
         """Continuous y -> integer levels x (uint8)."""
@@ -58,26 +86,48 @@ class DensityModel(nn.Module):
         """log p(y) in nats, [B]: exact for flows, the ELBO (k=1) / IWAE bound (k>1) else."""
         raise NotImplementedError
 
+    def bound(self, x: torch.Tensor, generator: torch.Generator | None = None,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One-draw lower bound on log P(x) + D·ln n_bins, [B]: log p(y) - log q(u|x) for
+        y from one dequantisation (for VAE / f-VAE log p(y) is their ELBO)."""
+        y, log_q = self.sample_dequantization(x, generator, noise)
+        return self.log_prob(y, generator=generator) - log_q
+
+    def importance_log_weights(self, x: torch.Tensor, m: int,
+                               generator: torch.Generator | None = None) -> torch.Tensor:
+        """[m, B] log-weights of m independent draws (of u, and of the latents for VAE /
+        f-VAE); their log-mean-exp bounds log P(x) + D·ln n_bins (Burda et al. 2015)."""
+        y, log_q = self.sample_dequantization(repeat_batch(x, m), generator)
+        return (self.log_prob(y, generator=generator) - log_q).view(m, -1)
+
     def bits_per_dim(self, x: torch.Tensor, k: int = 1, *,
                      generator: torch.Generator | int | None = None,
                      noise: torch.Tensor | None = None) -> torch.Tensor:
-        """(-log p(dequantize(x)) + D·ln n_bins) / (D·ln 2), [B].
+        """(-log P̂_k(x)) / (D·ln 2), [B], with log P̂_k the importance-weighted bound
 
-        `generator` (a torch.Generator or an int seed) drives the dequantisation noise and,
-        for the variational models, the latent samples: evaluation is reproducible with it.
-        `noise` gives the dequantisation noise u itself (same shape as x).
+            log P̂_k(x) = log (1/k) Σ_i p(y_i, z_i) / (q(u_i|x) q(z_i|y_i)) - D·ln n_bins
+
+        over k draws of the dequantisation u_i (and latents z_i for VAE / f-VAE); k = 1 is
+        the usual bound (VAE / f-VAE: their ELBO, with its closed-form terms). The bound
+        rises with k towards log P(x). `generator` (a torch.Generator or an int seed) drives
+        every draw, so evaluation is reproducible with it; `noise` fixes the one draw of k=1.
         """
         generator = bpd.as_generator(generator)
-        y = self.dequantize(x, generator, noise)
-        return bpd.bits_per_dim(self.log_prob(y, k, generator=generator), self.n_dims,
-                                self.n_bins)
+        if k == 1:
+            log_w = self.bound(x, generator, noise)
+        elif noise is not None:
+            raise ValueError(f"`noise` fixes one draw; k={k} draws its own.")
+        else:
+            log_w = importance_bound(lambda m: self.importance_log_weights(x, m, generator), k,
+                                     self.config.iwae_chunk)
+        return bpd.bits_per_dim(log_w, self.n_dims, self.n_bins)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The training objective: bits/dim of integer levels x per example, [B].
 
         The one objective every trainer uses (take `.mean()` for the loss): x is dequantised
-        here (with `noise` u when given, else fresh uniform noise), so a DDP wrapper around the
-        model sees the whole computation.
+        here (with `noise` when given, else a fresh draw; a variational dequantiser q(u|x) is
+        trained through it), so a DDP wrapper around the model sees the whole computation.
         """
         return self.bits_per_dim(x, noise=noise)
 
@@ -94,8 +144,8 @@ class DensityModel(nn.Module):
                       generator: torch.Generator | None) -> torch.Tensor:
         if temperature < 0:
             raise ValueError(f"Expected temperature >= 0, got {temperature}.")
-        like = next(self.parameters())
-        return bpd.normal((n, d), like.float(), bpd.as_generator(generator)) * temperature
+        like = next(p for p in self.parameters() if p.is_floating_point())
+        return bpd.normal((n, d), like, bpd.as_generator(generator)) * temperature
 
 
 class FlowModel(DensityModel):
@@ -165,6 +215,15 @@ class VariationalModel(DensityModel):
                     generator: torch.Generator | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def importance_log_weights(self, x: torch.Tensor, m: int,
+                               generator: torch.Generator | None = None) -> torch.Tensor:
+        """[m, B]: log p(y_i, z_i) - log q(z_i | y_i) - log q(u_i | x), one latent draw per
+        dequantisation draw, so the k-sample bound is over (u, z) jointly."""
+        self._check_y(x)
+        y, log_q = self.sample_dequantization(repeat_batch(x, m), generator)
+        log_w = self.log_weights(y, self.posterior(y), 1, generator)[0]
+        return (log_w - log_q).view(m, -1)
+
     def log_prob(self, y: torch.Tensor, k: int = 1, *,
                  generator: torch.Generator | int | None = None) -> torch.Tensor:
         self._check_y(y)
@@ -188,24 +247,43 @@ def _unwrap(model: nn.Module) -> DensityModel:
     return inner
 
 
+def uninitialized_actnorms(model: nn.Module) -> list[ActNorm]:
+    """The ActNorm layers of `model` not yet initialised from data."""
+    return [m for m in model.modules() if isinstance(m, ActNorm) and not m.is_initialized]
+
+
+def warn_if_uninitialized(model: DensityModel) -> None:
+    """Warn when a training-mode pass meets an ActNorm that was never data-initialised (and
+    is not being initialised now): it would stay at the identity and cost bits/dim."""
+    missing = [m for m in uninitialized_actnorms(model) if not m._init_pending]
+    if missing:
+        warnings.warn(
+            f"{len(missing)} ActNorm layer(s) of this {type(model).__name__} were never "
+            "initialised from data: call flows.initialize_from_batch(model, x) on a batch of "
+            "training images (>= 256 recommended) before training.",
+            UserWarning, stacklevel=4)
+
+
 @torch.no_grad()
-def initialize_from_batch(model: nn.Module, y: torch.Tensor) -> bool:
+def initialize_from_batch(model: nn.Module, y: torch.Tensor,
+                          generator: torch.Generator | int | None = None) -> bool:
     """Data-dependent initialisation (every uninitialised ActNorm) from one batch.
 
     Runs one no-grad pass in which each such ActNorm sets its bias and log-scale from the
     statistics of its own input, then marks itself initialised (a buffer, so the flag is
     saved, loaded and broadcast). A no-op when everything is initialised already. Call it on
-    rank 0's batch before wrapping in DDP, then broadcast parameters and buffers.
+    rank 0's batch before wrapping in DDP, then broadcast parameters and buffers. Glow's code
+    uses 256 images.
 
-    y: dequantised [B, C, H, W] floats (integer levels are dequantised here).
+    y: integer levels [B, C, H, W] (dequantised here, with `generator`) or dequantised floats.
     Returns True when something was initialised.
     """
     model = _unwrap(model)
-    pending = [m for m in model.modules() if isinstance(m, ActNorm) and not m.is_initialized]
+    pending = uninitialized_actnorms(model)
     if not pending:
         return False
     if not y.is_floating_point():
-        y = model.dequantize(y)
+        y = model.dequantize(y.to(model.device), generator)
     for m in pending:
         m._init_pending = True
     try:

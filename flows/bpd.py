@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -74,13 +75,14 @@ def dequantize(x: torch.Tensor, n_bins: int, generator: torch.Generator | None =
                dtype: torch.dtype = torch.float32,
                noise: torch.Tensor | None = None) -> torch.Tensor:
     """y = (x + u) / n_bins - 0.5 with u ~ U[0, 1) (`noise` when given): a point in
-    [-0.5, 0.5)^D. y has x's memory format, so channels_last levels give channels_last y."""
+    [-0.5, 0.5)^D of `dtype` (the model's: a float64 model gets float64 noise and y).
+    y has x's memory format, so channels_last levels give channels_last y."""
     _check_levels(x, n_bins)
     if noise is None:
         noise = uniform_like(x, dtype, generator)
     elif noise.shape != x.shape:
         raise ValueError(f"Expected noise of shape {list(x.shape)}, got {list(noise.shape)}.")
-    y = (x.to(noise.dtype) + noise.to(x.device)) / n_bins - 0.5
+    y = (x.to(dtype) + noise.to(x.device, dtype)) / n_bins - 0.5
     return y.contiguous(memory_format=_memory_format(x))
 
 
@@ -95,6 +97,36 @@ def to_levels(y: torch.Tensor, n_bins: int) -> torch.Tensor:
     """Inverse of `dequantize` up to the noise: floor((y + 0.5) · n_bins), clamped, uint8."""
     x = torch.floor((y + 0.5) * n_bins).clamp_(0, n_bins - 1)
     return x.to(torch.uint8)
+
+
+def bin_centres(x: torch.Tensor, n_bins: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The centre of each level's bin on the y scale: (x + 0.5) / n_bins - 0.5."""
+    _check_levels(x, n_bins)
+    return ((x.to(dtype) + 0.5) / n_bins - 0.5).contiguous(memory_format=_memory_format(x))
+
+
+def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
+                                  n_bins: int) -> torch.Tensor:
+    r"""log P(x) of integer levels under a logistic(mean, e^log_scale) on the y scale,
+    discretised into the n_bins bins of [-0.5, 0.5), elementwise.
+
+    P(x) = σ(a) - σ(b) with a, b = (upper, lower edge of x's bin - mean) / s; the first bin
+    extends to -∞ and the last to +∞, so the probabilities of all levels sum to 1. Computed
+    as log σ(a) + log σ(-b) + log(1 - e^{-(a-b)}) (σ(a) - σ(b) = σ(a)σ(-b)(1 - e^{b-a})),
+    stable for any scale. Shapes broadcast; x holds levels in [0, n_bins).
+
+    Reference: Salimans et al., PixelCNN++ (2017), https://arxiv.org/abs/1701.05517
+    """
+    inv_scale = torch.exp(-log_scale)
+    centre = (x.to(mean.dtype) + 0.5) / n_bins - 0.5
+    upper = (centre + 0.5 / n_bins - mean) * inv_scale
+    lower = (centre - 0.5 / n_bins - mean) * inv_scale
+    log_cdf_upper = F.logsigmoid(upper)  # log P(Y < upper edge)
+    log_sf_lower = F.logsigmoid(-lower)  # log P(Y > lower edge)
+    width = inv_scale / n_bins  # a - b > 0
+    middle = log_cdf_upper + log_sf_lower + torch.log(-torch.expm1(-width))
+    first, last = x == 0, x == n_bins - 1
+    return torch.where(first, log_cdf_upper, torch.where(last, log_sf_lower, middle))
 
 
 def bits_per_dim(log_prob: torch.Tensor, n_dims: int, n_bins: int) -> torch.Tensor:

@@ -37,6 +37,9 @@ def _validate(cfg: ModelConfig) -> None:
     if cfg.name in ("vae", "fvae") and cfg.preprocess == "logit":
         raise ValueError(f"{cfg.name} has no logit preprocessing (its decoder models y "
                          "directly); use preprocess: auto or none.")
+    if cfg.name in ("vae", "fvae") and cfg.dequantization == "variational":
+        raise ValueError(f"dequantization: variational is for the exact flows (glow, realnvp, "
+                         f"nice); {cfg.name} uses uniform dequantisation.")
     if cfg.name in ("glow", "fvae"):
         _require_divisible(cfg, cfg.levels, f"squeezes {cfg.levels} times")
     elif cfg.name == "realnvp":

@@ -77,6 +77,44 @@ class ModelConfig(BaseModel):
         default=4, gt=0, description="nice: hidden layers of each coupling's shift MLP."
     )
     latent_dim: int = Field(default=32, gt=0, description="vae: dimension of the latent z.")
+    coupling_actnorm: bool = Field(
+        default=True,
+        description="glow / f-VAE flow: ActNorm after each hidden conv of the coupling "
+        "network, those convs bias-free (as in the Glow reference code); false: plain convs "
+        "with biases.",
+    )
+    squeeze: Literal["ordered", "plain"] = Field(
+        default="ordered",
+        description="realnvp: ordered squeeze (Real NVP's code: each half of the squeezed "
+        "channels is one colour of a spatial checkerboard, across all image channels) or "
+        "plain space-to-depth (channel halves split the image by colour).",
+    )
+    weight_norm: bool = Field(
+        default=True,
+        description="Weight normalisation of the hidden convs of the realnvp s/t ResNets and "
+        "of the f-VAE encoder/decoder ResNets.",
+    )
+    vae_likelihood: Literal["logistic", "gaussian"] = Field(
+        default="logistic",
+        description="vae decoder: a discretised logistic over the levels x (its bits/dim bounds "
+        "the discrete likelihood itself) or a Gaussian density on dequantised y.",
+    )
+    dequantization: Literal["uniform", "variational"] = Field(
+        default="uniform",
+        description="Exact flows: uniform noise u ~ U[0, 1)^D, or a learned conditional flow "
+        "q(u|x) trained jointly (Flow++), bpd = (E_q[log q(u|x) - log p(y)] + D ln n_bins) / "
+        "(D ln 2). vae / fvae: uniform only.",
+    )
+    dequant_steps: int = Field(
+        default=4,
+        gt=0,
+        description="Variational dequantisation: conditional affine couplings in q(u|x).",
+    )
+    dequant_hidden: int = Field(
+        default=32,
+        gt=0,
+        description="Variational dequantisation: width of q(u|x)'s networks.",
+    )
     preprocess: Literal["auto", "none", "logit"] = Field(
         default="auto",
         description="Flows' preprocessing of y (part of the model, its log-det counts): "
@@ -100,8 +138,9 @@ class ModelConfig(BaseModel):
     iwae_chunk: int = Field(
         default=16,
         gt=0,
-        description="vae / fvae: importance samples evaluated per pass in log_prob(y, k), so "
-        "k = 100+ on a batch stays within memory.",
+        description="Importance samples (draws of dequantisation noise / q(u|x) / latents) "
+        "evaluated per pass when scoring with k > 1, so k = 100+ on a batch stays within "
+        "memory (a pass holds chunk x batch images).",
     )
     net_dtype: Literal["float32", "bfloat16"] = Field(
         default="float32",

@@ -16,29 +16,27 @@ from flows import bpd
 from flows.api import DensityModel
 
 
-def score_levels(model: DensityModel, x: Any, *, noise_draws: int = 1,
-                 importance_samples: int = 1,
+def score_levels(model: DensityModel, x: Any, *, k: int = 1,
                  generator: torch.Generator | int | None = 0) -> np.ndarray:
-    """Bits/dim of each image [B] (float64 numpy) under seeded dequantization noise.
+    """Bits/dim of each image [B] (float64 numpy): the importance-weighted bound with `k`
+    draws per image, seeded.
 
-    x: integer levels [B, C, H, W] (tensor or array). `noise_draws` dequantisations per image
-    are averaged (an estimate of the same bound with less variance). `importance_samples`
-    is K of the IWAE bound for VAE / f-VAE (tighter for larger K; exact flows ignore it).
+    x: integer levels [B, C, H, W] (tensor or array). The k draws are of the dequantisation
+    noise (uniform, or q(u|x) for `dequantization: variational`) and, for VAE / f-VAE, of the
+    latents; they are combined by a log-mean-exp (`DensityModel.bits_per_dim`), a bound that
+    tightens as k grows (k = 1: the usual single-draw bound, the ELBO for VAE / f-VAE).
     `generator` is an int seed or a `torch.Generator` (to continue one stream over batches).
     """
-    if noise_draws < 1 or importance_samples < 1:
-        raise ValueError(f"Expected noise_draws, importance_samples >= 1, got {noise_draws}, "
-                         f"{importance_samples}.")
+    if k < 1:
+        raise ValueError(f"Expected k >= 1 draws per image, got {k}.")
     device = next(model.parameters()).device
     generator = _generator(generator, device)
     x = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
     bpd.check_levels(x, model.n_bins)  # here: on a device, the objective skips the values
     x = x.to(device)
-    k = 1 if model.exact else importance_samples
     with torch.no_grad():
-        total = sum(model.bits_per_dim(x, k=k, generator=generator).double()
-                    for _ in range(noise_draws))
-    return (total / noise_draws).cpu().numpy()
+        scores = model.bits_per_dim(x, k=k, generator=generator)
+    return scores.double().cpu().numpy()
 
 
 def sample_levels(model: DensityModel, n: int, temperature: float = 1.0,

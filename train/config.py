@@ -42,7 +42,14 @@ class OptimConfig(_Section):
         gt=0,
         lt=1,
         description="Keep an exponential moving average of the weights with this decay and "
-        "evaluate/export it (null: evaluate the raw weights).",
+        "evaluate/export it (Polyak averaging; null: evaluate the raw weights). Glow's code "
+        "uses 1 - 1/(steps per epoch).",
+    )
+    ema_debias: bool = Field(
+        True,
+        description="Bias-correct the moving average (as Adam's moments, and Glow's "
+        "zero-debiased EMA): after t updates it weighs the iterates by (1-d)d^(t-i)/(1-d^t), "
+        "so early evaluations are not dominated by the initial weights.",
     )
 
     @model_validator(mode="after")
@@ -93,9 +100,17 @@ class TrainConfig(_Section):
         True, description="Also evaluate the initialised model (logged as epoch 0)."
     )
     eval_k: int = Field(
-        100,
+        1,
         ge=1,
-        description="Importance samples for the final IWAE bound of VAE/f-VAE (1: skip it).",
+        description="Draws per image of the importance-weighted bound at the last epoch, "
+        "logged as test_bpd_k{eval_k} beside test_bpd (1: skip it; the evaluate stage reports "
+        "evaluate.k on the final model).",
+    )
+    init_images: int = Field(
+        256,
+        ge=1,
+        description="Images of ActNorm's data-dependent initialisation (Glow: 256), gathered "
+        "over the ranks' first batches; rank 0 initialises, then broadcasts.",
     )
     log_every: int = Field(
         10, gt=0, description="Log per-step metrics to MLflow every N optimiser steps."

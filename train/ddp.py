@@ -57,6 +57,16 @@ def all_reduce_sum(values: list[float], world: WorkerInfo) -> list[float]:
     return tensor.tolist()
 
 
+def all_gather_cat(tensor: torch.Tensor, world: WorkerInfo) -> torch.Tensor:
+    """Every rank's `tensor` (the same shape on every rank) concatenated along dim 0, in rank
+    order, on every rank."""
+    if not world.distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
 def state_digest(module: nn.Module) -> str:
     """sha256 of every parameter and buffer, bit for bit."""
     digest = hashlib.sha256()

@@ -24,7 +24,8 @@ def evaluate(
     split: str = "test",
     k: int = 1,
 ) -> float:
-    """Mean bits/dim over every sample of `split` (k > 1: the importance-weighted bound).
+    """Mean bits/dim over every sample of `split` (k > 1: the k-draw importance-weighted
+    bound).
 
     Each rank scores its own part of the split (`mode="eval"`: every sample exactly once over
     all ranks) under a fixed dequantization seed; the ranks' (Σ bpd, count) are summed.
@@ -38,7 +39,7 @@ def evaluate(
     device = torch.device(world.device)
     noise = torch.Generator(device).manual_seed(derive_seed(seed, "eval", split, k, world.rank))
     for x, _ in loader:
-        bpd = score_levels(model, x.to(device), importance_samples=k, generator=noise)
+        bpd = score_levels(model, x.to(device), k=k, generator=noise)
         total += float(bpd.sum())
         count += bpd.size
     model.train(was_training)

@@ -11,7 +11,7 @@ from torch import nn
 from flows import build_model, initialize_from_batch
 from flows.config import ModelConfig
 from train.config import TrainConfig
-from train.ddp import WorkerInfo, broadcast_module, wrap_for_training
+from train.ddp import WorkerInfo, broadcast_module, gather_digests, wrap_for_training
 from train.guard import NonFiniteGuard
 from train.optim import Ema, build_optimizer, build_scheduler
 from train.seeding import derive_seed
@@ -34,6 +34,8 @@ class TrainState:
     resumes: int = 0  # how many times this run was restored from a checkpoint
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
     step1_digests: list[str] | None = None  # every rank's weight digest after step 1
+    init_digests: list[str] | None = None  # every rank's weight digest after the init
+    init_images: int = 0  # images the data-dependent initialisation saw (fresh runs)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -64,6 +66,7 @@ class TrainState:
             },
             "history": self.history,
             "step1_digests": self.step1_digests,
+            "init": {"digests": self.init_digests, "images": self.init_images},
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -77,6 +80,8 @@ class TrainState:
         self.history = list(saved["history"])
         self.step1_digests = saved["step1_digests"]
         self.guard.load(self.skipped, self.nonfinite_in_row)
+        init = saved.get("init") or {}
+        self.init_digests, self.init_images = init.get("digests"), init.get("images", 0)
         self.resumes += 1
 
 
@@ -89,8 +94,9 @@ def build_state(
 ) -> TrainState:
     """A model with identical weights on every rank, wrapped for training, and its optimiser.
 
-    Fresh: rank 0 runs the data-dependent initialisation on `init_x` (its first batch) BEFORE
-    DDP wrapping; then parameters and buffers are broadcast from rank 0. Resumed: every rank
+    Fresh: rank 0 runs the data-dependent initialisation on `init_x` (the init images, which
+    `loop.init_batch` gathers from every rank) BEFORE DDP wrapping; then parameters and
+    buffers are broadcast from rank 0, and every rank's digest recorded. Resumed: every rank
     loads `resume` (the initialised flags come with the buffers, so nothing re-initialises).
     """
     device = torch.device(world.device)
@@ -102,17 +108,21 @@ def build_state(
         model.load_state_dict(resume["model"])
     elif init_x is not None and world.is_chief:
         noise = torch.Generator(device).manual_seed(derive_seed(cfg.seed, "init"))
-        initialize_from_batch(model, model.dequantize(init_x.to(device), noise))
+        initialize_from_batch(model, init_x.to(device), noise)
     broadcast_module(model, world)
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim)
     state = TrainState(
         model=model,
         objective=wrap_for_training(model, world, cfg.compile),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.optim),
-        ema=Ema(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None,
+        ema=Ema(model, cfg.optim.ema_decay, cfg.optim.ema_debias) if cfg.optim.ema_decay
+        else None,
         guard=NonFiniteGuard(device, cfg.max_nonfinite_steps),
     )
     if resume is not None:
         state.restore(resume)
+    else:
+        state.init_digests = gather_digests(model, world)
+        state.init_images = 0 if init_x is None else int(init_x.shape[0])
     return state

@@ -7,13 +7,14 @@ from flows.layers.coupling import (
     AffineCoupling,
     ChannelPartition,
     CheckerboardPartition,
+    ContextPartition,
     Coupling,
     InterleavedPartition,
 )
-from flows.layers.elementwise import DiagonalScale, LogitTransform
+from flows.layers.elementwise import DiagonalScale, LogitTransform, Sigmoid
 from flows.layers.invconv import InvConv1x1, InvConv1x1LU
 from flows.layers.split import LearnedPrior, SplitPrior
-from flows.layers.squeeze import Flatten, Squeeze
+from flows.layers.squeeze import Flatten, OrderedSqueeze, Squeeze
 
 #: Every concrete invertible layer class; the contract test is checked against this list.
 LAYERS: tuple[type[InvertibleLayer], ...] = (
@@ -23,11 +24,13 @@ LAYERS: tuple[type[InvertibleLayer], ...] = (
     AdditiveCoupling,
     AffineCoupling,
     Squeeze,
+    OrderedSqueeze,
     Flatten,
     SplitPrior,
     LearnedPrior,
     LogitTransform,
     DiagonalScale,
+    Sigmoid,
 )
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "AffineCoupling",
     "ChannelPartition",
     "CheckerboardPartition",
+    "ContextPartition",
     "Coupling",
     "DiagonalScale",
     "Flatten",
@@ -46,6 +50,8 @@ __all__ = [
     "InvertibleLayer",
     "LearnedPrior",
     "LogitTransform",
+    "OrderedSqueeze",
+    "Sigmoid",
     "SplitPrior",
     "Squeeze",
 ]

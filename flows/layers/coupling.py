@@ -99,7 +99,37 @@ class CheckerboardPartition(nn.Module):
         return param * (1 - self.mask(param))
 
 
-Partition = ChannelPartition | CheckerboardPartition
+class ContextPartition(nn.Module):
+    """An inner partition of the first `channels` channels, plus `context_channels` of context.
+
+    h = [h_x, c] along dim 1: the inner partition splits h_x, and the context c joins the
+    conditioning part, so the network sees (h_x's conditioning part, c) and only h_x's target
+    part changes. The map (h_x, c) -> (f(h_x; c), c) is a bijection of the whole h with the
+    same log-det as f, so a conditional coupling keeps the one layer contract (and its
+    brute-force Jacobian test). Used by the variational dequantiser q(u | x).
+    """
+
+    def __init__(self, inner: ChannelPartition | CheckerboardPartition, context_channels: int):
+        super().__init__()
+        self.inner, self.context_channels = inner, context_channels
+        self.channels = inner.channels + context_channels
+        self.cond_channels = inner.cond_channels + context_channels
+        self.target_channels = inner.target_channels
+
+    def split(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h_x, context = h[:, : self.inner.channels], h[:, self.inner.channels :]
+        cond, target = self.inner.split(h_x)
+        return torch.cat((cond, context), 1), target
+
+    def merge(self, cond: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        inner_cond, context = cond[:, : -self.context_channels], cond[:, -self.context_channels :]
+        return torch.cat((self.inner.merge(inner_cond, target), context), 1)
+
+    def restrict(self, param: torch.Tensor) -> torch.Tensor:
+        return self.inner.restrict(param)
+
+
+Partition = ChannelPartition | CheckerboardPartition | ContextPartition
 
 
 class Coupling(InvertibleLayer):

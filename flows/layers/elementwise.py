@@ -54,3 +54,19 @@ class DiagonalScale(InvertibleLayer):
 
     def inverse(self, h: torch.Tensor) -> torch.Tensor:
         return h * torch.exp(-self.log_scale)
+
+
+class Sigmoid(InvertibleLayer):
+    r"""h' = σ(h) elementwise, onto (0, 1); log|det| = Σ log σ(h)(1 - σ(h)).
+
+    The last layer of the variational dequantiser (a flow onto the unit cube).
+    log σ(h)(1 - σ(h)) = -softplus(-h) - softplus(h), stable for any h. Shapes: any [B, ...].
+
+    Reference: Ho et al., Flow++ (2019), section 3.1, https://arxiv.org/abs/1902.00275
+    """
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.sigmoid(h), sum_except_batch(-F.softplus(-h) - F.softplus(h))
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.logit(h)

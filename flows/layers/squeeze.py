@@ -42,3 +42,35 @@ class Flatten(InvertibleLayer):
 
     def inverse(self, h: torch.Tensor) -> torch.Tensor:
         return h.reshape(h.shape[0], *self.shape)
+
+
+class OrderedSqueeze(Squeeze):
+    r"""Real NVP's ordered space-to-depth: [B, C, H, W] -> [B, 4C, H/2, W/2], channel k·C + c
+    holding position k of each 2×2 patch of colour c, positions in the order (top-left,
+    bottom-right, top-right, bottom-left).
+
+    So the first 2C channels are one colour of the spatial checkerboard (all colours) and the
+    last 2C the other: a channel-wise mask or a factor-out split after it splits the image by
+    checkerboard, not by colour (the plain `Squeeze` puts R and half of G in the first half
+    of an RGB image). A permutation, so log|det| = 0.
+
+    Reference: Dinh et al., Real NVP (2016), section 3.6; `squeeze_2x2_ordered` in the
+    authors' code (tensorflow/models, research/real_nvp/real_nvp_utils.py).
+    """
+
+    #: Index of each 2×2 position (row-major: TL, TR, BL, BR) in the plain squeeze, by rank.
+    POSITIONS = (0, 3, 1, 2)
+
+    def _order(self, channels: int, device: torch.device) -> torch.Tensor:
+        """Plain-squeeze channel feeding each ordered channel, [4C]."""
+        colour = torch.arange(channels, device=device)
+        position = torch.tensor(self.POSITIONS, device=device)
+        return (4 * colour[None, :] + position[:, None]).reshape(-1)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, logdet = super().forward(h)
+        return out[:, self._order(h.shape[1], h.device)], logdet
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        undo = torch.argsort(self._order(h.shape[1] // 4, h.device))
+        return super().inverse(h[:, undo])

@@ -30,9 +30,9 @@ from flows.nets import ResNet
 class ResidualMap(nn.Module):
     """y + ResNet(y) on [B, C, H, W]; the identity at initialisation."""
 
-    def __init__(self, channels: int, hidden: int, blocks: int):
+    def __init__(self, channels: int, hidden: int, blocks: int, weight_norm: bool = False):
         super().__init__()
-        self.net = ResNet(channels, channels, hidden, blocks)
+        self.net = ResNet(channels, channels, hidden, blocks, weight_norm=weight_norm)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return y + self.net(y)
@@ -44,8 +44,8 @@ class FVAE(VariationalModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         c = cfg.image_shape[0]
-        self.encoder = ResidualMap(c, cfg.hidden, cfg.res_blocks)
-        self.decoder = ResidualMap(c, cfg.hidden, cfg.res_blocks)
+        self.encoder = ResidualMap(c, cfg.hidden, cfg.res_blocks, cfg.weight_norm)
+        self.decoder = ResidualMap(c, cfg.hidden, cfg.res_blocks, cfg.weight_norm)
         self.flow = glow_stack(cfg, cfg.image_shape)
         sigma = cfg.fvae_sigma_init or 0.5 / cfg.n_bins
         self.log_sigma1 = nn.Parameter(torch.tensor(math.log(sigma)))

@@ -35,10 +35,11 @@ def glow_step(cfg: ModelConfig, channels: int) -> list:
     invconv = InvConv1x1LU if cfg.invconv == "lu" else InvConv1x1
     kwargs = dict(net_dtype=net_dtype(cfg), checkpoint_net=cfg.checkpoint_nets)
     partition = ChannelPartition(channels)
+    net = glow_net(cfg.hidden, actnorm=cfg.coupling_actnorm)
     if cfg.coupling == "affine":
-        coupling = AffineCoupling(partition, glow_net(cfg.hidden), scale="sigmoid", **kwargs)
+        coupling = AffineCoupling(partition, net, scale="sigmoid", **kwargs)
     else:
-        coupling = AdditiveCoupling(partition, glow_net(cfg.hidden), **kwargs)
+        coupling = AdditiveCoupling(partition, net, **kwargs)
     return [ActNorm(channels), invconv(channels), coupling]
 
 

@@ -1,7 +1,10 @@
 """RealNVP: checkerboard and channel-wise masked couplings with ResNet s/t networks.
 
 Per scale: `steps` checkerboard couplings, squeeze, `steps` channel-wise couplings, factor
-out half; the last scale has `steps + 1` checkerboard couplings (paper: 3, 3 and 4).
+out half; the last scale has `steps + 1` checkerboard couplings (paper: 3, 3 and 4). The
+squeeze is the authors' ordered one (`squeeze: ordered`), so the channel-wise masks and the
+factored-out half are spatial checkerboards over all colours; the s/t ResNets are
+weight-normalised (`weight_norm`), as in the authors' code.
 Logit preprocessing (`preprocess: auto`) comes first and its log-det counts. ActNorm after
 every coupling stands in for the paper's batch normalisation (which would couple the examples
 of a batch).
@@ -21,6 +24,7 @@ from flows.layers import (
     ChannelPartition,
     CheckerboardPartition,
     LogitTransform,
+    OrderedSqueeze,
     Squeeze,
 )
 from flows.models.glow import net_dtype
@@ -29,7 +33,7 @@ from flows.nets import resnet
 
 
 def _coupling(cfg: ModelConfig, partition) -> list:
-    net = resnet(cfg.hidden, cfg.res_blocks)
+    net = resnet(cfg.hidden, cfg.res_blocks, weight_norm=cfg.weight_norm)
     kwargs = dict(net_dtype=net_dtype(cfg), checkpoint_net=cfg.checkpoint_nets)
     if cfg.coupling == "affine":
         layer = AffineCoupling(partition, net, scale="tanh", **kwargs)
@@ -48,7 +52,7 @@ def realnvp_stack(cfg: ModelConfig, shape: tuple[int, int, int]) -> MultiScaleSt
             layers += _coupling(cfg, CheckerboardPartition(c, flip=j % 2 == 1))
         if not last:
             c *= 4
-            layers.append(Squeeze())
+            layers.append(OrderedSqueeze() if cfg.squeeze == "ordered" else Squeeze())
             for j in range(cfg.steps):
                 layers += _coupling(cfg, ChannelPartition(c, flip=j % 2 == 1))
             keeps.append(c // 2)

@@ -10,6 +10,9 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from flows.layers.actnorm import ActNorm
 
 
 class ZeroConv2d(nn.Module):
@@ -31,32 +34,64 @@ class ZeroConv2d(nn.Module):
         return self.conv(x) * torch.exp(self.logs * self.logscale_factor)
 
 
-class GlowNet(nn.Sequential):
-    """Glow's coupling network: conv3×3 → ReLU → conv1×1 → ReLU → ZeroConv3×3.
+class FeatureActNorm(nn.Module):
+    """ActNorm used as a normalisation of hidden features: returns h' only (no log-det).
 
-    Shapes: [B, in, H, W] -> [B, out, H, W].
+    Its ActNorm is data-initialised by `flows.initialize_from_batch` like every other one.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = ActNorm(channels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.norm(h)[0]
+
+
+def _conv(in_channels: int, out_channels: int, kernel: int, actnorm: bool) -> list[nn.Module]:
+    """A 'same' conv, bias-free and followed by ActNorm when `actnorm` (ActNorm's bias
+    replaces the conv's)."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=not actnorm)
+    return [conv, FeatureActNorm(out_channels)] if actnorm else [conv]
+
+
+class GlowNet(nn.Sequential):
+    """Glow's coupling network: conv3×3 → [ActNorm] → ReLU → conv1×1 → [ActNorm] → ReLU →
+    ZeroConv3×3.
+
+    With `actnorm` (the reference code's `conv2d(..., do_actnorm=True)`), each hidden conv is
+    bias-free and followed by a data-initialised ActNorm, so the hidden features start at zero
+    mean and unit variance per channel. Shapes: [B, in, H, W] -> [B, out, H, W].
+
+    Reference: Glow's `f` in https://github.com/openai/glow (model.py, tfops.py).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, actnorm: bool = True):
         super().__init__(
-            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            *_conv(in_channels, hidden, 3, actnorm),
             nn.ReLU(),
-            nn.Conv2d(hidden, hidden, 1),
+            *_conv(hidden, hidden, 1, actnorm),
             nn.ReLU(),
             ZeroConv2d(hidden, out_channels),
         )
 
 
-class ResidualBlock(nn.Module):
-    """x + conv3×3(ReLU(conv3×3(ReLU(x)))), width preserved."""
+def _wn(conv: nn.Conv2d, normalise: bool) -> nn.Module:
+    """The conv with weight normalisation w = g · v / ‖v‖ (per output channel) when asked."""
+    return weight_norm(conv) if normalise else conv
 
-    def __init__(self, channels: int):
+
+class ResidualBlock(nn.Module):
+    """x + conv3×3(ReLU(conv3×3(ReLU(x)))), width preserved (convs weight-normalised when
+    `weight_norm`)."""
+
+    def __init__(self, channels: int, weight_norm: bool = False):
         super().__init__()
         self.body = nn.Sequential(
             nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
+            _wn(nn.Conv2d(channels, channels, 3, padding=1), weight_norm),
             nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
+            _wn(nn.Conv2d(channels, channels, 3, padding=1), weight_norm),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,15 +102,19 @@ class ResNet(nn.Sequential):
     """RealNVP-style s/t network: conv3×3 → `blocks` residual blocks → ReLU → ZeroConv3×3.
 
     No batch statistics (each example's output depends on that example only), so the
-    coupling's Jacobian stays triangular per example. Shapes: [B, in, H, W] -> [B, out, H, W].
+    coupling's Jacobian stays triangular per example. With `weight_norm` every hidden conv is
+    weight-normalised (Salimans & Kingma 2016), as in the Real NVP code; the zero-initialised
+    output conv is not (a zero weight has no direction). Shapes: [B, in, H, W] -> [B, out, H, W].
 
-    Reference: Dinh et al., Real NVP (2016), section 4.1.
+    Reference: Dinh et al., Real NVP (2016), section 4.1; weight normalisation:
+    https://arxiv.org/abs/1602.07868
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int, blocks: int):
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, blocks: int,
+                 weight_norm: bool = False):
         super().__init__(
-            nn.Conv2d(in_channels, hidden, 3, padding=1),
-            *[ResidualBlock(hidden) for _ in range(blocks)],
+            _wn(nn.Conv2d(in_channels, hidden, 3, padding=1), weight_norm),
+            *[ResidualBlock(hidden, weight_norm) for _ in range(blocks)],
             nn.ReLU(),
             ZeroConv2d(hidden, out_channels),
         )
@@ -97,14 +136,14 @@ class MLP(nn.Sequential):
         super().__init__(*body, last)
 
 
-def glow_net(hidden: int):
-    """Factory for `GlowNet` of the given width."""
-    return partial(GlowNet, hidden=hidden)
+def glow_net(hidden: int, actnorm: bool = True):
+    """Factory for `GlowNet` of the given width (hidden ActNorms when `actnorm`)."""
+    return partial(GlowNet, hidden=hidden, actnorm=actnorm)
 
 
-def resnet(hidden: int, blocks: int):
-    """Factory for `ResNet` of the given width and depth."""
-    return partial(ResNet, hidden=hidden, blocks=blocks)
+def resnet(hidden: int, blocks: int, weight_norm: bool = False):
+    """Factory for `ResNet` of the given width and depth (weight-normalised when asked)."""
+    return partial(ResNet, hidden=hidden, blocks=blocks, weight_norm=weight_norm)
 
 
 def mlp(hidden: int, layers: int):
@@ -112,4 +151,5 @@ def mlp(hidden: int, layers: int):
     return partial(MLP, hidden=hidden, layers=layers)
 
 
-__all__ = ["MLP", "GlowNet", "ResNet", "ResidualBlock", "ZeroConv2d", "glow_net", "mlp", "resnet"]
+__all__ = ["MLP", "FeatureActNorm", "GlowNet", "ResNet", "ResidualBlock", "ZeroConv2d", "glow_net",
+           "mlp", "resnet"]

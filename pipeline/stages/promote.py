@@ -28,6 +28,8 @@ def run(ctx: StageContext) -> StageOutputs:
         family=evaluated.get("family") or ctx.config.train.model.name,
         epoch=int(meta.get("epoch") or 0),
         final_metrics=(("bpd/test_eval", float(evaluated["test_bpd"])),),
+        bpd_at_k={key: float(value) for key, value in evaluated.items()
+                  if key.startswith("test_bpd_k")},
     )
     ctx.experiment_id()
     name = registered_model_name(ctx.config)

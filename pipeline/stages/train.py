@@ -106,8 +106,9 @@ def _outputs(result: FitResult, model_dir: Path, run_id: str) -> StageOutputs:
         "resumes": int(result.summary.get("resumes", 0)),  # restores from a checkpoint
     }
     final = result.summary.get("final", {})
-    if "test_bpd_iwae" in final:  # VAE / f-VAE: the importance-weighted bound at the end
-        outputs["test_bpd_iwae"] = float(final["test_bpd_iwae"])
+    for key, value in final.items():  # the k-draw bound at the last epoch (train.eval_k)
+        if key.startswith("test_bpd_k"):
+            outputs[key] = float(value)
     return outputs
 
 

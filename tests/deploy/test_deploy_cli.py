@@ -50,7 +50,7 @@ def test_score_png_files_and_a_shard(uri, tmp_path, capsys, model, test_images, 
                                               for row in scores[3:])
     # the CLI scores in chunks of max_batch (64) with the request's seed, like a server would
     images = np.concatenate([test_images[:3], _shard_images(shard)])
-    expected = np.concatenate([score_levels(model, images[i:i + 64], noise_draws=1, generator=5)
+    expected = np.concatenate([score_levels(model, images[i:i + 64], generator=5)
                                for i in range(0, len(images), 64)])
     np.testing.assert_allclose([row["bpd"] for row in scores], expected, rtol=0, atol=1e-5)
     assert result["mean_bpd"] == pytest.approx(expected.mean())
@@ -88,3 +88,18 @@ def test_model_spec_forms():
     assert model_uri("m", "x", "champion") == "models:/m@champion"
     assert model_uri(None, "digits-glow", "champion") == "models:/digits-glow@champion"
     assert model_uri("runs:/abc/model", "x", "champion") == "runs:/abc/model"
+
+
+def test_score_reports_the_k_draw_bound_beside_k_1(uri, tmp_path, capsys, model, test_images):
+    pngs = [_png(tmp_path / f"img{i}.png", test_images[i, 0]) for i in range(4)]
+    code = cli.main(["deploy", "score", *uri, "--model", MODEL_NAME, "--k", "8", "--json",
+                     *pngs])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    k1 = score_levels(model, test_images[:4], generator=0)
+    k8 = score_levels(model, test_images[:4], k=8, generator=0)
+    np.testing.assert_allclose([row["bpd"] for row in result["scores"]], k1, atol=1e-5)
+    np.testing.assert_allclose([row["bpd_k8"] for row in result["scores"]], k8, atol=1e-5)
+    assert result["mean_bpd_k8"] == pytest.approx(k8.mean())
+    assert cli.main(["deploy", "score", *uri, "--model", MODEL_NAME, "--k", "8", *pngs]) == 0
+    assert "k=8" in capsys.readouterr().out

@@ -224,3 +224,15 @@ def test_three_concurrent_promotions_keep_the_best_without_lock_errors(registry,
     assert float(holder.tags["test_bpd"]) == 3.1
     states = [v.tags[reg.PROMOTION_TAG] for v in reg.versions(client, "three")]
     assert len(states) == 3 and reg.PENDING not in states
+
+
+def test_the_k_draw_bound_is_tagged_and_listed():
+    from types import SimpleNamespace
+
+    from deploy.registry import Candidate, _bpd_at_k
+
+    tags = Candidate(test_bpd=1.9, dataset="digits", manifest_fingerprint="f", run_id="r",
+                     bpd_at_k={"test_bpd_k64": 1.85}).tags()
+    assert float(tags["test_bpd"]) == 1.9 and float(tags["test_bpd_k64"]) == 1.85
+    assert _bpd_at_k(SimpleNamespace(tags=tags)) == {"64": 1.85}
+    assert _bpd_at_k(SimpleNamespace(tags={"test_bpd_kx": "1", "test_bpd_k8": "nan?"})) == {}

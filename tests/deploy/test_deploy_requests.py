@@ -23,19 +23,21 @@ def images(manifest) -> np.ndarray:
     return x.numpy()
 
 
-def test_a_request_is_scored_per_slice_of_64_with_the_requests_seed(scorer, model, images):
+def test_a_request_is_scored_per_slice_with_the_requests_seed(scorer, model, images):
+    """k = 2: slices of 64 // 2 = 32 images, each the k-draw bound under the request's seed."""
+    width = SLICE_IMAGES // 2
     out = scorer.run_request(images, {"k": 2, "seed": 4})
     expected = np.concatenate([
-        score_levels(model, images[i:i + SLICE_IMAGES], noise_draws=2, generator=4)
-        for i in range(0, len(images), SLICE_IMAGES)])
+        score_levels(model, images[i:i + width], k=2, generator=4)
+        for i in range(0, len(images), width)])
     np.testing.assert_array_equal(out, expected)
-    # the same images sent as two requests split at a multiple of 64: the same numbers
+    # the same images sent as two requests split at a multiple of the slice: the same numbers
     split = np.concatenate([scorer.run_request(images[:64], {"k": 2, "seed": 4}),
                             scorer.run_request(images[64:], {"k": 2, "seed": 4})])
     np.testing.assert_array_equal(out, split)
 
 
-def test_units_are_one_draw_of_at_most_64_images(scorer, images):
+def test_units_are_about_64_image_evaluations(scorer, images):
     steps = scorer.plan(images, {"k": 2})
     units = 0
     while True:
@@ -45,7 +47,7 @@ def test_units_are_one_draw_of_at_most_64_images(scorer, images):
             assert done.value.shape == (130,)
             break
         units += 1
-    assert units == 2 * 3  # ceil(130 / 64) slices x 2 draws
+    assert units == 5  # ceil(130 / 32) slices of 32 images x 2 draws
 
 
 def test_work_over_the_budget_is_refused_before_any_work(scorer, images):

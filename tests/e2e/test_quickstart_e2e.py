@@ -33,7 +33,7 @@ TINY = {
     "tune.max_t": 1,
     "tune.verbose": "false",
     "evaluate.grid_samples": 16,
-    "evaluate.iw_samples": 2,
+    "evaluate.k": 2,
 }
 
 

@@ -131,3 +131,19 @@ def test_more_workers_than_the_cluster_has_fails_fast():
     with pytest.raises(ValueError, match="asks for 64 CPU"):
         check_resources(spec)
     check_resources(spec.model_copy(update={"num_workers": 2}))
+
+
+def test_actnorm_init_gathers_256_images_over_ranks_and_every_rank_matches(
+    digits_manifest, tmp_path
+):
+    """8 images per rank per step: the data-dependent init gathers 128 from each of the two
+    ranks' first batches; after it every rank holds bit-identical weights and buffers."""
+    cfg = TrainConfig.model_validate(
+        tiny_train("glow", epochs=1, batch_size=16, eval_at_start=False, init_images=256)
+    )
+    job = TrainJob(str(digits_manifest), run_dir=str(tmp_path / "run"), verbose=False)
+    summary = fit(cfg, job, tmp_path / "ray", "init256").summary
+    assert summary["init_images"] == 256  # > one rank's 8-image batch, > one rank's share
+    digests = summary["init_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert summary["step1_digests"][0] == summary["step1_digests"][1]

@@ -74,3 +74,49 @@ def test_same_seed_same_bpd_and_resume_continues_exactly(digits_manifest, tmp_pa
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["resumes"] == 1
     assert other_seed["final"]["test_bpd"] != final["test_bpd"]
+
+
+def test_actnorm_init_takes_init_images_over_several_batches(digits_manifest):
+    from data_prep import Manifest
+    from train.loop import init_batch
+
+    cfg = _cfg(batch_size=16, init_images=100)
+    images = init_batch(cfg, Manifest.load(digits_manifest), ONE_RANK)
+    assert images.shape == (100, 1, 8, 8) and images.dtype == torch.uint8
+    assert len({bytes(x.numpy()) for x in images}) > 90  # distinct images, not one batch
+
+
+def test_debiased_ema_forgets_the_initial_weights():
+    from torch import nn
+
+    from train.optim import Ema
+
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(10.0)  # the initial weights
+    plain, debiased = Ema(model, 0.99, debias=False), Ema(model, 0.99, debias=True)
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # every later iterate
+    for t in range(1, 6):
+        plain.update(model, t)
+        debiased.update(model, t)
+    assert debiased.module.weight.item() == pytest.approx(1.0)  # no trace of the 10
+    assert plain.module.weight.item() == pytest.approx(1.0 + 9.0 * 0.99**5)
+    assert debiased.weight(1) == pytest.approx(1.0)
+    assert debiased.weight(10**6) == pytest.approx(0.01)
+
+
+def test_weight_decay_spares_weight_norm_directions():
+    from flows import ModelConfig, build_model
+    from train.config import OptimConfig
+    from train.optim import WEIGHT_NORM_DIRECTION, build_optimizer
+
+    model = build_model(ModelConfig(name="realnvp", image_shape=(1, 4, 4), n_bins=16, levels=1,
+                                    steps=1, hidden=8, res_blocks=1, weight_norm=True))
+    optimizer = build_optimizer(model, OptimConfig(weight_decay=1e-3))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {g["weight_decay"]: [names[id(p)] for p in g["params"]]
+             for g in optimizer.param_groups}
+    assert decay[0.0] and all(n.endswith(WEIGHT_NORM_DIRECTION) for n in decay[0.0])
+    assert not any(n.endswith(WEIGHT_NORM_DIRECTION) for n in decay[1e-3])
+    assert len(decay[0.0]) + len(decay[1e-3]) == len(names)
