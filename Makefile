@@ -12,8 +12,11 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 run: $(STAMP)
 	$(BIN)/nfpipe run $(ARGS)
 
+# Two pytest-xdist workers: most tests wait on processes (Ray, servers), not on the CPU. Each
+# module stays on one worker and the `ray start` cluster modules run one after another
+# (tests/conftest.py groups them).
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(ARGS)
 
 # Unit tests only: no Ray cluster, no server process, no whole pipeline (about a minute).
 test-fast: $(STAMP)

@@ -306,6 +306,7 @@ def pipeline_check(args, device: torch.device, workdir: Path) -> dict:
         sets["train.model"] = json.dumps(SMOKE_MODELS["glow"] | {"levels": 1})
         sets["train.optim.warmup_steps"] = 5
         sets["ray.dashboard"] = "false"  # seconds of start-up the smoke run does not need
+        sets["evaluate.k"] = 2  # the default 64 draws per image cost a minute on a CPU
     start = time.perf_counter()
     argv = ["run", str(REPO / "pipeline.yaml"), "--profile", "cifar10",
             "--stages", "data_prep,train,evaluate,promote"]

@@ -28,11 +28,19 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop(name, None)  # never a real account from the developer's shell
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses the session's Ray is slow, whatever its module says."""
+    """A test that uses the session's Ray is slow, whatever its module says.
+
+    Under pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs it) each module is one
+    group, kept on one worker, so its module-scoped fixtures are built once; the modules that
+    start `ray start` clusters are one group, so two such clusters never run at once."""
     for item in items:
         if "ray_local" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+        module = item.nodeid.split("::")[0]
+        group = "ray-start-clusters" if module.startswith("tests/cluster/") else module
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -34,16 +34,20 @@ def unshare_works() -> bool:
     return probe.returncode == 0
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    nodes = LocalRayCluster(tmp_path)
-    yield nodes
-    nodes.stop()
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One head and one worker node for the module (1 CPU each); the worker node cannot see
+    the folder `hidden` (its own mount namespace) where unshare works."""
+    nodes = LocalRayCluster(tmp_path_factory.mktemp("nodes"))
+    try:
+        nodes.start_head(num_cpus=1)
+        nodes.add_worker(num_cpus=1, hide=nodes.tmp / "hidden" if unshare_works() else None)
+        yield nodes
+    finally:
+        nodes.stop()
 
 
 def test_two_worker_training_spans_both_nodes(cluster, tmp_path):
-    cluster.start_head(num_cpus=1)
-    cluster.add_worker(num_cpus=1)
     proc = run_train(cluster, tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     from ray.util.state import list_actors
@@ -58,11 +62,10 @@ def test_two_worker_training_spans_both_nodes(cluster, tmp_path):
 
 
 @pytest.mark.skipif(not unshare_works(), reason="needs mount namespaces (unshare -m)")
-def test_shards_not_visible_on_a_node_fail_before_training(cluster, tmp_path):
-    cluster.start_head(num_cpus=1)
-    cluster.add_worker(num_cpus=1, hide=tmp_path / "shards")
-    proc = run_train(cluster, tmp_path)
+def test_shards_not_visible_on_a_node_fail_before_training(cluster):
+    hidden = cluster.tmp / "hidden"  # the driver and the head see it, the worker node not
+    proc = run_train(cluster, hidden)
     assert proc.returncode == 1
     out = proc.stdout + proc.stderr
-    assert "cannot see" in out and str(tmp_path / "shards") in out
-    assert not (tmp_path / "mlflow.db").exists() or "epoch" not in out
+    assert "cannot see" in out and str(hidden / "shards") in out
+    assert not (hidden / "mlflow.db").exists() or "epoch" not in out

@@ -40,7 +40,7 @@ TRAIN = [
     "--set", "train.model.hidden=8", "--set", "train.scaling.num_workers=2",
     "--set", "train.scaling.cpus_per_worker=1", "--set", "train.max_failures=2",
     "--set", "train.sample_n=4", "--set", "evaluate.grid_samples=4",
-    "--set", "evaluate.temperatures=[0.7]",
+    "--set", "evaluate.temperatures=[0.7]", "--set", "evaluate.k=2",
 ]
 
 

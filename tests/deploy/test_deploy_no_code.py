@@ -70,7 +70,10 @@ def _register_folder(registry, folder: Path, name: str, tags: dict[str, str]) ->
 @pytest.fixture(scope="module")
 def evil(champion, registry, evil_dir) -> str:
     """The evil folder registered as EVIL@champion with the genuine bundle's digest."""
-    version = _register_folder(registry, evil_dir, EVIL, dict(champion.tags))
+    # decided, as the champion it is made: a version still tagged pending (the champion's
+    # tags were read before its promotion) would hold later promotions for queue_timeout_s
+    tags = {**champion.tags, reg.PROMOTION_TAG: "promoted"}
+    version = _register_folder(registry, evil_dir, EVIL, tags)
     tracking.client(registry[0]).set_registered_model_alias(EVIL, "champion", version)
     return version
 
@@ -138,7 +141,7 @@ def _stage_config(registry, tmp_path):
     return validate({
         "name": "evil", "workdir": str(tmp_path / "work"),
         "mlflow": {"tracking_uri": registry[0], "experiment": "deploy-tests"},
-        "evaluate": {"batch_size": 200, "grid_samples": 4, "temperatures": [1.0]},
+        "evaluate": {"batch_size": 200, "k": 2, "grid_samples": 4, "temperatures": [1.0]},
         "promote": {"model_name": EVIL, "max_batch": 64, "max_samples": 8},
         "deploy": {"smoke_samples": 4, "smoke_images": 8},
     })

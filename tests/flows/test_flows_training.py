@@ -55,7 +55,10 @@ def train_and_score(digits, iterations: int, lr: float, **fields) -> float:
 @pytest.mark.parametrize(
     ("iterations", "lr", "fields"),
     [
-        pytest.param(800, 1e-2, dict(name="glow", levels=2, steps=3, hidden=32),
+        # Plain coupling nets: with the default ActNorm-inside-the-net nets this Glow reaches
+        # only 2.45-2.46 bpd in 800 steps (baseline 2.437), the plain ones 2.34.
+        pytest.param(800, 1e-2, dict(name="glow", levels=2, steps=3, hidden=32,
+                                     coupling_actnorm=False),
                      id="glow", marks=pytest.mark.slow),  # ~20 s of training
         pytest.param(200, 5e-3, dict(name="realnvp", levels=2, steps=1, hidden=16,
                                      res_blocks=1), id="realnvp"),
