@@ -16,7 +16,7 @@ run: $(STAMP)
 # module stays on one worker and the `ray start` cluster modules run one after another
 # (tests/conftest.py groups them).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25 $(ARGS)
 
 # Unit tests only: no Ray cluster, no server process, no whole pipeline (about a minute).
 test-fast: $(STAMP)

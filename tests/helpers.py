@@ -89,6 +89,13 @@ class RayNode:
         stop_process_group(self.proc, term_wait_s=5)
 
 
+def _agent_port() -> list[str]:
+    """A free port for a node's dashboard agent (jobs go through the head's): Ray's fixed
+    default, 52365, is taken by whichever Ray on this machine started first (the session's
+    `ray_local`, a pipeline's embedded Ray on the other xdist worker)."""
+    return [f"--dashboard-agent-listen-port={free_port()}"]
+
+
 class LocalRayCluster:
     """A real multi-process Ray cluster on 127.0.0.1: a head with the dashboard (Jobs API)
     and optional worker nodes, each 1 CPU. `hide` mounts an empty tmpfs over a path for one
@@ -114,6 +121,7 @@ class LocalRayCluster:
                     "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
                     f"--num-cpus={num_cpus}", "--include-dashboard=true",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                    *_agent_port(),
                 ],
                 cwd=self.tmp,
             )
@@ -124,11 +132,25 @@ class LocalRayCluster:
 
         use_local_auth_token()  # Ray >= 2.5x enables token auth on clusters by default
         wait_until(lambda: JobSubmissionClient(self.dashboard) is not None, 120, "the Ray head")
+        # the head's job agent comes up after the dashboard, on a busy machine much later
+        wait_until(self._job_agent_accepts_a_job, 180, "the Ray head's job agent")
+
+    def _job_agent_accepts_a_job(self) -> bool:
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            JobSubmissionClient(self.dashboard).submit_job(entrypoint="true")
+        except RuntimeError as err:
+            if "No available agent" in str(err):
+                return False
+            raise
+        return True
 
     def add_worker(self, num_cpus: int = 1, hide: Path | None = None) -> None:
         wrapper = None
         args = [
             f"--address={self.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+            *_agent_port(),
         ]
         if hide is not None:
             hide.mkdir(parents=True, exist_ok=True)
