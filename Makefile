@@ -14,9 +14,9 @@ run: $(STAMP)
 
 # Two pytest-xdist workers: most tests wait on processes (Ray, servers), not on the CPU. Each
 # module stays on one worker and the `ray start` cluster modules run one after another
-# (tests/conftest.py groups them).
+# (tests/conftest.py, pytest_xdist_make_scheduler).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25 $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 $(ARGS)
 
 # Unit tests only: no Ray cluster, no server process, no whole pipeline (about a minute).
 test-fast: $(STAMP)

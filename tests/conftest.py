@@ -28,19 +28,37 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop(name, None)  # never a real account from the developer's shell
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses the session's Ray is slow, whatever its module says.
-
-    Under pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs it) each module is one
-    group, kept on one worker, so its module-scoped fixtures are built once; the modules that
-    start `ray start` clusters are one group, so two such clusters never run at once."""
+    """A test that uses the session's Ray is slow, whatever its module says."""
     for item in items:
         if "ray_local" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-        module = item.nodeid.split("::")[0]
-        group = "ray-start-clusters" if module.startswith("tests/cluster/") else module
-        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under pytest-xdist (`make test`: two workers) each test module is one unit of work, kept
+    on one worker, so its module-scoped fixtures are built once. Modules in one of
+    SHARED_UNITS form one unit: the tests/cluster modules, so two `ray start` clusters never
+    run at once, and the two e2e modules that read the session's pipeline run, so it runs once.
+    (A scheduler of our own: xdist 3.8's `xdist_group` marks have no effect under pytest 9,
+    which keeps node ids elsewhere.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return next((unit for unit, prefixes in SHARED_UNITS.items()
+                         if module.startswith(prefixes)), module)
+
+    return ModuleScheduling(config, log)
+
+
+SHARED_UNITS = {
+    "ray-start clusters": ("tests/cluster/",),
+    "the quickstart run": ("tests/e2e/test_quickstart_e2e.py",
+                           "tests/e2e/test_mlflow_conventions.py"),
+}
 
 
 @pytest.fixture(scope="session")
