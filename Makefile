@@ -12,11 +12,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 run: $(STAMP)
 	$(BIN)/nfpipe run $(ARGS)
 
-# Two pytest-xdist workers: most tests wait on processes (Ray, servers), not on the CPU. Each
-# module stays on one worker and the `ray start` cluster modules run one after another
-# (tests/conftest.py, pytest_xdist_make_scheduler).
+# Two pytest-xdist workers: most tests wait on processes (Ray, servers), not on the CPU.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 $(ARGS)
+	$(BIN)/python -m pytest -n 2 --durations=25 $(ARGS)
 
 # Unit tests only: no Ray cluster, no server process, no whole pipeline (about a minute).
 test-fast: $(STAMP)

@@ -35,32 +35,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.hookimpl(optionalhook=True, tryfirst=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Under pytest-xdist (`make test`: two workers) each test module is one unit of work, kept
-    on one worker, so its module-scoped fixtures are built once. Modules in one of
-    SHARED_UNITS form one unit: the tests/cluster modules, so two `ray start` clusters never
-    run at once, and the two e2e modules that read the session's pipeline run, so it runs once.
-    (A scheduler of our own: xdist 3.8's `xdist_group` marks have no effect under pytest 9,
-    which keeps node ids elsewhere.)"""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ModuleScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::")[0]
-            return next((unit for unit, prefixes in SHARED_UNITS.items()
-                         if module.startswith(prefixes)), module)
-
-    return ModuleScheduling(config, log)
-
-
-SHARED_UNITS = {
-    "ray-start clusters": ("tests/cluster/",),
-    "the quickstart run": ("tests/e2e/test_quickstart_e2e.py",
-                           "tests/e2e/test_mlflow_conventions.py"),
-}
-
-
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray for the whole session (logical CPUs > physical so 2-worker runs fit)."""

@@ -92,7 +92,7 @@ class RayNode:
 def _agent_port() -> list[str]:
     """A free port for a node's dashboard agent (jobs go through the head's): Ray's fixed
     default, 52365, is taken by whichever Ray on this machine started first (the session's
-    `ray_local`, a pipeline's embedded Ray on the other xdist worker)."""
+    `ray_local`, a pipeline's embedded Ray, a cluster of the other xdist worker)."""
     return [f"--dashboard-agent-listen-port={free_port()}"]
 
 
@@ -121,7 +121,7 @@ class LocalRayCluster:
                     "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
                     f"--num-cpus={num_cpus}", "--include-dashboard=true",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                    *_agent_port(),
+                    f"--ray-client-server-port={free_port()}", *_agent_port(),
                 ],
                 cwd=self.tmp,
             )

@@ -1,4 +1,4 @@
-"""The default pipeline, run once per session as `make run` runs it (tiny settings): the
+"""The default pipeline, run once per test process as `make run` runs it (tiny settings): the
 quickstart test checks its log, records and re-runs; the MLflow-conventions tests read its
 training run back. One run serves both because a pipeline run costs about a minute here."""
 

@@ -22,7 +22,7 @@ def test_cpu_smoke_mode_writes_the_whole_table(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu",
-         "--smoke", "--steps", "8", "--warmup", "1", "--budget-s", "20",
+         "--smoke", "--steps", "8", "--warmup", "1", "--budget-s", "8",
          "--json", str(out), "--workdir", str(tmp_path / "work")],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
