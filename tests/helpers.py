@@ -133,18 +133,9 @@ class LocalRayCluster:
         use_local_auth_token()  # Ray >= 2.5x enables token auth on clusters by default
         wait_until(lambda: JobSubmissionClient(self.dashboard) is not None, 120, "the Ray head")
         # the head's job agent comes up after the dashboard, on a busy machine much later
-        wait_until(self._job_agent_accepts_a_job, 180, "the Ray head's job agent")
-
-    def _job_agent_accepts_a_job(self) -> bool:
-        from ray.job_submission import JobSubmissionClient
-
-        try:
-            JobSubmissionClient(self.dashboard).submit_job(entrypoint="true")
-        except RuntimeError as err:
-            if "No available agent" in str(err):
-                return False
-            raise
-        return True
+        # (submitting raises "No available agent" until then; wait_until retries on errors)
+        wait_until(lambda: JobSubmissionClient(self.dashboard).submit_job(entrypoint="true"),
+                   180, "the Ray head's job agent")
 
     def add_worker(self, num_cpus: int = 1, hide: Path | None = None) -> None:
         wrapper = None
