@@ -72,6 +72,7 @@ SMOKE_MODELS = {
 }
 OPTIM = {"name": "adamax", "lr": 1e-3, "warmup_steps": 50}  # Glow's; the same for all rows
 AGREE_REL = 0.02  # bf16 and fp32 losses after the same steps: within 2%
+COMPILE_NEEDS_S = 90.0  # a compile variant starts only with this much of the budget left
 
 
 @dataclass(frozen=True)
@@ -221,32 +222,53 @@ def model_rows(args, device, peaks, deadline: float) -> list[dict]:
     data = batches(4, args.batch, shape, device)
     rows, flops = [], {}
     for key, model in models.items():
-        for variant in VARIANTS:
+        if key not in args.models:
+            continue
+        for variant in (v for v in VARIANTS if v.name in args.variants):
             skip = skip_reason(args, device, variant, deadline)
             if skip:
                 rows.append({"model": key, "variant": variant.name, "skipped": skip})
             else:
-                rows.append(time_variant(key, model, variant, data, args.steps, args.warmup,
-                                         device, peaks, flops))
+                rows.append(guarded_variant(key, model, variant, data, args, device, peaks,
+                                            flops))
             print(format_model_row(rows[-1]), flush=True)
     agreement(rows)
     return rows
+
+
+def guarded_variant(key: str, model: dict, variant: Variant, data: list, args, device,
+                    peaks: dict, flops: dict) -> dict:
+    """One variant's row; a variant that breaks (a compiler error, say) becomes a FAILED row
+    with its error, so the other rows and the pipeline check still run."""
+    try:
+        return time_variant(key, model, variant, data, args.steps, args.warmup, device, peaks,
+                            flops)
+    except Exception as err:  # noqa: BLE001 - reported in the table, never swallowed silently
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"model": key, "variant": variant.name,
+                "failed": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
 
 
 def skip_reason(args, device, variant: Variant, deadline: float) -> str | None:
     if variant.compile and device.type != "cuda":
         return ("torch.compile on CPU: minutes of C++ compiling; "
                 "tests/train/test_compile.py checks it")
-    if time.perf_counter() > deadline:
+    left = deadline - time.perf_counter()
+    if left <= 0:
         return f"over the {args.budget_s:.0f}s budget"
+    if variant.compile and left < COMPILE_NEEDS_S:
+        return f"torch.compile needs ~{COMPILE_NEEDS_S:.0f}s; {left:.0f}s of the budget left"
     return None
 
 
 def profile_top_ops(args, device, rows: list[dict], n: int = 8) -> list[dict]:
-    """The profiler's top ops (self time) over 3 steps of the fastest Glow variant."""
+    """The profiler's top ops (self time) over 3 steps of the fastest eager Glow variant."""
     from torch.profiler import ProfilerActivity, profile
 
-    timed = [r for r in rows if r["model"] == "glow" and "images_per_s" in r]
+    # eager variants only: profiling a compiled one would pay its compile again
+    timed = [r for r in rows if r["model"] == "glow" and "images_per_s" in r
+             and "compile" not in r["variant"]]
     if not timed:
         return []
     best = max(timed, key=lambda r: r["images_per_s"])
@@ -301,11 +323,11 @@ def pipeline_check(args, device: torch.device, workdir: Path) -> dict:
             "train.scaling.num_workers": 1, "train.scaling.use_gpu": str(gpu).lower(),
             "train.scaling.cpus_per_worker": max(1, min(8, (os.cpu_count() or 2) - 1)),
             "train.loader_workers": 0 if args.smoke else 4,
-            "evaluate.device": "cuda" if gpu else "cpu", "evaluate.grid_samples": 16}
+            "evaluate.device": "cuda" if gpu else "cpu", "evaluate.grid_samples": 16,
+            "ray.dashboard": "false"}  # start-up time (and packages) the check does not need
     if args.smoke:
         sets["train.model"] = json.dumps(SMOKE_MODELS["glow"] | {"levels": 1})
         sets["train.optim.warmup_steps"] = 5
-        sets["ray.dashboard"] = "false"  # seconds of start-up the smoke run does not need
         sets["evaluate.k"] = 2  # the default 64 draws per image cost a minute on a CPU
     start = time.perf_counter()
     argv = ["run", str(REPO / "pipeline.yaml"), "--profile", "cifar10",
@@ -368,6 +390,8 @@ def fmt(value, spec: str, missing: str = "-") -> str:
 def format_model_row(r: dict) -> str:
     if "skipped" in r:
         return f"  {r['model']:8s} {r['variant']:19s} skipped: {r['skipped']}"
+    if "failed" in r:
+        return f"  {r['model']:8s} {r['variant']:19s} FAILED: {r['failed']}"
     agree = {True: "yes", False: "NO", None: "-"}[r.get("agrees_with_fp32")]
     return (f"  {r['model']:8s} {r['variant']:19s} {r['images_per_s']:9.1f} img/s "
             f"MFU {100 * r['mfu']:5.1f}%  mem {fmt(r['peak_mem_gib'], '6.2f', '   n/a')} GiB  "
@@ -431,7 +455,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None,
                         help="where the JSON goes (default: WORKDIR/gpu_check.json)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip part 4")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated subset of {','.join(MODELS)}")
+    parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS),
+                        help=f"comma-separated subset of {','.join(v.name for v in VARIANTS)}")
     args = parser.parse_args(argv)
+    for name, known in (("models", list(MODELS)), ("variants", [v.name for v in VARIANTS])):
+        picked = getattr(args, name).split(",")
+        unknown = sorted(set(picked) - set(known))
+        if unknown:
+            parser.error(f"--{name}: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+        setattr(args, name, picked)
     defaults = (20, 3, 16, 60.0) if args.smoke else (200, 10, 64, 330.0)
     for name, value in zip(("steps", "warmup", "batch", "budget_s"), defaults, strict=True):
         if getattr(args, name) is None:
