@@ -29,7 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
-# The GPU path end to end on one GPU in at most 8 minutes (benchmarks/gpu_check.py; README,
+# The GPU path end to end on one GPU in about 8 minutes (benchmarks/gpu_check.py; README,
 # "GPUs"); ARGS="--device cpu --smoke" runs it on a CPU in about a minute.
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
