@@ -21,9 +21,9 @@
 5. The loader: decoded images per CPU-second (one core) from those shards, against the
    images/s one GPU consumes, i.e. how many CPU cores each GPU needs.
 
-One summary table, also written as JSON. The model variants run most wanted first (PRIORITY)
-and each only when its estimated time fits the rest of `--budget-s` (330 s); those that would
-not fit are skipped and say so. With the pipeline, about 8 minutes on one H200. `--device cpu --smoke` runs the same
+One summary table, also written as JSON. The model variants run most wanted first
+(PRIORITY), each only when its estimated time fits the rest of `--budget-s` (330 s); those
+that would not fit are skipped and say so. With the pipeline, about 8 minutes on one H200. `--device cpu --smoke` runs the same
 code on tiny shapes and steps in about a minute, skipping what needs CUDA (and
 torch.compile, minutes of C++ compiling on a CPU; tests/train/test_compile.py covers it).
 
