@@ -23,9 +23,10 @@
 
 One summary table, also written as JSON. The model variants run most wanted first
 (PRIORITY), each only when its estimated time fits the rest of `--budget-s` (330 s); those
-that would not fit are skipped and say so. With the pipeline, about 8 minutes on one H200. `--device cpu --smoke` runs the same
-code on tiny shapes and steps in about a minute, skipping what needs CUDA (and
-torch.compile, minutes of C++ compiling on a CPU; tests/train/test_compile.py covers it).
+that would not fit are skipped and say so. With the pipeline, about 8 minutes on one H200.
+`--device cpu --smoke` runs the same code on tiny shapes and steps in about a minute,
+skipping what needs CUDA (and torch.compile, minutes of C++ compiling on a CPU;
+tests/train/test_compile.py covers it).
 
     .venv/bin/python benchmarks/gpu_check.py [--device cuda] [--json PATH] [--workdir DIR]
     .venv/bin/python benchmarks/gpu_check.py --device cpu --smoke
