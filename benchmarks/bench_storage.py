@@ -154,9 +154,10 @@ def write_celeba(root: Path, n: int) -> Path:
     return root
 
 
-def bench_prep(work: Path, n: int) -> None:
-    """Each variant twice, in the order 1, 2, 2, 1 workers (the load of a shared machine
-    drifts), each into a fresh folder; the faster of the two runs counts."""
+def bench_prep(work: Path, n: int, order: list[int]) -> None:
+    """The variants in `order` (0 = one process without Ray, N = Ray tasks on N workers;
+    by default 0, 1, 2, 2, 1, 0: each twice, as the load of a shared machine drifts), each
+    into a fresh folder; the fastest run of each variant counts."""
     import shutil
 
     import ray
@@ -168,9 +169,8 @@ def bench_prep(work: Path, n: int) -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     times: dict[str, list[float]] = {}
     fingerprints = set()
-    order = [("one process", None), ("Ray, 1 worker", 1), ("Ray, 2 workers", 2),
-             ("Ray, 2 workers", 2), ("Ray, 1 worker", 1), ("one process", None)]
-    for run, (label, workers) in enumerate(order):
+    labels = {0: ("one process", None), 1: ("Ray, 1 worker", 1), 2: ("Ray, 2 workers", 2)}
+    for run, (label, workers) in enumerate(labels[w] for w in order):
         out = work / f"prep-out-{run}"
         shutil.rmtree(out, ignore_errors=True)
         kwargs = {} if workers is None else {
@@ -188,7 +188,7 @@ def bench_prep(work: Path, n: int) -> None:
     ray.shutdown()
     best = {label: min(values) for label, values in times.items()}
     for label, seconds in best.items():
-        print(f"prep best of two, {label:<15} {n / seconds:6.1f} images/s")
+        print(f"prep best of {len(times[label])}, {label:<15} {n / seconds:6.1f} images/s")
     one, two = best["Ray, 1 worker"], best["Ray, 2 workers"]
     print(f"prep scaling 1 -> 2 workers: speed-up {one / two:.2f}, efficiency "
           f"{one / two / 2:.2f} of linear (target >= 0.8)")
@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--n-loader", type=int, default=20_000)
     parser.add_argument("--n-celeba", type=int, default=4_000)
     parser.add_argument("--only", default="loader,checkpoint,prep")
+    parser.add_argument("--prep-order", default="0,1,2,2,1,0",
+                        help="data_prep runs in this order: 0 = one process, N = N Ray workers")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_storage_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -213,7 +215,7 @@ def main() -> None:
         if "checkpoint" in parts:
             bench_checkpoint(work)
         if "prep" in parts:
-            bench_prep(work, args.n_celeba)
+            bench_prep(work, args.n_celeba, [int(w) for w in args.prep_order.split(",")])
     finally:
         server.kill()
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
