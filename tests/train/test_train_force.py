@@ -8,8 +8,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 from train_helpers import tiny_train
+
+pytestmark = pytest.mark.slow  # three Ray Train runs
 
 
 def _epochs(out: dict) -> list[int]:
