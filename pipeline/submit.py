@@ -33,13 +33,21 @@ EXCLUDES = [
 ]
 FINAL_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 60.0  # a freshly started head accepts jobs only once its job agent is up
+ADDRESS_ENVS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")  # Ray's client reads them first
 
 
 def job_client(address: str):
+    """A job client of the dashboard at `address`. Ray's client takes $RAY_API_SERVER_ADDRESS or
+    $RAY_ADDRESS over its argument; here the address given wins (the CLI's default for
+    --address is already $RAY_API_SERVER_ADDRESS)."""
     from ray.job_submission import JobSubmissionClient
 
     use_local_auth_token()
-    return JobSubmissionClient(address)
+    hidden = {name: os.environ.pop(name) for name in ADDRESS_ENVS if name in os.environ}
+    try:
+        return JobSubmissionClient(address)
+    finally:
+        os.environ.update(hidden)
 
 
 def use_local_auth_token() -> None:

@@ -4,6 +4,7 @@ there (one clear line, the right exit code, in seconds), and the "next" block.""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -89,6 +90,17 @@ def test_unreachable_ray_dashboard_is_one_line_and_exit_2(capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert f"no Ray dashboard answers at {address}" in err and "ray start --head" in err
+
+
+def test_the_address_given_wins_over_rays_address_variables(capsys, monkeypatch):
+    """Ray's job client reads $RAY_API_SERVER_ADDRESS and $RAY_ADDRESS before its argument (an
+    embedded Ray earlier in the same process sets the first); --address must still win."""
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+    address = f"http://127.0.0.1:{free_port()}"
+    assert main(["status", "raysubmit_X", "--address", address]) == 2
+    assert f"no Ray dashboard answers at {address}:" in capsys.readouterr().err
+    assert os.environ["RAY_ADDRESS"].startswith("127.0.0.1:")  # left as it was
 
 
 def test_unreachable_tracking_server_fails_in_seconds_before_any_stage(tmp_path):
