@@ -25,7 +25,7 @@ class DataPrepConfig(BaseModel):
     )
     source: Location | None = Field(
         None,
-        description="Raw data, a local path or a URL (s3://…). cifar10: "
+        description="Raw data, a local path or a URL (s3://…, gs://…). cifar10: "
         "`cifar-10-python.tar.gz` or the extracted `cifar-10-batches-py/` folder (or a folder "
         "holding either); celeba: the folder with `img_align_celeba/` and "
         "`list_eval_partition.txt`. Unused for digits.",
@@ -33,7 +33,8 @@ class DataPrepConfig(BaseModel):
     output_root: Location = Field(
         "data/shards",
         description="Shards go to `{output_root}/{dataset}-{H}x{W}-{bits}bit/`: a local path "
-        "or an object-store URL (s3://bucket/prefix), which every rank then streams from.",
+        "or an object-store URL (s3://bucket/prefix, gs://bucket/prefix), which every rank then "
+        "streams from.",
     )
     ray_workers: int | None = Field(
         None,

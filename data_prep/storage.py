@@ -4,7 +4,8 @@ A *location* is a string: a local path (`data/shards`, `/mnt/nfs/shards`) or a U
 (`file:///…`, `s3://bucket/prefix`, `gs://bucket/prefix`, or any other scheme fsspec knows).
 Credentials come only from where each client library looks for them (the environment,
 `~/.aws`, `GOOGLE_APPLICATION_CREDENTIALS`, instance roles); no location or setting holds one.
-S3-compatible stores (MinIO, Ceph) are reached with the standard `AWS_ENDPOINT_URL`.
+S3-compatible stores (MinIO, Ceph) are reached with the standard `AWS_ENDPOINT_URL`, a GCS
+emulator with the standard `STORAGE_EMULATOR_HOST`.
 
 Writes are whole objects: on a local disk a temporary file, fsync, then a rename; on an object
 store a single PUT (an object appears complete or not at all). Nothing here imports Ray or
@@ -13,14 +14,14 @@ MLflow, and fsspec's backends (s3fs, gcsfs) are imported only when a URL is firs
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -190,7 +191,8 @@ def write_bytes(location: str | os.PathLike, data: bytes) -> None:
         os.replace(tmp, target)
         return
     fs, path = filesystem(location)
-    fs.pipe_file(path, data)
+    with _bucket_must_exist(location):
+        fs.pipe_file(path, data)
 
 
 def put_file(local: Path, location: str | os.PathLike) -> None:
@@ -199,8 +201,20 @@ def put_file(local: Path, location: str | os.PathLike) -> None:
         os.replace(local, absolute(location))
         return
     fs, path = filesystem(location)
-    fs.put_file(str(local), path)
+    with _bucket_must_exist(location):
+        fs.put_file(str(local), path)
     local.unlink()
+
+
+@contextmanager
+def _bucket_must_exist(location: str | os.PathLike) -> Iterator[None]:
+    """An object store's FileNotFoundError on a write (it has no folders: the bucket is
+    missing) as one that says so; gcsfs's names only the upload URL."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(errno.ENOENT, f"the bucket does not exist "
+                                f"({endpoint_hint(location)})", os.fspath(location)) from exc
 
 
 def remove(location: str | os.PathLike) -> None:
@@ -258,17 +272,29 @@ def check_reachable(location: str | os.PathLike, timeout_s: float = CHECK_TIMEOU
     """Raise StorageError when the bucket (or the store) of a URL cannot be listed.
 
     Quick settings (few retries, short timeouts) and an overall time limit, so a wrong
-    endpoint or a missing bucket is reported in seconds. Local paths are not checked.
+    endpoint or a missing bucket is reported in seconds. Local paths are not checked. The
+    listing runs in a daemon thread, left behind at the time limit: gcsfs has no setting for
+    its retries (about 30 s of back-off against a closed port).
     """
     if not is_remote(location):
         return
-    with ThreadPoolExecutor(1) as pool:
-        future = pool.submit(_list_bucket, os.fspath(location))
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
         try:
-            future.result(timeout=timeout_s)
-        except FutureTimeout:
-            raise StorageError(f"{location}: no answer from the store within {timeout_s:.0f}s "
-                               f"({endpoint_hint(location)})") from None
+            _list_bucket(os.fspath(location))
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, name="nfpipe-storage-check", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        raise StorageError(f"{location}: no answer from the store within {timeout_s:.0f}s "
+                           f"({endpoint_hint(location)})")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def _list_bucket(location: str) -> None:
@@ -295,4 +321,8 @@ def endpoint_hint(location: str | os.PathLike) -> str:
     if scheme(location) in ("s3", "s3a"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         return f"endpoint {endpoint} from AWS_ENDPOINT_URL" if endpoint else "endpoint: AWS"
+    if scheme(location) in ("gs", "gcs"):
+        endpoint = os.environ.get("STORAGE_EMULATOR_HOST")
+        return (f"endpoint {endpoint} from STORAGE_EMULATOR_HOST" if endpoint
+                else "endpoint: Google Cloud Storage")
     return f"scheme {scheme(location)}://"

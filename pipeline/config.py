@@ -44,7 +44,8 @@ class MlflowConfig(_Section):
     experiment: str = Field("nfpipe", description="MLflow experiment that holds the runs.")
     artifact_root: Location = Field(
         "mlartifacts",
-        description="Artifacts of a local SQLite store: a folder or a URL (s3://bucket/prefix); "
+        description="Artifacts of a local SQLite store: a folder or a URL (s3://bucket/prefix, "
+        "gs://bucket/prefix); "
         "ignored for an http:// server, which has its own (`--artifacts-destination`).",
     )
 

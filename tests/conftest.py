@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import S3_TEST_ENV, S3Server, free_port
+from helpers import S3_TEST_ENV, GcsServer, S3Server, free_port
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -20,11 +20,18 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Point every S3 client of this session (Ray nodes and workers included, whenever they
-    start) at the test's S3 server, as a user points them at MinIO; the server itself starts
-    only when a test asks for it (the `s3` fixture)."""
-    os.environ.update(S3_TEST_ENV, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+    """Point every S3 and GCS client of this session (Ray nodes and workers included, whenever
+    they start) at the test's servers, as a user points them at MinIO or a GCS emulator; the
+    servers themselves start only when a test asks for one (the `s3_server`, `gcs_server`
+    fixtures)."""
+    os.environ.update(S3_TEST_ENV, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}",
+                      STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{free_port()}",
+                      # the emulator has no storage-control (gRPC) API for gcsfs's bucket-type
+                      # lookup, which would warn on every call
+                      GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+                      NO_GCE_CHECK="true")  # google-auth: no probe for a GCE metadata server
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
+                 "GOOGLE_APPLICATION_CREDENTIALS", "CLOUD_STORAGE_EMULATOR_ENDPOINT"):
         os.environ.pop(name, None)  # never a real account from the developer's shell
 
 
@@ -69,3 +76,19 @@ def s3_server():
 def s3_bucket(s3_server) -> str:
     """A fresh, empty bucket: `s3://NAME`."""
     return s3_server.create_bucket(f"nfpipe-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A real GCS JSON API server (gcp-storage-emulator, a process) on 127.0.0.1 for the
+    session, reached through STORAGE_EMULATOR_HOST."""
+    server = GcsServer(os.environ["STORAGE_EMULATOR_HOST"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request) -> str:
+    """A fresh, empty bucket on each object store in turn: `s3://NAME`, then `gs://NAME`."""
+    server = request.getfixturevalue({"s3": "s3_server", "gs": "gcs_server"}[request.param])
+    return server.create_bucket(f"nfpipe-{uuid.uuid4().hex[:12]}")

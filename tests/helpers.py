@@ -199,3 +199,32 @@ class S3Server:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+class GcsServer:
+    """gcp-storage-emulator (a GCS JSON API server, in memory) as a process on the host and
+    port of `endpoint`. A process, not a thread: pyarrow's GCS client can hold the GIL while it
+    waits for a response (`open_input_file` does), and a server thread in the same interpreter
+    then never answers."""
+
+    def __init__(self, endpoint: str):
+        import urllib.request
+
+        host, port = endpoint.removeprefix("http://").split(":")
+        self.endpoint = endpoint
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", host,
+             "--port", port, "--in-memory", "--quiet"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        wait_until(lambda: urllib.request.urlopen(endpoint, timeout=2).status == 200, 60,
+                   "the GCS emulator")
+
+    def create_bucket(self, name: str) -> str:
+        import fsspec
+
+        fsspec.filesystem("gs", skip_instance_cache=True).mkdir(name)
+        return f"gs://{name}"
+
+    def stop(self) -> None:
+        stop_process_group(self.proc)

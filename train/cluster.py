@@ -82,8 +82,8 @@ def check_storage_on_all_nodes(reads: Iterable[str], writes: Iterable[str] = ())
         raise StorageNotShared(
             f"node {name} {found[0]} ({len(problems)} of {len(nodes)} nodes affected). On a "
             "multi-node cluster put the shards (data_prep.output_root) and Ray's storage "
-            "(train.storage_path) where every node reaches them: object storage "
-            "(s3://bucket/prefix, with credentials on every node) or a shared file system, and "
+            "(train.storage_path) where every node reaches them: object storage (s3:// or "
+            "gs://bucket/prefix, with credentials on every node) or a shared file system, and "
             "MLflow on a server (an http:// mlflow.tracking_uri)."
         )
     log.info("all %d nodes reach %d locations", len(nodes), len(reads) + len(writes))

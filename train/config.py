@@ -120,8 +120,8 @@ class TrainConfig(_Section):
     storage_path: Location | None = Field(
         None,
         description="Ray Train storage (checkpoints, run snapshots): a local path or a URL "
-        "(s3://bucket/prefix); null: {workdir}/ray_results. On a multi-node cluster, object "
-        "storage or a shared file system.",
+        "(s3://bucket/prefix, gs://bucket/prefix); null: {workdir}/ray_results. On a "
+        "multi-node cluster, object storage or a shared file system.",
     )
     checkpoints_keep: int = Field(
         2, ge=1, description="Checkpoints kept: the best by test bpd (plus always the latest)."

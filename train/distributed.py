@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,15 +85,15 @@ def build_trainer(
     """The TorchTrainer of one run (gloo on CPU, NCCL on GPU).
 
     `callbacks` go to `RunConfig` (a Tune trial passes `[TuneReportCallback()]`).
-    `storage_path` is a local path or a URL (s3://…): Ray reads and writes it through
-    pyarrow, with the credentials and endpoint of the environment of each node.
+    `storage_path` is a local path or a URL (s3://…, gs://…): Ray reads and writes it through
+    pyarrow, with the credentials and endpoint of the environment of each node (`ray_storage`).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_config = RunConfig(
         name=name,
-        storage_path=str(storage_path),
+        **ray_storage(storage_path),
         failure_config=FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=CheckpointConfig(
             num_to_keep=cfg.checkpoints_keep,
@@ -113,6 +114,28 @@ def build_trainer(
         ),
         run_config=run_config,
     )
+
+
+def ray_storage(storage_path: str | Path) -> dict[str, Any]:
+    """`RunConfig` arguments for a storage location: `storage_path`, and for a gs:// URL while
+    `STORAGE_EMULATOR_HOST` is set, the pyarrow file system of that emulator.
+
+    Ray resolves a URL with pyarrow, whose GCS client ignores STORAGE_EMULATOR_HOST (which
+    gcsfs reads) and, given CLOUD_STORAGE_EMULATOR_ENDPOINT, still looks for Google's default
+    credentials (offline: a hang). An emulator takes no credentials, so the file system is
+    anonymous; it is pickled with the run config, so every worker reaches the same endpoint.
+    """
+    location = str(storage_path)
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    scheme, _, path = location.partition("://")
+    if not emulator or scheme not in ("gs", "gcs"):
+        return {"storage_path": location}
+    from pyarrow.fs import GcsFileSystem
+
+    protocol, _, host = emulator.rpartition("://")
+    filesystem = GcsFileSystem(anonymous=True, scheme=protocol or "http",
+                               endpoint_override=host.rstrip("/"))
+    return {"storage_path": path, "storage_filesystem": filesystem}
 
 
 def train_worker(config: dict[str, Any]) -> dict[str, Any]:
