@@ -40,6 +40,7 @@ def ensure_ray(cfg: RayConfig) -> None:
         include_dashboard=cfg.dashboard,
         log_to_driver=True,
         logging_config=quiet,
+        runtime_env={"worker_process_setup_hook": "pipeline.ray_logging.quiet_ray_internals"},
         **dashboard,
     )
 
