@@ -3,37 +3,39 @@ internal tracebacks (a Ray Train resource request timing out on a busy machine).
 
 from __future__ import annotations
 
-import logging
+import subprocess
 import sys
 
 import pytest
+from helpers import REPO, subprocess_env
 
+pytestmark = pytest.mark.slow  # starts its own local Ray
+
+# In a fresh process: this test process may already hold another test's Ray.
+PROBE = """
+import logging, ray
 from pipeline.config import RayConfig
 from pipeline.ray_logging import QUIET_LOGGERS
 from pipeline.ray_session import disconnect_ray, ensure_ray
 
-pytestmark = pytest.mark.slow  # starts its own local Ray
-
-
-def _level() -> int:
+def level():
     return logging.getLogger(QUIET_LOGGERS[0]).getEffectiveLevel()
+
+class Probe:
+    def level(self):
+        return level()
+
+ensure_ray(RayConfig(dashboard=False, num_cpus=2))
+try:
+    print(ray.get(ray.remote(level).remote()), ray.get(ray.remote(Probe).remote().level.remote()))
+finally:
+    disconnect_ray()
+"""
 
 
 def test_every_worker_process_of_the_embedded_ray_quiets_rays_internal_warnings():
-    import ray
-
-    if ray.is_initialized():  # another test's Ray in this process: this one must start its own
-        pytest.skip("a Ray is already connected in this process")
-    from ray import cloudpickle
-
-    this_module = sys.modules[__name__]  # workers cannot import test modules: ship it by value
-    cloudpickle.register_pickle_by_value(this_module)
-    ensure_ray(RayConfig(dashboard=False, num_cpus=2))
-    try:
-        task = ray.remote(_level)
-        actor = ray.remote(type("Probe", (), {"level": lambda self: _level()}))
-        assert ray.get(task.remote()) == logging.ERROR
-        assert ray.get(actor.remote().level.remote()) == logging.ERROR
-    finally:
-        disconnect_ray()
-        cloudpickle.unregister_pickle_by_value(this_module)
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    task_level, actor_level = proc.stdout.split()[-2:]
+    assert (task_level, actor_level) == ("40", "40")  # logging.ERROR in a task and an actor
