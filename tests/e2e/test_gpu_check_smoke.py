@@ -1,14 +1,14 @@
 """`benchmarks/gpu_check.py --device cpu --smoke`, as CI runs it: the GPU check does not rot.
 
-On CPU it times the recipes' variants on tiny shapes (torch.compile skipped, saying why),
-runs the cifar10 profile for one epoch on a synthetic archive (gloo instead of NCCL),
-promotes, and samples and scores the champion in processes that see no GPU.
+On CPU it times the recipes' variants on tiny shapes (torch.compile skipped, saying why). Its
+pipeline part (the cifar10 profile for one epoch, promotion, scoring the champion on CPU) is
+left out with --no-pipeline: that flow is the quickstart e2e's (tests/e2e/), and a model
+reloaded from the registry scoring as evaluated is tests/deploy/'s.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
@@ -22,7 +22,7 @@ def test_cpu_smoke_mode_writes_the_whole_table(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu",
-         "--smoke", "--steps", "8", "--warmup", "1", "--budget-s", "8",
+         "--smoke", "--no-pipeline", "--steps", "8", "--warmup", "1", "--budget-s", "8",
          "--json", str(out), "--workdir", str(tmp_path / "work")],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -43,13 +43,6 @@ def test_cpu_smoke_mode_writes_the_whole_table(tmp_path):
             assert row["agrees_with_fp32"], row
     assert report["profile"] and sum(op["share"] for op in report["profile"]) <= 1
 
-    pipeline = report["pipeline"]
-    assert "error" not in pipeline, pipeline.get("error")
-    assert pipeline["promoted"] and pipeline["model_uri"].startswith("models:/")
-    assert pipeline["cpu_sampled"] and pipeline["cpu_scores_finite"]
-    assert pipeline["cpu_scored_images"] == pipeline["test_images"]
-    assert pipeline["cpu_agrees_with_evaluate"]
-    assert math.isfinite(pipeline["evaluate_test_bpd"])
-    assert report["loader"]["images_per_cpu_s"] > 0
+    assert report["pipeline"] == {"error": "skipped (--no-pipeline)"}
     assert "GPU figures not measured" in report["notes"][0]
-    assert "pipeline: cifar10 profile" in proc.stdout  # the printed summary table
+    assert "matmul peak:" in proc.stdout and " img/s " in proc.stdout  # the summary table
