@@ -24,9 +24,9 @@ from data_prep.errors import DataPrepError
 from data_prep.prepare import GroupTask
 from data_prep.shards import ShardGroup, ShardInfo
 from data_prep.verify import find_damage
+from pipeline.node_check import check_storage_on_all_nodes
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
-from train.cluster import check_storage_on_all_nodes
 
 GROUPS_PER_WORKER = 4  # several groups per task slot keep every worker busy to the end
 
