@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from pipeline.epoch_progress import clock_text
+from pipeline.progress import clock_text
 from tune.config import TuneConfig
 
 # This driver process's display. Module state because Tune pickles its callbacks with the

@@ -7,8 +7,8 @@ from pathlib import Path
 import tracking
 from data_prep import Manifest, storage
 from data_prep.verify import check_shards
-from pipeline.epoch_progress import epoch_progress
 from pipeline.node_check import check_storage_on_all_nodes
+from pipeline.progress import epoch_progress
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
 from pipeline.stages.identity import run_name_for
