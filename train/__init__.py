@@ -3,10 +3,11 @@
 - `config.TrainConfig`: the typed `train:` section (`leaf_paths`: what a sweep may set).
 - `loop.train(cfg, job, world, report, resume)`: the whole run in one process, free of Ray
   (a Tune trial calls it in-process; each Ray Train worker calls it too).
-- `distributed.fit(cfg, job, storage_path, name)`: a Ray Train `TorchTrainer` running
-  `distributed.train_worker` (which calls `loop.train`) on `cfg.scaling.num_workers` workers.
+- `distributed.run_trainer(cfg, job, storage_path, name, callbacks)`: a Ray Train
+  `TorchTrainer` running `distributed.train_worker` (which calls `loop.train`) on
+  `cfg.scaling.num_workers` workers (`fit`: the train stage's run and its best checkpoint; a
+  data-parallel Tune trial runs it with Tune's callback).
 - `reporting`: the one reporter and resume helper of Ray Train workers and Tune trials.
 - `state`, `optim`, `ddp`, `evaluation`, `checkpoint`, `seeding`, `hooks`: the pieces of a
-  run; `export` turns a finished run into a model bundle; `cluster` checks, before training,
-  that every node sees the storage.
+  run; `export` turns a finished run into a model bundle.
 """

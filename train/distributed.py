@@ -24,6 +24,7 @@ from train.loop import NonFiniteLossError, TrainJob, train
 from train.reporting import latest_state, reporter
 
 SCORE = "test_bpd"  # checkpoints are ranked by it, lowest first
+NONFINITE = "nonfinite"  # the status a diverged run returns instead of raising
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
         with system_metrics(*run):
             return train(cfg, job, world, reporter(ray.train), latest_state(ray.train))
     except NonFiniteLossError as err:
-        return {"status": "nonfinite", "message": str(err)}
+        return {"status": NONFINITE, "message": str(err)}
 
 
 def quiet_worker_logging() -> None:
@@ -176,12 +177,27 @@ def quiet_worker_logging() -> None:
     logging.getLogger().setLevel(logging.WARNING)
 
 
-def fit(cfg: TrainConfig, job: TrainJob, storage_path: str | Path, name: str) -> FitResult:
-    """Run (or resume) the Ray Train run `name`; raise on divergence or exhausted retries."""
-    result = build_trainer(cfg, job, storage_path, name).fit()
+def run_trainer(
+    cfg: TrainConfig, job: TrainJob, storage_path: str | Path, name: str,
+    callbacks: list | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Build and fit the TorchTrainer of run `name` (resuming it when its folder holds a
+    checkpoint); return Ray's `Result` and rank 0's summary (`loop.train`'s return value).
+
+    The train stage and a data-parallel Tune trial both run it. Raises NonFiniteLossError on
+    divergence (the workers return it as a status, `train_worker`) or Ray's error when the
+    retries are exhausted.
+    """
+    result = build_trainer(cfg, job, storage_path, name, callbacks).fit()
     summary = result.return_value or {}
-    if summary.get("status") == "nonfinite":
+    if summary.get("status") == NONFINITE:
         raise NonFiniteLossError(summary["message"])
+    return result, summary
+
+
+def fit(cfg: TrainConfig, job: TrainJob, storage_path: str | Path, name: str) -> FitResult:
+    """Run (or resume) the Ray Train run `name`, and find its best checkpoint."""
+    result, summary = run_trainer(cfg, job, storage_path, name)
     best, metrics = best_checkpoint(result)
     return FitResult(name, as_location(result.filesystem, result.path), best, metrics, summary)
 

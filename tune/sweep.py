@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -23,7 +23,6 @@ from rich.console import Console
 import tracking
 from data_prep import Manifest, storage
 from train.config import TrainConfig
-from tune import progress
 from tune.config import TuneConfig
 from tune.results import Sweep, SweepResult, summarize
 from tune.space import SearchSpaceError, check_warmup, to_tune_space, validate_space
@@ -163,14 +162,19 @@ def build_tuner(trainable, spec: SweepSpec, concurrency: int, callbacks: list):
                 checkpoint_score_order=tune_cfg.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=tune_cfg.max_failures),
-            verbose=0,  # the live table (tune.progress) replaces Tune's reporter
+            verbose=0,  # Tune's reporter off: the caller's displays show the sweep
         ),
     )
 
 
-def run_sweep(spec: SweepSpec, console: Console | None = None) -> SweepResult:
+def run_sweep(spec: SweepSpec, console: Console | None = None,
+              displays: Sequence = ()) -> SweepResult:
     """Run or resume the sweep on the connected Ray; raise SearchSpaceError before any trial
-    (and before any MLflow run) when the space cannot run on the dataset."""
+    (and before any MLflow run) when the space cannot run on the dataset.
+
+    `displays` are driver-side Tune callbacks that show the sweep (the pipeline's live
+    table); a restored sweep keeps the ones it started with (Tune saved them).
+    """
     from ray import tune
 
     console = console or Console()
@@ -196,17 +200,15 @@ def run_sweep(spec: SweepSpec, console: Console | None = None) -> SweepResult:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup), trial_resources(spec.tune, spec.train)
     )
-    progress.use_console(console)
     try:
-        return summarize(_fit(sweep, trainable, concurrency), sweep)
+        return summarize(_fit(sweep, trainable, concurrency, list(displays)), sweep)
     except BaseException as err:
-        progress.stop_live()
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         tracking.finish_run(spec.tracking_uri, parent, status)
         raise
 
 
-def _fit(sweep: Sweep, trainable, concurrency: int):
+def _fit(sweep: Sweep, trainable, concurrency: int, displays: list):
     """Restore the sweep's Tune experiment when one is on disk, else start it; run it."""
     from ray import tune
 
@@ -219,14 +221,14 @@ def _fit(sweep: Sweep, trainable, concurrency: int):
             f"    sweep {spec.name}: {spec.tune.num_samples} trials, {spec.tune.scheduler}, "
             f"{spec.tune.search} search, {concurrency} at once → {spec.exp_dir}"
         )
-        tuner = build_tuner(trainable, spec, concurrency, _callbacks(sweep))
+        tuner = build_tuner(trainable, spec, concurrency, [_trial_logger(sweep), *displays])
     with quiet_tune():
         return tuner.fit()
 
 
 @contextlib.contextmanager
 def quiet_tune() -> Iterator[None]:
-    """Tune's legacy output engine, which `verbose=0` silences (the live table replaces it)."""
+    """Tune's legacy output engine, which `verbose=0` silences (the displays replace it)."""
     saved = {key: os.environ.get(key) for key in _QUIET_ENV}
     os.environ.update(_QUIET_ENV)
     try:
@@ -239,19 +241,14 @@ def quiet_tune() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _callbacks(sweep: Sweep) -> list:
-    """Driver-side Tune callbacks: MLflow child runs (the only writer) and the live table."""
+def _trial_logger(sweep: Sweep) -> MlflowTrialLogger:
+    """The driver-side Tune callback writing the MLflow child runs (the only writer)."""
     spec = sweep.spec
-    logger = MlflowTrialLogger(
+    return MlflowTrialLogger(
         spec.tracking_uri, sweep.experiment_id, sweep.parent_run_id, spec.name,
         spec.tune.model_dump(mode="json"), spec.train.model_dump(mode="json"),
         tuple(sweep.manifest.image_shape), sweep.manifest.n_bins,
     )
-    if not spec.tune.verbose:
-        return [logger]
-    live = progress.LiveTrialTable(spec.tune.metric, spec.tune.mode, spec.tune.max_t,
-                                   list(spec.tune.space), num_samples=spec.tune.num_samples)
-    return [logger, live]
 
 
 def _cluster_resource(kind: str) -> float:

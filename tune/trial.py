@@ -15,11 +15,8 @@ stop weak trials, and nothing here writes to MLflow: the Tune driver is the only
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from train.config import TrainConfig
@@ -27,8 +24,6 @@ from train.loop import TrainJob
 from tune.config import TuneConfig
 from tune.space import overrides_of, trial_train_config
 from tune.spec import TrainFn
-
-ATTEMPTS_FILE = "attempts.jsonl"  # one line per start of a trial (restores included)
 
 
 @dataclass(frozen=True)
@@ -73,7 +68,6 @@ def _train_in_process(train_fn: TrainFn, train: TrainConfig, job: TrainJob,
     from train.reporting import latest_state, reporter
 
     resume = latest_state(ray.tune)
-    _record_attempt(job.run_dir, resume)
     device = "cuda:0" if train.scaling.use_gpu else "cpu"
     world = WorkerInfo(rank=0, world_size=1, device=device, threads=threads)
     train_fn(train, job, world, reporter(ray.tune), resume)
@@ -83,22 +77,7 @@ def _train_with_trainer(train: TrainConfig, job: TrainJob, storage: str, name: s
     """A data-parallel Train run as the trial; this function is its driver (1 Tune bundle)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from train.distributed import build_trainer
-    from train.loop import NonFiniteLossError
+    from train.distributed import run_trainer
 
-    _record_attempt(job.run_dir, None)
-    trainer = build_trainer(train, job, storage, name, callbacks=[TuneReportCallback()])
-    summary = trainer.fit().return_value or {}
-    if summary.get("status") == "nonfinite":
-        raise NonFiniteLossError(summary["message"])
+    run_trainer(train, job, storage, name, callbacks=[TuneReportCallback()])
 
-
-def _record_attempt(run_dir: str | None, resume: dict[str, Any] | None) -> None:
-    """Append one line per start to the trial folder (how restore tests see re-runs)."""
-    if run_dir is None:
-        return
-    start_epoch = int(resume["counters"]["epoch"]) if resume else 0
-    path = Path(run_dir) / ATTEMPTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps({"start_epoch": start_epoch, "time": time.time()}) + "\n")

@@ -10,38 +10,22 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 from data_prep import Manifest, prepare, storage
 from data_prep.errors import DataPrepError
 from data_prep.prepare import GroupTask
 from data_prep.shards import ShardGroup, ShardInfo
 from data_prep.verify import find_damage
+from pipeline.node_check import check_storage_on_all_nodes
+from pipeline.progress import progress_bar
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
-from train.cluster import check_storage_on_all_nodes
 
 GROUPS_PER_WORKER = 4  # several groups per task slot keep every worker busy to the end
 
 
 def run(ctx: StageContext) -> StageOutputs:
     cfg = ctx.config.data_prep
-    columns = (
-        TextColumn("    {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=ctx.console, transient=True) as bar:
+    with progress_bar(ctx.console, "{task.description}") as bar:
         tasks: dict[str, int] = {}
 
         def progress(split: str, done: int, total: int) -> None:

@@ -7,16 +7,16 @@ from pathlib import Path
 import tracking
 from data_prep import Manifest, storage
 from data_prep.verify import check_shards
+from pipeline.node_check import check_storage_on_all_nodes
+from pipeline.progress import epoch_progress
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
 from pipeline.stages.identity import run_name_for
-from train.cluster import check_storage_on_all_nodes
 from train.config import TrainConfig
 from train.distributed import FitResult, check_resources, fit, run_name
 from train.export import export_bundle, history_table
 from train.hooks import NO_HOOKS, TrainHooks
 from train.loop import TrainJob, resolve_model_config
-from train.progress import epoch_progress
 
 RUN_TAG = "nfpipe.train_run"  # the MLflow run of a Ray Train run, found again on resume
 PROGRESS_FILE = "progress.jsonl"  # in the Ray run's folder: rank 0's line per epoch

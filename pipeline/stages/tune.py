@@ -16,6 +16,7 @@ from pipeline.config import PipelineConfig
 from pipeline.ray_session import ensure_ray
 from pipeline.stages.base import StageContext, StageOutputs
 from pipeline.stages.identity import run_name_for
+from pipeline.trial_table import trial_table
 from tracking import absolute_tracking_uri
 from train.loop import train
 from tune.results import as_outputs
@@ -28,7 +29,9 @@ def run(ctx: StageContext) -> StageOutputs:
     check_shards(Manifest.load(manifest_path))  # before any trial starts, naming the shard
     name = run_name_for(ctx, sweep_name(ctx.config.name, ctx.fingerprint or "adhoc"))
     ensure_ray(ctx.config.ray)
-    result = run_sweep(sweep_spec(ctx.config, manifest_path, ctx.stage_dir, name), ctx.console)
+    spec = sweep_spec(ctx.config, manifest_path, ctx.stage_dir, name)
+    with trial_table(ctx.console, ctx.config.tune) as displays:
+        result = run_sweep(spec, ctx.console, displays)
     ctx.console.print(
         f"    best trial {result.best_trial_id}: {ctx.config.tune.metric} "
         f"{result.best_test_bpd:.4f} at epoch {result.best_epoch} with {result.best_config}"

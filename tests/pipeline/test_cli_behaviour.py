@@ -192,8 +192,8 @@ def test_an_mlflow_error_is_its_first_line_and_a_hint(tmp_path, capsys):
 def test_epoch_lines_in_a_log_carry_eta_and_feed_nfpipe_status(tmp_path):
     """Off a terminal the train stage prints one line per epoch with elapsed time and ETA
     (from rank 0's progress file); `nfpipe status` reads its numbers back from the job log."""
+    from pipeline.progress import EpochProgress
     from pipeline.submit import latest_metrics
-    from train.progress import EpochProgress
 
     progress_file = tmp_path / "progress.jsonl"
     console = Console(record=True, width=200, force_terminal=False)

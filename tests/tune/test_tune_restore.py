@@ -13,7 +13,7 @@ import pytest
 from helpers import subprocess_env, wait_until
 from mlflow import MlflowClient
 from rich.console import Console
-from tune_helpers import pipeline_dict, read_attempts
+from tune_helpers import pipeline_dict, read_starts, recording_starts
 
 from pipeline.config import validate
 from pipeline.stages.tune import sweep_spec
@@ -39,9 +39,12 @@ from rich.console import Console
 from pipeline.config import validate
 from pipeline.stages.tune import sweep_spec
 from tune.sweep import run_sweep
+sys.path.insert(0, os.environ["SWEEP_HELPERS"])
+from tune_helpers import recording_starts
 cfg = validate(json.loads(os.environ["SWEEP_CFG"]))
 ray.init(address=os.environ["SWEEP_GCS"], log_to_driver=False)
-run_sweep(sweep_spec(cfg, sys.argv[1], Path(sys.argv[2]), sys.argv[3]), Console(quiet=True))
+spec = sweep_spec(cfg, sys.argv[1], Path(sys.argv[2]), sys.argv[3])
+run_sweep(recording_starts(spec), Console(quiet=True))
 """
 
 
@@ -80,6 +83,7 @@ def test_killed_sweep_resumes_and_does_not_rerun_finished_trials(
     env = subprocess_env(
         SWEEP_CFG=cfg.model_dump_json(),
         SWEEP_GCS=ray_local.get_runtime_context().gcs_address,
+        SWEEP_HELPERS=str(Path(__file__).parent),
         TUNE_GLOBAL_CHECKPOINT_S="0",  # save the experiment state at every step
     )
     driver = subprocess.Popen(
@@ -105,18 +109,19 @@ def test_killed_sweep_resumes_and_does_not_rerun_finished_trials(
     ]
     assert finished_before, "no trial had finished before the kill"
 
-    result = run_sweep(sweep_spec(cfg, manifest_path, out, NAME), Console(quiet=True))
+    spec = recording_starts(sweep_spec(cfg, manifest_path, out, NAME))
+    result = run_sweep(spec, Console(quiet=True))
 
-    attempts = {d.name: read_attempts(d) for d in exp_dir.glob("trial_*")}
-    assert len(attempts) == TUNE["num_samples"]
+    starts = {d.name: read_starts(d) for d in exp_dir.glob("trial_*")}
+    assert len(starts) == TUNE["num_samples"]
     for done in finished_before:
-        assert len(attempts[done]) == 1, f"{done} was run again: {attempts}"
+        assert len(starts[done]) == 1, f"{done} was run again: {starts}"
     interrupted = {f"trial_{tid}": last["epoch"] for tid, (status, last) in at_kill.items()
                    if status == "RUNNING" and last.get("checkpoint_dir_name")}
     assert interrupted
     for name, epoch in interrupted.items():  # resumed from its checkpoint, not from scratch
-        assert [a["start_epoch"] for a in attempts[name]][0] == 0
-        assert attempts[name][-1]["start_epoch"] >= epoch >= 1, attempts[name]
+        assert [a["start_epoch"] for a in starts[name]][0] == 0
+        assert starts[name][-1]["start_epoch"] >= epoch >= 1, starts[name]
     runs = client.search_runs([experiment_id])
     parents = [r for r in runs if r.data.tags.get("nfpipe.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("nfpipe.role") == "trial"]

@@ -1,14 +1,22 @@
-"""Helpers of the tune tests: tiny trial settings and pipeline files with absolute paths."""
+"""Helpers of the tune tests: tiny trial settings, pipeline files with absolute paths, and a
+training function that records each start of a trial."""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
+from ray import cloudpickle
 
-from tune.trial import ATTEMPTS_FILE
+from train.loop import train
+from tune.spec import SweepSpec
+
+STARTS_FILE = "starts.jsonl"  # in the trial folder: one line per start (restores included)
 
 # Every sweep in these tests trains tiny Glows (hidden 8) on digits for a few epochs.
 # The model and its init are pinned to the pre-issue-12 Glow (plain coupling nets, ActNorm
@@ -47,9 +55,29 @@ def write_pipeline(workdir: Path, shards_root: Path, tune: dict[str, Any]) -> Pa
     return path
 
 
-def read_attempts(trial_dir: str | Path) -> list[dict[str, Any]]:
-    """The starts `_record_attempt` wrote for one trial (empty when it never started)."""
-    path = Path(trial_dir) / ATTEMPTS_FILE
+def recording_starts(spec: SweepSpec) -> SweepSpec:
+    """`spec` whose in-process trials record every start (`train_recording_starts`).
+
+    The function travels to the trial processes by value: they cannot import this module
+    (tests/tune is not on their path)."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return replace(spec, train_fn=train_recording_starts)
+
+
+def train_recording_starts(cfg, job, world, report, resume=None) -> dict[str, Any]:
+    """`train.loop.train`, after appending this start to the trial folder: the epoch it resumes
+    from (0 when it starts afresh)."""
+    start_epoch = int(resume["counters"]["epoch"]) if resume else 0
+    path = Path(job.run_dir) / STARTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps({"start_epoch": start_epoch, "time": time.time()}) + "\n")
+    return train(cfg, job, world, report, resume)
+
+
+def read_starts(trial_dir: str | Path) -> list[dict[str, Any]]:
+    """The starts `train_recording_starts` wrote for one trial (empty when it never started)."""
+    path = Path(trial_dir) / STARTS_FILE
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

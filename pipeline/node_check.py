@@ -1,6 +1,7 @@
-"""Checks that make a multi-node run fail fast, before any training, when a node cannot reach
-the data or the storage: every node must read the shard manifest (and a SQLite store) and
-write to Ray Train's storage path, whether they are shared folders or object-store URLs."""
+"""The orchestrator's node check: a multi-node run fails fast, before any stage's work, when a
+node cannot reach the data or the storage. Every node must read the shard manifest (and a
+SQLite store) and write to Ray Train's storage path, whether they are shared folders or
+object-store URLs."""
 
 from __future__ import annotations
 

@@ -3,12 +3,16 @@
 Tune's own reporter is switched off (`verbose=0`); this one shows one row per trial: status,
 epochs done, the last and best metric, and the searched values. On a terminal it redraws in
 place; elsewhere (CI, Ray job logs) it prints one line per finished trial and the final table.
+The tune stage hands it to `tune.sweep.run_sweep` (`trial_table`); the sweep itself draws
+nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ray.tune import Callback
@@ -16,14 +20,24 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from train.progress import clock_text
+from pipeline.progress import clock_text
+from tune.config import TuneConfig
 
-_STATE: dict[str, Any] = {"console": None, "live": None}  # this driver process's display
+# This driver process's display. Module state because Tune pickles its callbacks with the
+# experiment: a restored sweep runs the unpickled table, not one this process made.
+_STATE: dict[str, Any] = {"console": None, "live": None}
 
 
-def use_console(console: Console | None) -> None:
-    """The console the live table draws on (set by the sweep before `fit`)."""
+@contextlib.contextmanager
+def trial_table(console: Console, cfg: TuneConfig) -> Iterator[list[Callback]]:
+    """The sweep's display callbacks (the live table; none when `tune.verbose` is off),
+    drawing on `console` until the block ends, finished, failed or interrupted."""
     _STATE["console"] = console
+    try:
+        yield [LiveTrialTable(cfg.metric, cfg.mode, cfg.max_t, list(cfg.space),
+                              num_samples=cfg.num_samples)] if cfg.verbose else []
+    finally:
+        stop_live()
 
 
 def stop_live() -> None:

@@ -1,5 +1,7 @@
-"""The driver's view of a Ray Train run: one progress bar (a terminal) or one line per epoch
-(a log), with elapsed time and ETA, drawn from the JSON lines rank 0 appends per epoch.
+"""Progress on the pipeline's console: the bar of a counted task (`progress_bar`), and the
+driver's view of a Ray Train run (`epoch_progress`): one progress bar (a terminal) or one line
+per epoch (a log), with elapsed time and ETA, drawn from the JSON lines rank 0 appends per
+epoch.
 
 The workers print nothing themselves: their output reaches the driver through Ray's log
 forwarding, late and interleaved, so a line could land after the pipeline's summary.
@@ -20,12 +22,24 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
 POLL_S = 0.5
+
+
+def progress_bar(console: Console, label: str, unit: str = "", *extra: ProgressColumn) -> Progress:
+    """A transient bar: `label` (a template: `{task.description}` names each task), the bar,
+    done/total `unit`, elapsed time, ETA, then the `extra` columns."""
+    units = (TextColumn(unit),) if unit else ()
+    return Progress(
+        TextColumn(f"    {label}"), BarColumn(), MofNCompleteColumn(), *units,
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), *extra,
+        console=console, transient=True,
+    )
 
 
 class EpochProgress:
@@ -44,12 +58,8 @@ class EpochProgress:
 
     def start(self) -> None:
         if self.console.is_terminal:
-            self._bar = Progress(
-                TextColumn(f"    {self.label}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("epochs"), TimeElapsedColumn(), TextColumn("eta"),
-                TimeRemainingColumn(), TextColumn("{task.fields[bpd]}"),
-                console=self.console, transient=True,
-            )
+            self._bar = progress_bar(self.console, self.label, "epochs",
+                                     TextColumn("{task.fields[bpd]}"))
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=self.epochs, bpd="")
 
