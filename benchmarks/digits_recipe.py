@@ -14,7 +14,7 @@ EMA weights when the recipe keeps them.
     .venv/bin/python benchmarks/digits_recipe.py realnvp_ema
     .venv/bin/python benchmarks/digits_recipe.py glow --set epochs=20 optim.lr=2e-3
 
-`--ablation` trains every variant of `ABLATION` (for each family: the issue-12 changes off,
+`--ablation` trains every variant of `ABLATION` (for each family: the recipe changes off,
 each change alone, all together) for `--seeds`, at a fixed compute budget (the same epochs,
 batch and so optimiser steps for every variant), and prints a markdown table of test bpd at
 k = 1 and k = `--k` (the importance-weighted bound, `train.eval_k`) at the last epoch:
@@ -86,7 +86,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-# The issue-12 changes, each as `train:` overrides, and their "off" settings.
+# The recipe changes (variational dequantisation, ActNorm in the nets, …), each as `train:`
+# overrides, and their "off" settings.
 CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # name: (off, on)
     "net_actnorm": ({"model.coupling_actnorm": False}, {"model.coupling_actnorm": True}),
     "ordered_squeeze": ({"model.squeeze": "plain"}, {"model.squeeze": "ordered"}),
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = one Ray worker)")
     ap.add_argument("--log", type=Path, default=None, help="append JSON rows to this file")
     ap.add_argument("--ablation", action="store_true",
-                    help="run the issue-12 ablation (every family's variants x --seeds)")
+                    help="run the recipe-change ablation (every family's variants x --seeds)")
     ap.add_argument("--families", nargs="*", default=list(ABLATION), choices=list(ABLATION))
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     ap.add_argument("--k", type=int, default=64, help="ablation: draws of the k-sample bound")

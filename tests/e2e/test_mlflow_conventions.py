@@ -1,4 +1,4 @@
-"""What the MLflow UI shows of a training run (issue 14), read back through the MLflow client
+"""What the MLflow UI shows of a training run, read back through the MLflow client
 from the session's tiny default pipeline run (the `quickstart` fixture): the manifest as the
 run's dataset input, a sample grid per temperature at each evaluation step (enlarged to
 >= 256 px), system metrics, the bpd curves under `bpd/`, `nfpipe.*` tags and the user and

@@ -44,9 +44,9 @@ def test_default_pipeline_runs_every_stage_then_skips_them_all(quickstart):
     second = nfpipe_run(tmp_path)
     assert second.returncode == 0, second.stdout[-3000:]
     assert second.stdout.count("up to date, skipped") == 6
-    assert "this run" not in second.stdout  # it registered nothing (issue 15 row 14)
+    assert "this run" not in second.stdout  # it registered nothing
 
-    # issue 15 row 3: promote alone reads tune's record (evaluate stays up to date)
+    # promote alone reads tune's record (evaluate stays up to date)
     third = nfpipe_run(tmp_path, "--stages", "promote")
     assert third.returncode == 0, third.stdout[-3000:]
     assert third.stdout.count("up to date, skipped") == 4

@@ -54,14 +54,14 @@ def test_help_is_fast():
 
 
 def test_empty_stage_list_is_a_usage_error(capsys):
-    """Issue 15 row 11: `--stages ''` is exit 2, not "run everything"."""
+    """`--stages ''` is exit 2, not "run everything"."""
     assert main(["run", "--stages", ""]) == 2
     assert main(["run", "--stages", " , "]) == 2
     assert "names no stage" in capsys.readouterr().err
 
 
 def test_a_boolean_is_not_a_number(tmp_path):
-    """Issue 15 row 12: `--set train.epochs=true` is an error naming the key."""
+    """`--set train.epochs=true` is an error naming the key."""
     with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer, got a boolean"):
         load_config(None, sets=["train.epochs=true"])
     with pytest.raises(ConfigError, match=r"train\.optim\.lr: expected a number"):
@@ -74,7 +74,7 @@ def test_a_boolean_is_not_a_number(tmp_path):
 
 
 def test_an_empty_pipeline_file_is_an_error_naming_it(tmp_path, capsys):
-    """Issue 15 row 12: an empty file does not silently run the built-in defaults."""
+    """An empty file does not silently run the built-in defaults."""
     empty = tmp_path / "pipeline.yaml"
     empty.write_text("# nothing yet\n")
     with pytest.raises(ConfigError, match=f"{empty} is empty"):
@@ -84,7 +84,7 @@ def test_an_empty_pipeline_file_is_an_error_naming_it(tmp_path, capsys):
 
 
 def test_unreachable_ray_dashboard_is_one_line_and_exit_2(capsys):
-    """Issue 15 row 13: `nfpipe status X --address http://127.0.0.1:PORT` (nothing there)."""
+    """`nfpipe status X --address http://127.0.0.1:PORT` (nothing there)."""
     address = f"http://127.0.0.1:{free_port()}"
     assert main(["status", "raysubmit_X", "--address", address]) == 2
     err = capsys.readouterr().err.strip()
@@ -104,7 +104,7 @@ def test_the_address_given_wins_over_rays_address_variables(capsys, monkeypatch)
 
 
 def test_unreachable_tracking_server_fails_in_seconds_before_any_stage(tmp_path):
-    """Issue 15 row 6: a tracking URI where nothing listens fails before any stage runs (no
+    """A tracking URI where nothing listens fails before any stage runs (no
     data preparation, no Ray), within seconds."""
     ran: list[str] = []
     graph = {"work": Stage("work", (), lambda ctx: ran.append("work") or {}, lambda c: c.name)}
@@ -119,7 +119,7 @@ def test_unreachable_tracking_server_fails_in_seconds_before_any_stage(tmp_path)
 @pytest.mark.parametrize("argv", [["models", "list"], ["run", "--stages", "train"]])
 def test_unreachable_tracking_server_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys,
                                                              argv):
-    """Issue 15 row 6, from the command line: `models list` and `run` say it in one line."""
+    """From the command line, `models list` and `run` say it in one line."""
     monkeypatch.chdir(tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"
     sets = ["--set", f"mlflow.tracking_uri={uri}"] if argv[0] == "run" else []
@@ -138,8 +138,8 @@ def _record(workdir: Path, stage: str, outputs: dict) -> None:
 
 
 def test_next_block_says_only_what_this_run_did(tmp_path, monkeypatch):
-    """Issue 15 row 14 and issue 14: "registered vN" only when this invocation promoted; the
-    MLflow UI only once its store exists; samples only when the file is there."""
+    """The "next" block says "registered vN" only when this invocation promoted; the MLflow
+    UI only once its store exists; samples only when the file is there."""
     monkeypatch.chdir(tmp_path)
     cfg = validate({"workdir": str(tmp_path / "work")})
     workdir = tmp_path / "work"

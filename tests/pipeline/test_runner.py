@@ -130,7 +130,7 @@ def optional_graph(log: list[str]) -> dict[str, Stage]:
 
 
 def test_a_stage_reads_the_latest_current_record_of_a_stage_not_run_now(tmp_path):
-    """Issue 15 row 3: `--stages tune,evaluate`, then `--stages promote`, promotes tune's
+    """`--stages tune,evaluate`, then `--stages promote`, promotes tune's
     model: evaluate stays up to date (its optional input comes from tune's record on disk)
     instead of re-running on the train stage's model."""
     log: list[str] = []

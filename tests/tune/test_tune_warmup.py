@@ -1,5 +1,5 @@
 """Sweeps that mean something: a trial's learning-rate warmup ends before ASHA first compares
-trials (issue 14). The choice pinned here: such a sweep is REJECTED with the numbers and the
+trials. The choice pinned here: such a sweep is REJECTED with the numbers and the
 fix, never silently rescaled; `tune.warmup_steps` sets the trials' own warmup."""
 
 from __future__ import annotations

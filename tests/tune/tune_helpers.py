@@ -19,7 +19,7 @@ from tune.spec import SweepSpec
 STARTS_FILE = "starts.jsonl"  # in the trial folder: one line per start (restores included)
 
 # Every sweep in these tests trains tiny Glows (hidden 8) on digits for a few epochs.
-# The model and its init are pinned to the pre-issue-12 Glow (plain coupling nets, ActNorm
+# The model and its init are pinned to the first Glow recipe (plain coupling nets, ActNorm
 # initialised on the first 64-image batch): the ASHA test relies on the trials' rung values
 # with search seed 0, and these tests are about the sweep, not the model.
 TINY_TRAIN: dict[str, Any] = {
