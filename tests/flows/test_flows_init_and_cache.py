@@ -118,6 +118,8 @@ def test_initialize_accepts_a_ddp_style_wrapper():
     model = build_model(tiny("glow", levels=1, steps=1, hidden=8))
     assert initialize_from_batch(Wrapper(model), torch.randint(0, 16, (8, 2, 4, 4)))
     assert all(m.is_initialized for m in actnorms(model))
+    with pytest.raises(TypeError, match="Expected a DensityModel"):
+        initialize_from_batch(Wrapper(ActNorm(2)), torch.randn(8, 2, 4, 4))
 
 
 @pytest.mark.parametrize("cls", [InvConv1x1, InvConv1x1LU])
