@@ -40,8 +40,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -49,6 +51,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import flows  # noqa: E402
 
+T = TypeVar("T")
+CPU = torch.device("cpu")
 SHAPE = (3, 32, 32)
 BATCH = 16
 TEMPERATURE = 0.7
@@ -95,6 +99,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def host_info() -> dict:
+    """The machine a benchmark ran on: date, torch and Python versions, CPU and core count."""
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "torch": torch.__version__,
+            "python": platform.python_version(), "nproc": os.cpu_count(), "cpu": cpu_model()}
+
+
 def config(key: str, **extra) -> flows.ModelConfig:
     return flows.ModelConfig(image_shape=SHAPE, n_bins=256, **MODELS[key], **extra)
 
@@ -126,22 +136,41 @@ def make(key: str, variant: str = "fp32", n: int = BATCH, **extra):
     return model, x, step
 
 
-def timed(fn, warmup: int, reps: int) -> tuple[list[float], object]:
-    out = None
-    for _ in range(warmup):
-        out = fn()
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queue (CUDA runs asynchronously; a CPU has none)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_steps(step: Callable[[int], T], n: int, start: int = 0,
+              sync: Callable[[], None] = lambda: None) -> tuple[float, list[T]]:
+    """Wall seconds of step(start), ..., step(start + n - 1) run back to back, the clock read
+    after sync() (so a device's queued work counts), and their outputs."""
+    begin = time.perf_counter()
+    outputs = [step(i) for i in range(start, start + n)]
+    sync()
+    return time.perf_counter() - begin, outputs
+
+
+def timed(fn: Callable[[], T], warmup: int, reps: int, sync: Callable[[], None] = lambda: None,
+          calls: int = 1) -> tuple[list[float], T | None]:
+    """Seconds per call of fn(): `reps` timings of `calls` back-to-back calls each, after
+    `warmup` untimed calls; and the last output."""
+    _, outputs = run_steps(lambda _: fn(), warmup, sync=sync)
     times = []
     for _ in range(reps):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return times, out
+        seconds, outputs = run_steps(lambda _: fn(), calls, sync=sync)
+        times.append(seconds / calls)
+    return times, outputs[-1] if outputs else None
 
 
-def mm_peak(dtype=torch.float32, n: int = 2048, reps: int = 8) -> dict:
-    """FLOP/s of an n x n x n `torch.mm` at the current thread count: median and best."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    times, _ = timed(lambda: torch.mm(a, b), 2, reps)
+def mm_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 8,
+            device: torch.device = CPU, calls: int = 1, warmup: int = 2) -> dict:
+    """FLOP/s of an n x n x n `torch.mm` on `device` (at the current thread count on a CPU):
+    median and best of `reps` timings of `calls` products each."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    times, _ = timed(lambda: torch.mm(a, b), warmup, reps, lambda: synchronize(device), calls)
     flop = 2 * n**3
     return {"median": flop / statistics.median(times), "best": flop / min(times)}
 
@@ -333,8 +362,7 @@ def main() -> None:
         memory_child(args.memory_child)
         return
     start = time.perf_counter()
-    info = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "nproc": os.cpu_count(), "cpu": cpu_model(), "torch": torch.__version__,
+    info = {**host_info(),
             "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
             "load_start": loadavg()}
     print(json.dumps(info), flush=True)

@@ -38,21 +38,27 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+from bench_flows import MODELS as BENCH_MODELS  # noqa: E402
+from bench_flows import (  # noqa: E402
+    count_flops,
+    host_info,
+    loadavg,
+    mm_peak,
+    run_steps,
+    synchronize,
+)
 from bench_shards import synthetic_images, write_archive  # noqa: E402
 
 from data_prep import Manifest, make_loader  # noqa: E402
@@ -62,10 +68,10 @@ from train.loop import configure_torch, train_step  # noqa: E402
 from train.state import build_state  # noqa: E402
 
 CIFAR = (3, 32, 32)
-MODELS = {  # the CIFAR settings (Glow: the cifar10 profile; the others: bench_flows.py)
-    "glow": {"name": "glow", "levels": 3, "steps": 32, "hidden": 512, "coupling": "affine"},
-    "realnvp": {"name": "realnvp", "levels": 2, "steps": 3, "hidden": 64, "res_blocks": 8},
-    "fvae": {"name": "fvae", "levels": 3, "steps": 8, "hidden": 128, "res_blocks": 2},
+MODELS = {  # the CIFAR settings of bench_flows.py (Glow: the cifar10 profile's recipe)
+    "glow": BENCH_MODELS["glow-K32"] | {"coupling": "affine"},
+    "realnvp": BENCH_MODELS["realnvp"],
+    "fvae": BENCH_MODELS["fvae"],
 }
 SMOKE_MODELS = {
     "glow": {"name": "glow", "levels": 2, "steps": 2, "hidden": 16, "coupling": "affine"},
@@ -102,9 +108,7 @@ VARIANTS = [Variant("fp32"), Variant("bf16", amp=True),
 # ------------------------------------------------------------------------------ environment
 
 def environment(device: torch.device) -> dict:
-    info = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "torch": torch.__version__,
-            "python": platform.python_version(), "nproc": os.cpu_count(), "cpu": cpu_model(),
-            "load": " ".join(f"{v:.2f}" for v in os.getloadavg()), "device": str(device)}
+    info = {**host_info(), "load": loadavg(), "device": str(device)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
@@ -115,38 +119,6 @@ def environment(device: torch.device) -> dict:
         info.update(gpu="none (CPU run)", cuda=torch.version.cuda or "none",
                     cudnn="n/a", nccl="n/a")
     return info
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int) -> float:
-    """FLOP/s of an n x n x n matmul (best of `reps` after warm-up)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    for _ in range(3):
-        torch.mm(a, b)
-    best = math.inf
-    for _ in range(reps):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(4):
-            torch.mm(a, b)
-        synchronize(device)
-        best = min(best, (time.perf_counter() - start) / 4)
-    return 2 * n**3 / best
 
 
 # ------------------------------------------------------------------------------- models
@@ -166,14 +138,6 @@ def train_config(model: dict, variant: Variant, batch: int, device: torch.device
                                                   "use_gpu": device.type == "cuda"}})
 
 
-def count_flops(state, x: torch.Tensor) -> float:
-    """Convolution/matmul FLOPs of one forward + backward, per image (eager model)."""
-    with FlopCounterMode(display=False) as counter:
-        state.model(x).mean().backward()
-    state.optimizer.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / x.shape[0]
-
-
 def time_variant(key: str, model: dict, variant: Variant, data: list, steps: int,
                  warmup: int, device: torch.device, peaks: dict, flops: dict) -> dict:
     """Train one variant from the same initial weights on the same batches; time `steps`."""
@@ -186,35 +150,30 @@ def time_variant(key: str, model: dict, variant: Variant, data: list, steps: int
         update["net_dtype"] = "bfloat16"
     state = build_state(cfg, cfg.model.model_copy(update=update), world, init_x=data[0])
     if key not in flops:
-        flops[key] = count_flops(state, data[0])
+        flops[key] = count_flops(state.model, data[0])["total"]
     torch.manual_seed(1)  # the same dequantisation noise in every variant
-    start = time.perf_counter()
-    for i in range(warmup):  # torch.compile compiles here
-        train_step(state, data[i % len(data)], cfg)
-    synchronize(device)
-    warm_s = time.perf_counter() - start
+
+    def step(i: int) -> torch.Tensor:
+        return train_step(state, data[i % len(data)], cfg)[0]
+
+    def sync() -> None:
+        synchronize(device)
+
+    warm_s, _ = run_steps(step, warmup, sync=sync)  # torch.compile compiles here
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    losses = []
-    start = time.perf_counter()
-    for i in range(steps):
-        loss, _ = train_step(state, data[(warmup + i) % len(data)], cfg)
-        losses.append(loss)
-    synchronize(device)
-    elapsed = time.perf_counter() - start
+    elapsed, losses = run_steps(step, steps, start=warmup, sync=sync)
     last = torch.stack(losses[-10:]).float()
     peak = peaks["bf16"] if variant.amp else peaks["fp32"]
     images_per_s = steps * batch / elapsed
-    row = {"model": key, "variant": variant.name, "batch": batch, "steps": steps,
-           "images_per_s": images_per_s, "step_ms": 1e3 * elapsed / steps,
-           "warmup_s": warm_s, "gflop_per_image": flops[key] / 1e9,
-           "mfu": flops[key] * images_per_s / peak,
-           "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30
-                            if device.type == "cuda" else None),
-           "loss_finite": bool(torch.isfinite(last).all()), "loss": float(last.mean()),
-           "skipped_steps": state.guard.check()[0]}
-    del state
-    return row
+    return {"model": key, "variant": variant.name, "batch": batch, "steps": steps,
+            "images_per_s": images_per_s, "step_ms": 1e3 * elapsed / steps,
+            "warmup_s": warm_s, "gflop_per_image": flops[key] / 1e9,
+            "mfu": flops[key] * images_per_s / peak,
+            "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30
+                             if device.type == "cuda" else None),
+            "loss_finite": bool(torch.isfinite(last).all()), "loss": float(last.mean()),
+            "skipped_steps": state.guard.check()[0]}
 
 
 def agreement(rows: list[dict]) -> None:
@@ -515,8 +474,9 @@ def main(argv: list[str] | None = None) -> int:
                             "GPU figures not measured"]
     torch.backends.cuda.matmul.allow_tf32 = True
     n = 8192 if gpu else 512
-    peaks = {"fp32": matmul_peak(device, torch.float32, n, 10 if gpu else 3),
-             "bf16": matmul_peak(device, torch.bfloat16, n, 10 if gpu else 3),
+    reps = 10 if gpu else 3  # each the best of `reps` timings of 4 products after 3 warm-up ones
+    peaks = {"fp32": mm_peak(torch.float32, n, reps, device, calls=4, warmup=3)["best"],
+             "bf16": mm_peak(torch.bfloat16, n, reps, device, calls=4, warmup=3)["best"],
              "fp32_label": "TF32" if gpu else "fp32 (CPU)", "n": n}
     report = {"mode": "gpu" if gpu else ("cpu-smoke" if args.smoke else "cpu"),
               "environment": environment(device), "peak_flops": peaks, "notes": notes,

@@ -11,10 +11,10 @@ from typing import Any
 
 _EXPORTS = {
     "LAYERS": "flows.layers",
-    "DensityModel": "flows.api",
-    "FlowModel": "flows.api",
-    "VariationalModel": "flows.api",
-    "initialize_from_batch": "flows.api",
+    "DensityModel": "flows.density",
+    "FlowModel": "flows.density",
+    "VariationalModel": "flows.density",
+    "initialize_from_batch": "flows.data_init",
     "build_model": "flows.build",
     "ModelConfig": "flows.config",
 }

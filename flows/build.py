@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flows.api import DensityModel
 from flows.config import ModelConfig
+from flows.density import DensityModel
 
 
 def _require_data_fields(cfg: ModelConfig) -> None:

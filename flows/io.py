@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from flows.api import DensityModel
 from flows.build import build_model
 from flows.config import ModelConfig
+from flows.density import DensityModel
 
 WEIGHTS, CONFIG, META = "model.safetensors", "model_config.json", "meta.json"
 FORMAT = "nfpipe-model/1"

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from flows import bpd
-from flows.api import DensityModel
+from flows.density import DensityModel
 
 
 def score_levels(model: DensityModel, x: Any, *, k: int = 1,

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from flows.api import DensityModel
+from flows.density import DensityModel
 
 
 def levels_to_unit(x: torch.Tensor, n_bins: int) -> torch.Tensor:

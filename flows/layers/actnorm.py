@@ -15,10 +15,11 @@ class ActNorm(InvertibleLayer):
 
     log|det| = (number of positions) · Σ_c log_s_c.
 
-    The first `initialize_from_batch` pass sets b = -mean and log_s = -log(std) per channel, so
-    the output has zero mean and unit variance on that batch. The `initialized` flag is a
-    registered buffer: it is saved, loaded and broadcast with the weights, so a loaded model is
-    never re-initialised.
+    `initialize_from(h)` sets b = -mean and log_s = -log(std) per channel, so the output has
+    zero mean and unit variance on h. A layer `mark_pending()` does that on its next forward
+    input (how `flows.initialize_from_batch` reaches every ActNorm in one pass). The
+    `initialized` flag is a registered buffer: it is saved, loaded and broadcast with the
+    weights, so a loaded model is never re-initialised.
 
     Shapes: h is [B, C, *] (images [B, C, H, W] or flat features [B, C]).
 
@@ -32,34 +33,52 @@ class ActNorm(InvertibleLayer):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
-        self._init_pending = False  # set by flows.initialize_from_batch for one pass
+        self._pending = False  # initialise from the next forward input (then clear)
 
     @property
     def is_initialized(self) -> bool:
+        """Whether b and log_s were set from data (or loaded from a model that was)."""
         return bool(self.initialized.item())
+
+    @property
+    def is_pending(self) -> bool:
+        """Whether the next forward pass initialises this layer from its input."""
+        return self._pending
+
+    def mark_pending(self) -> None:
+        """Initialise from the next forward input, even when initialised already."""
+        self._pending = True
+
+    def clear_pending(self) -> None:
+        """Take back `mark_pending` (a pass that never reached this layer)."""
+        self._pending = False
+
+    def mark_initialized(self) -> None:
+        """Set the flag without data: b and log_s as they are count as initialised."""
+        self.initialized.fill_(1)
 
     def _view(self, p: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return p.view(1, -1, *([1] * (h.dim() - 2)))
 
     @torch.no_grad()
-    def initialize(self, h: torch.Tensor) -> None:
-        """Set b, log_s from the per-channel statistics of h (all dims but 1)."""
+    def initialize_from(self, h: torch.Tensor) -> None:
+        """Set b, log_s from the per-channel statistics of h (all dims but 1); set the flag."""
         if h.shape[1] != self.channels:
             raise ValueError(f"Expected {self.channels} channels, got {h.shape[1]}.")
         flat = h.transpose(0, 1).reshape(self.channels, -1).float()
         mean, std = flat.mean(1), flat.std(1, unbiased=False)
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
-        self.initialized.fill_(1)
+        self.mark_initialized()
+        self.clear_pending()
 
     def _logdet(self, h: torch.Tensor) -> torch.Tensor:
         positions = math.prod(h.shape[2:])
         return constant_logdet(self.log_scale.sum() * positions, h)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._init_pending:
-            self.initialize(h)
-            self._init_pending = False
+        if self._pending:
+            self.initialize_from(h)
         out = (h + self._view(self.bias, h)) * torch.exp(self._view(self.log_scale, h))
         return out, self._logdet(h)
 

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from flows import bpd
-from flows.api import VariationalModel, repeat_batch
 from flows.config import ModelConfig
+from flows.density import VariationalModel
+from flows.importance import repeat_batch
 from flows.models.glow import glow_stack
 from flows.nets import ResNet
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from flows.api import FlowModel
 from flows.config import ModelConfig
+from flows.density import FlowModel
 from flows.layers import (
     ActNorm,
     AdditiveCoupling,

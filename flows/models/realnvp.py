@@ -15,8 +15,8 @@ https://arxiv.org/abs/1605.08803
 
 from __future__ import annotations
 
-from flows.api import FlowModel
 from flows.config import ModelConfig
+from flows.density import FlowModel
 from flows.layers import (
     ActNorm,
     AdditiveCoupling,

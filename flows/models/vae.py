@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from flows import bpd
-from flows.api import VariationalModel, repeat_batch
 from flows.config import ModelConfig
+from flows.density import VariationalModel
+from flows.importance import repeat_batch
 
 MIN_LOG_SCALE = -7.0  # decoder σ ≥ e^-7 ≈ 1e-3: finer than any bin of 256 levels
 

@@ -17,7 +17,7 @@ def perturb_(module: nn.Module, scale: float = 0.1, seed: int = 0) -> nn.Module:
         p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))
     for m in module.modules():
         if isinstance(m, ActNorm):
-            m.initialized.fill_(1)
+            m.mark_initialized()
     return module
 
 

@@ -39,6 +39,54 @@ def test_actnorm_init_standardises_its_input_on_the_init_batch(name):
                                    atol=1e-3, rtol=0)
 
 
+def standardised(out: torch.Tensor, channels: int) -> None:
+    flat = out.transpose(0, 1).reshape(channels, -1)
+    torch.testing.assert_close(flat.mean(1), torch.zeros(channels), atol=1e-4, rtol=0)
+    torch.testing.assert_close(flat.std(1, unbiased=False), torch.ones(channels), atol=1e-3,
+                               rtol=0)
+
+
+def test_actnorm_public_init_api_pending_then_initialised_loaded_and_re_armed():
+    layer = ActNorm(3)
+    h = 2.0 + 3.0 * torch.randn(16, 3, 4, 4)
+    assert not layer.is_initialized and not layer.is_pending
+    out, _ = layer(h)
+    torch.testing.assert_close(out, h)  # unarmed: the identity, nothing initialised
+    assert not layer.is_initialized
+
+    layer.mark_pending()
+    assert layer.is_pending and not layer.is_initialized
+    with torch.no_grad():
+        out, _ = layer(h)  # the pending forward initialises from its own input
+    assert layer.is_initialized and not layer.is_pending
+    standardised(out, 3)
+
+    loaded = ActNorm(3)
+    loaded.load_state_dict(layer.state_dict())
+    assert loaded.is_initialized and not loaded.is_pending
+    other = -1.0 + 0.5 * torch.randn(16, 3, 4, 4)
+    torch.testing.assert_close(loaded(other)[0], layer(other)[0])  # no re-init on a forward
+
+    loaded.mark_pending()  # re-arms an initialised layer: the next input sets b, log s again
+    with torch.no_grad():
+        out, _ = loaded(other)
+    standardised(out, 3)
+    loaded.mark_pending()
+    loaded.clear_pending()
+    assert not loaded.is_pending
+    torch.testing.assert_close(loaded(h)[0], (h + loaded.bias.view(1, -1, 1, 1))
+                               * loaded.log_scale.exp().view(1, -1, 1, 1))
+
+    flat, x = ActNorm(5), torch.randn(32, 5) * 4 + 1
+    flat.initialize_from(x)
+    assert flat.is_initialized
+    with torch.no_grad():
+        standardised(flat(x)[0], 5)
+    fresh = ActNorm(5)
+    fresh.mark_initialized()
+    assert fresh.is_initialized and bool(fresh.state_dict()["initialized"])
+
+
 def test_initialisation_is_a_no_op_once_done_and_after_state_dict_load(tmp_path):
     cfg = tiny("glow", levels=2, steps=2, hidden=8)
     model = build_model(cfg)
@@ -70,6 +118,8 @@ def test_initialize_accepts_a_ddp_style_wrapper():
     model = build_model(tiny("glow", levels=1, steps=1, hidden=8))
     assert initialize_from_batch(Wrapper(model), torch.randint(0, 16, (8, 2, 4, 4)))
     assert all(m.is_initialized for m in actnorms(model))
+    with pytest.raises(TypeError, match="Expected a DensityModel"):
+        initialize_from_batch(Wrapper(ActNorm(2)), torch.randn(8, 2, 4, 4))
 
 
 @pytest.mark.parametrize("cls", [InvConv1x1, InvConv1x1LU])

@@ -9,8 +9,8 @@ import torch
 from flows_helpers import VARIATIONAL_CONFIGS, perturb_, tiny
 
 from flows import build_model, initialize_from_batch
-from flows.api import importance_bound
 from flows.bpd import kl_to_standard_normal, normal_log_prob, standard_normal_log_prob
+from flows.importance import importance_bound
 
 
 def ready(key, scale=0.1):

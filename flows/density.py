@@ -1,10 +1,9 @@
-"""DensityModel: the one interface every model family implements (see docs/contracts.md)."""
+"""The density interface every model family implements: DensityModel, and its two kinds,
+FlowModel (exact) and VariationalModel (a bound). See docs/contracts.md."""
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,8 +11,9 @@ from torch import nn
 
 from flows import bpd
 from flows.config import ModelConfig
+from flows.data_init import warn_if_uninitialized
 from flows.dequantization import VariationalDequantizer
-from flows.layers.actnorm import ActNorm
+from flows.importance import importance_bound, repeat_batch
 
 if TYPE_CHECKING:
     from flows.models.stack import MultiScaleStack
@@ -178,22 +178,6 @@ class FlowModel(DensityModel):
         return self.decode(self._latent_noise(n, self.n_dims, temperature, generator))
 
 
-def importance_bound(log_weights: Callable[[int], torch.Tensor], k: int,
-                     chunk: int) -> torch.Tensor:
-    r"""log (1/k Σ_i w_i) from log-weights drawn `chunk` at a time: memory O(chunk), not O(k).
-
-    `log_weights(m)` returns [m, B]. Reference: Burda et al., Importance Weighted
-    Autoencoders (2015), https://arxiv.org/abs/1509.00519
-    """
-    if k < 1:
-        raise ValueError(f"Expected k >= 1 importance samples, got {k}.")
-    total = None
-    for start in range(0, k, chunk):
-        part = torch.logsumexp(log_weights(min(chunk, k - start)), 0)
-        total = part if total is None else torch.logaddexp(total, part)
-    return total - math.log(k)
-
-
 class VariationalModel(DensityModel):
     """A latent-variable model scored by a bound: ELBO for k=1, IWAE bound for k>1.
 
@@ -233,65 +217,3 @@ class VariationalModel(DensityModel):
             return self.elbo(y, post, generator)
         return importance_bound(lambda m: self.log_weights(y, post, m, generator), k,
                                 self.config.iwae_chunk)
-
-
-def repeat_batch(t: torch.Tensor, m: int) -> torch.Tensor:
-    """[B, ...] -> [m·B, ...], sample-major (row i·B + b is copy i of example b)."""
-    return t.unsqueeze(0).expand(m, *t.shape).reshape(m * t.shape[0], *t.shape[1:])
-
-
-def _unwrap(model: nn.Module) -> DensityModel:
-    inner = model if isinstance(model, DensityModel) else getattr(model, "module", model)
-    if not isinstance(inner, DensityModel):
-        raise TypeError(f"Expected a DensityModel, got {type(model).__name__}.")
-    return inner
-
-
-def uninitialized_actnorms(model: nn.Module) -> list[ActNorm]:
-    """The ActNorm layers of `model` not yet initialised from data."""
-    return [m for m in model.modules() if isinstance(m, ActNorm) and not m.is_initialized]
-
-
-def warn_if_uninitialized(model: DensityModel) -> None:
-    """Warn when a training-mode pass meets an ActNorm that was never data-initialised (and
-    is not being initialised now): it would stay at the identity and cost bits/dim."""
-    missing = [m for m in uninitialized_actnorms(model) if not m._init_pending]
-    if missing:
-        warnings.warn(
-            f"{len(missing)} ActNorm layer(s) of this {type(model).__name__} were never "
-            "initialised from data: call flows.initialize_from_batch(model, x) on a batch of "
-            "training images (>= 256 recommended) before training.",
-            UserWarning, stacklevel=4)
-
-
-@torch.no_grad()
-def initialize_from_batch(model: nn.Module, y: torch.Tensor,
-                          generator: torch.Generator | int | None = None) -> bool:
-    """Data-dependent initialisation (every uninitialised ActNorm) from one batch.
-
-    Runs one no-grad pass in which each such ActNorm sets its bias and log-scale from the
-    statistics of its own input, then marks itself initialised (a buffer, so the flag is
-    saved, loaded and broadcast). A no-op when everything is initialised already. Call it on
-    rank 0's batch before wrapping in DDP, then broadcast parameters and buffers. Glow's code
-    uses 256 images.
-
-    y: integer levels [B, C, H, W] (dequantised here, with `generator`) or dequantised floats.
-    Returns True when something was initialised.
-    """
-    model = _unwrap(model)
-    pending = uninitialized_actnorms(model)
-    if not pending:
-        return False
-    if not y.is_floating_point():
-        y = model.dequantize(y.to(model.device), generator)
-    for m in pending:
-        m._init_pending = True
-    try:
-        model.data_init_pass(y.to(model.device))
-    finally:
-        for m in pending:
-            m._init_pending = False
-    missed = sum(not m.is_initialized for m in pending)
-    if missed:
-        raise RuntimeError(f"{missed} ActNorm layer(s) were not reached by data_init_pass.")
-    return True
