@@ -1,6 +1,6 @@
 """CPU throughput, FLOP efficiency, sampling rate and training memory of the flow models.
 
-Issue 3, "Benchmarks". At CIFAR shape (3x32x32, 256 levels), batch 16, Adam:
+At CIFAR shape (3x32x32, 256 levels), batch 16, Adam:
 
 1. training throughput (images/s of forward + backward + Adam step) at 2 and 1 torch threads
    for Glow (L=3, K=8, hidden 512), the full Glow CIFAR recipe (L=3, K=32, hidden 512),

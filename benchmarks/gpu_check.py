@@ -1,4 +1,4 @@
-"""The GPU path, end to end, in one command (`make gpu-check`; issue 11).
+"""The GPU path, end to end, in one command (`make gpu-check`).
 
 1. The environment: GPU name and memory, CUDA, cuDNN, NCCL and torch versions.
 2. The measured matmul peak: an n x n x n `torch.mm` in TF32 (float32 with TF32 allowed) and
