@@ -15,7 +15,7 @@ class EvaluateConfig(BaseModel):
     seed: int = Field(
         0, ge=0, description="Seed of the noise (dequantisation and latents, drawn on the CPU "
         "from streams derived per split and k) and of the sample grids, so the reported test "
-        "bpd is the same on any device."
+        "bpd is reproducible, on any device."
     )
     k: int = Field(
         64, gt=0, le=10000, description="Draws per image of the importance-weighted bound, "
