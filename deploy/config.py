@@ -1,51 +1,12 @@
-"""Typed settings of the `evaluate`, `promote` and `deploy` sections of pipeline.yaml."""
+"""Typed settings of the `promote` and `deploy` sections of pipeline.yaml."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EvaluateConfig(_Section):
-    """Final test bits/dim of the trained model, on the whole test split."""
-
-    batch_size: int = Field(256, gt=0, le=65536, description="Test images per forward pass.")
-    seed: int = Field(
-        0, ge=0, description="Seed of the dequantization noise (and of the sample grids), so "
-        "the reported test bpd is reproducible."
-    )
-    k: int = Field(
-        64, gt=0, le=10000, description="Draws per image of the importance-weighted bound, "
-        "every family (dequantisation noise or q(u|x), and VAE / f-VAE latents), combined by "
-        "a log-mean-exp: tighter than k = 1. The stage reports `test_bpd` (k = 1, the "
-        "promoted figure) and `test_bpd_k{k}` beside it (1: only k = 1)."
-    )
-    grid_samples: int = Field(
-        64, ge=0, le=1024, description="Images in each sample grid (0: no grids)."
-    )
-    temperatures: tuple[float, ...] = Field(
-        (1.0, 0.7), description="Sampling temperatures, one grid each."
-    )
-    device: str = Field(
-        "cpu", description="Torch device for evaluation: cpu, cuda, cuda:1, or auto."
-    )
-
-    @field_validator("temperatures")
-    @classmethod
-    def _positive_temperatures(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(t <= 0 for t in value):
-            raise ValueError(f"temperatures must be > 0, got {list(value)}")
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        if value not in ("cpu", "auto") and not value.startswith(("cuda", "mps")):
-            raise ValueError(f"device must be cpu, auto, cuda[:N] or mps, got {value!r}")
-        return value
 
 
 class PromoteConfig(_Section):

@@ -1,8 +1,7 @@
-"""Images in and out of the deploy commands: level grids as PNG, PNG files and shard tars in.
+"""Images into the deploy commands: PNG files and shard tars (grids out: `flows.viz`).
 
 Levels are the model's integers in [0, n_bins). Shards and `data_prep` PNGs store the levels
-as they are (e.g. 0..16 for digits); grids written for people are stretched to 0..255, and
-`scale` enlarges each pixel to scale x scale (nearest neighbour) so small images can be seen.
+as they are (e.g. 0..16 for digits).
 
 A shard read for scoring is checked whole before any image is used: against the sha256 and
 count in the `manifest.json` beside it when one lists it (else a warning says its length
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,48 +21,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-GRID_PAD = 2  # pixels between images and around the grid
 TAR_END = bytes(1024)  # the end-of-archive marker: two zero blocks
 SHARD_MEMBERS = (".png", ".cls")  # what data_prep writes per sample
 
 
 class ShardError(ValueError):
     """A shard that cannot be scored as it is; the message names the shard and member."""
-
-
-def grid_shape(n: int, image_hw: tuple[int, int], nrow: int | None = None) -> tuple[int, int]:
-    """(height, width) in pixels of the grid `save_level_grid` writes for `n` images."""
-    cols = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    h, w = image_hw
-    return rows * (h + GRID_PAD) + GRID_PAD, cols * (w + GRID_PAD) + GRID_PAD
-
-
-def level_grid(levels: np.ndarray, n_bins: int, nrow: int | None = None) -> np.ndarray:
-    """uint8 levels [n, C, H, W] -> one uint8 picture (H', W', C), levels stretched to 0..255."""
-    n, c, h, w = levels.shape
-    cols = nrow or math.ceil(math.sqrt(n))
-    height, width = grid_shape(n, (h, w), cols)
-    canvas = np.zeros((height, width, c), dtype=np.uint8)
-    pixels = (levels.astype(np.float64) * (255.0 / max(n_bins - 1, 1))).round().astype(np.uint8)
-    for i in range(n):
-        top = GRID_PAD + (i // cols) * (h + GRID_PAD)
-        left = GRID_PAD + (i % cols) * (w + GRID_PAD)
-        canvas[top:top + h, left:left + w] = pixels[i].transpose(1, 2, 0)
-    return canvas
-
-
-def save_level_grid(levels: np.ndarray, n_bins: int, path: str | Path,
-                    nrow: int | None = None, scale: int = 1) -> Path:
-    """Write `levels` [n, C, H, W] as a PNG grid (`nrow` images per row, default ~sqrt(n)),
-    every pixel repeated `scale` x `scale` times (nearest-neighbour upscaling)."""
-    picture = level_grid(np.asarray(levels), n_bins, nrow)
-    if scale > 1:
-        picture = picture.repeat(scale, axis=0).repeat(scale, axis=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(picture[:, :, 0] if picture.shape[2] == 1 else picture).save(path)
-    return path
 
 
 def decode_png(data: bytes) -> np.ndarray:

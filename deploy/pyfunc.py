@@ -53,7 +53,7 @@ ARTIFACT_PATH = "model"  # name of the logged model inside its run
 MAX_K = 1000  # importance-weighted draws per image in one request
 SLICE_IMAGES = 64  # image evaluations per unit of work: the grain of interleaving
 # The shipped code's third-party imports, pinned to what is installed here (the model's
-# requirements.txt); flows/viz.py (torchvision) is not shipped: the model never draws grids.
+# requirements.txt); flows/viz.py (PIL) is not shipped: the model never draws grids.
 REQUIREMENTS = ("mlflow-skinny", "torch", "safetensors", "pydantic", "numpy", "pandas")
 # PyPI's Linux torch wheels pull in CUDA; this index holds the CPU builds of the same versions.
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"

@@ -57,7 +57,8 @@ def as_generator(seed: torch.Generator | int | None) -> torch.Generator | None:
 
 def uniform_like(x: torch.Tensor, dtype: torch.dtype,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """U[0, 1) noise of x's shape on x's device, drawn from `generator` where given."""
+    """U[0, 1) noise of x's shape on x's device, drawn from `generator` where given (on the
+    generator's device, then copied: a CPU generator gives the same noise on any device)."""
     device = x.device if generator is None else generator.device
     u = torch.rand(x.shape, generator=generator, device=device, dtype=dtype)
     return u.to(x.device)
@@ -65,7 +66,8 @@ def uniform_like(x: torch.Tensor, dtype: torch.dtype,
 
 def normal(shape: tuple[int, ...], like: torch.Tensor,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """N(0, I) noise of `shape` with `like`'s dtype and device, from `generator` where given."""
+    """N(0, I) noise of `shape` with `like`'s dtype and device, from `generator` where given
+    (drawn on the generator's device, then copied, as `uniform_like`)."""
     device = like.device if generator is None else generator.device
     eps = torch.randn(shape, generator=generator, device=device, dtype=like.dtype)
     return eps.to(like.device)

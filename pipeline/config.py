@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_prep.config import DataPrepConfig
 from data_prep.storage import Location
-from deploy.config import DeployConfig, EvaluateConfig, PromoteConfig
+from deploy.config import DeployConfig, PromoteConfig
 from train.config import TrainConfig
+from train.evaluate_config import EvaluateConfig
 from train.typed import model_type, suggest
 from tune.config import TuneConfig
 

@@ -1,6 +1,8 @@
 """Data-parallel training of one flows model on one shard set (the train stage's library).
 
 - `config.TrainConfig`: the typed `train:` section (`leaf_paths`: what a sweep may set).
+- `evaluation.evaluate`: bits/dim of a whole split (the loop's and the evaluate stage's one
+  evaluation); `evaluate_config.EvaluateConfig`: the typed `evaluate:` section.
 - `loop.train(cfg, job, world, report, resume)`: the whole run in one process, free of Ray
   (a Tune trial calls it in-process; each Ray Train worker calls it too).
 - `distributed.run_trainer(cfg, job, storage_path, name, callbacks)`: a Ray Train

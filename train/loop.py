@@ -204,7 +204,8 @@ def score_test_split(state: TrainState, cfg: TrainConfig, manifest: Manifest,
                      world: WorkerInfo, k: int = 1) -> float:
     """Bits/dim of the evaluated weights (EMA when kept) over the whole test split."""
     batch = max((cfg.eval_batch_size or cfg.batch_size) // world.world_size, 1)
-    return evaluate(state.eval_model, manifest, world, batch_size=batch, seed=cfg.seed, k=k)
+    return evaluate(state.eval_model, manifest, world, batch_size=batch, seed=cfg.seed,
+                    k=k).bpd
 
 
 @dataclass
@@ -274,9 +275,8 @@ def checkpoint_dir(state: TrainState, cfg: TrainConfig, job: TrainJob, world: Wo
                 "test_bpd": metrics["test_bpd"], "run_id": job.mlflow_run_id}
         save_model(state.eval_model, checkpoint.model_bundle(folder), meta)
         checkpoint.save_state(folder, state.snapshot())
-        save_samples(state.eval_model, folder / "samples", epoch=state.epoch,
-                     temperatures=cfg.sample_temperatures, n=cfg.sample_n, seed=cfg.seed,
-                     device=world.device)
+        save_samples(state.eval_model, folder / "samples", temperatures=cfg.sample_temperatures,
+                     n=cfg.sample_n, seed=cfg.seed, prefix=f"samples_epoch{state.epoch:03d}")
         yield folder
 
 

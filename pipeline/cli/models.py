@@ -160,7 +160,7 @@ def table_console() -> Console:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from deploy.images import save_level_grid
+    from flows.viz import save_level_grid
 
     if not 1 <= args.scale <= 64:
         raise UsageError(f"--scale must be between 1 and 64, got {args.scale}")

@@ -19,8 +19,8 @@ from pipeline.stages.base import StageContext, StageOutputs
 def run(ctx: StageContext) -> StageOutputs:
     import mlflow
 
-    from deploy.images import save_level_grid
     from deploy.load import load_served
+    from flows.viz import save_level_grid
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # rich owns the console
     cfg = ctx.config.deploy

@@ -1,15 +1,15 @@
 """evaluate stage: final test bits/dim of the trained (or best tuned) model, logged to its run.
 
-The whole test split is scored in manifest order under one seeded noise stream
-(`evaluate.seed`), so the numbers are reproducible: `test_bpd` with one draw per image (the
-usual bound; the ELBO for VAE / f-VAE), and the importance-weighted bound over `evaluate.k`
-draws beside it as `test_bpd_k{k}`. One sample grid per temperature.
+The stage runs the training loop's own evaluation (`train.evaluation.evaluate`, one process)
+over the whole test split under the fixed seed `evaluate.seed`, so the numbers are
+reproducible on any device: `test_bpd` with one draw per image (the usual bound; the ELBO for
+VAE / f-VAE), and the importance-weighted bound over `evaluate.k` draws beside it as
+`test_bpd_k{k}`. One sample grid per temperature (`train.evaluation.save_samples`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +19,30 @@ from pipeline.stages.base import StageContext, StageOutputs
 def run(ctx: StageContext) -> StageOutputs:
     from data_prep import Manifest
     from flows.io import load_model
+    from train.ddp import WorkerInfo
+    from train.evaluation import evaluate, save_samples
 
     cfg = ctx.config.evaluate
     source = pick_model(ctx.inputs)
     manifest = Manifest.load(ctx.inputs["data_prep"]["manifest"])
-    model = load_model(source["model_dir"], map_location=_device(cfg.device)).eval()
+    device = _device(cfg.device)
+    model = load_model(source["model_dir"], map_location=device).eval()
     check_compatible(model, manifest)
     k = cfg.k
     ctx.console.print(f"    scoring {manifest.split('test').count} test images of "
                       f"{manifest.dataset} with the {source['stage']} model (k=1 and k={k})")
-    test_bpd, count = test_bits_per_dim(model, manifest, cfg.batch_size, 1, cfg.seed)
+    one_process = WorkerInfo(device=device)
+    scored = evaluate(model, manifest, one_process, batch_size=cfg.batch_size, seed=cfg.seed)
+    test_bpd, count = scored.bpd, scored.images
     # MLflow names beside the training curves (tracking.names): bpd first, then eval/
     metrics = {"bpd/test_eval": test_bpd, "eval/k": float(k), "eval/test_images": float(count)}
     outputs_k = {}
     if k > 1:
-        outputs_k[f"test_bpd_k{k}"] = test_bits_per_dim(model, manifest, cfg.batch_size, k,
-                                                        cfg.seed)[0]
+        outputs_k[f"test_bpd_k{k}"] = evaluate(model, manifest, one_process,
+                                               batch_size=cfg.batch_size, seed=cfg.seed, k=k).bpd
         metrics[f"bpd/test_eval_k{k}"] = outputs_k[f"test_bpd_k{k}"]
-    grids = sample_grids(model, ctx.stage_dir, cfg.grid_samples, cfg.temperatures, cfg.seed)
+    grids = save_samples(model, ctx.stage_dir, temperatures=cfg.temperatures,
+                         n=cfg.grid_samples, seed=cfg.seed)
     report = {"source": source["stage"], "run_id": source["run_id"], "k": k, "seed": cfg.seed,
               "dataset": manifest.dataset, "manifest_fingerprint": manifest.fingerprint,
               "train_reported_bpd": source["bpd"], **metrics}
@@ -85,45 +91,6 @@ def check_compatible(model: Any, manifest: Any) -> None:
             f"{model.config.n_bins} levels, but {manifest.path} holds "
             f"{tuple(manifest.image_shape)} with {manifest.n_bins}; retrain on this dataset"
         )
-
-
-def test_bits_per_dim(model: Any, manifest: Any, batch_size: int, k: int,
-                      seed: int) -> tuple[float, int]:
-    """(mean bits/dim over the whole test split, images scored); one seeded noise stream.
-
-    `k`: draws per image of the importance-weighted bound (1: the single-draw bound)."""
-    import torch
-
-    from data_prep import make_loader
-    from flows.scoring import score_levels
-
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    total, count = 0.0, 0
-    for x, _ in make_loader(manifest, "test", batch_size, mode="eval"):
-        bpd = score_levels(model, x, k=k, generator=generator)
-        total += float(bpd.sum())
-        count += len(bpd)
-    if count == 0:
-        raise ValueError(f"{manifest.path}: the test split is empty; nothing to evaluate")
-    mean = total / count
-    if not math.isfinite(mean):
-        raise ValueError(f"test bits/dim is {mean}: the model gives non-finite likelihoods")
-    return mean, count
-
-
-def sample_grids(model: Any, out_dir: Path, n: int, temperatures: tuple[float, ...],
-                 seed: int) -> list[Path]:
-    """One PNG grid of `n` samples per temperature (seeded), stretched to 0..255."""
-    from deploy.images import save_level_grid
-    from flows.scoring import sample_levels
-
-    if n == 0:
-        return []
-    return [
-        save_level_grid(sample_levels(model, n, t, generator=seed), model.config.n_bins,
-                        out_dir / f"samples_T{t:g}.png")
-        for t in temperatures
-    ]
 
 
 def log_to_run(ctx: StageContext, run_id: str, metrics: dict[str, float],

@@ -9,9 +9,9 @@ import pytest
 from deploy_helpers import MODEL_NAME
 from PIL import Image
 
-from deploy.images import grid_shape
 from deploy.load import model_uri
 from flows.scoring import score_levels
+from flows.viz import grid_shape
 from pipeline import cli
 
 

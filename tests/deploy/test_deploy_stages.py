@@ -11,11 +11,14 @@ from deploy_helpers import new_run
 from pydantic import ValidationError
 from rich.console import Console
 
-from deploy.config import DeployConfig, EvaluateConfig, PromoteConfig
+from deploy.config import DeployConfig, PromoteConfig
 from pipeline.config import validate
 from pipeline.stages import deploy as deploy_stage
 from pipeline.stages import evaluate, promote
 from pipeline.stages.base import StageContext
+from train.ddp import WorkerInfo
+from train.evaluate_config import EvaluateConfig
+from train.evaluation import evaluate as evaluate_split
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +81,10 @@ def test_evaluate_scores_the_whole_test_split_and_logs_to_the_run(evaluated, pip
         reference = float(model.bits_per_dim(x, generator=torch.Generator().manual_seed(1))
                           .double().mean())
     assert out["test_bpd"] == pytest.approx(reference, abs=0.02)
+    # the stage runs the training loop's own evaluation: called directly, the same numbers
+    direct = {k: evaluate_split(model, manifest, WorkerInfo(), batch_size=100,
+                                seed=pipeline_cfg.evaluate.seed, k=k).bpd for k in (1, 2)}
+    assert out["test_bpd"] == direct[1] and out["test_bpd_k2"] == direct[2]
     # fixed seed: a second evaluation gives the identical number
     again = evaluate.run(_ctx(pipeline_cfg, "evaluate-again", inputs))
     assert again["test_bpd"] == out["test_bpd"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from flows_helpers import ALL_CONFIGS, perturb_, tiny
@@ -12,7 +13,8 @@ from safetensors.torch import load_file
 
 from flows import build_model, initialize_from_batch
 from flows.io import load_config, load_meta, load_model, save_model
-from flows.viz import interpolate, save_sample_grid
+from flows.scoring import sample_levels
+from flows.viz import GRID_PAD, interpolate, level_grid, save_sample_grid
 
 
 @pytest.mark.parametrize("key", ["glow-affine-lu", "realnvp-affine", "nice", "vae", "fvae"])
@@ -45,10 +47,13 @@ def test_load_model_names_what_is_missing(tmp_path):
 
 def test_sample_grid_is_written(tmp_path):
     model = build_model(tiny("glow", (1, 8, 8), n_bins=17, levels=2, steps=1, hidden=8))
-    grid = save_sample_grid(model, tmp_path / "g" / "samples.png", n=6, temperature=0.7, nrow=3)
-    with Image.open(tmp_path / "g" / "samples.png") as image:
-        assert image.size == (grid.shape[2], grid.shape[1])
-    assert grid.shape[1] == 2 * 8 + 3 and grid.shape[2] == 3 * 8 + 4  # 1-pixel padding
+    path = save_sample_grid(model, tmp_path / "g" / "samples.png", n=6, temperature=0.7, nrow=3)
+    assert path == tmp_path / "g" / "samples.png"
+    with Image.open(path) as image:
+        assert image.size == (3 * 8 + 4 * GRID_PAD, 2 * 8 + 3 * GRID_PAD)  # 3 x 2, padded
+        pixels = np.asarray(image)
+    levels = sample_levels(model, 6, 0.7, generator=0)  # the same CPU stream
+    assert np.array_equal(pixels, level_grid(levels, 17, nrow=3)[:, :, 0])
 
 
 @pytest.mark.parametrize("key", ["glow-affine-lu", "nice", "vae", "fvae"])
