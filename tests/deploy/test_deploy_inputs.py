@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deploy.images import ShardError, grid_shape, read_shard, save_level_grid
+from data_prep.errors import ShardError
+from deploy.images import grid_shape, read_shard, save_level_grid
 from pipeline import cli
 
 
