@@ -58,20 +58,22 @@ class Shard:
             yield self._sample(members)
 
     def _sample(self, members: dict[str, bytes | str]) -> ShardSample:
-        key = members["__key__"]
-        foreign = sorted(members.keys() - {"__key__", IMAGE, LABEL})
-        if foreign:
-            raise ShardError(self.location, f"member '{key}.{foreign[0]}' is not a sample of "
-                                            f"an image shard ({LAYOUT})")
-        if IMAGE not in members:
-            raise ShardError(self.location, f"sample '{key}' has no image ({LAYOUT})")
-        label = members.get(LABEL)
+        key, png, label = members["__key__"], members.get(IMAGE), members.get(LABEL)
+        if png is None or len(members) != (3 if label is not None else 2):
+            raise ShardError(self.location, self._layout_problem(members))
         try:
-            return ShardSample(self.location, key, members[IMAGE],
-                               -1 if label is None else int(label))
+            return ShardSample(self.location, key, png, -1 if label is None else int(label))
         except ValueError:
             raise ShardError(self.location, f"member '{key}.{LABEL}' is not a class label "
                                             f"({label[:20]!r})") from None
+
+    @staticmethod
+    def _layout_problem(members: dict[str, bytes | str]) -> str:
+        key = members["__key__"]
+        foreign = sorted(members.keys() - {"__key__", IMAGE, LABEL})
+        if foreign:
+            return f"member '{key}.{foreign[0]}' is not a sample of an image shard ({LAYOUT})"
+        return f"sample '{key}' has no image ({LAYOUT})"
 
 
 def read_shard(location: str | os.PathLike, expected: ShardInfo | None = None) -> Shard:
