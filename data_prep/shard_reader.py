@@ -85,23 +85,30 @@ def read_shard(location: str | os.PathLike, expected: ShardInfo | None = None) -
 
 
 def parse_shard(location: str, data: bytes, expected: ShardInfo | None = None) -> Shard:
-    """The shard held in `data`; ShardError listing everything found wrong with it."""
-    problems = []
+    """The shard held in `data`; ShardError listing everything found wrong with it (the
+    structure or the count first, the sha256 last)."""
+    members: list[dict[str, bytes | str]] = []
     try:
         members, complete = read_samples(data)
     except ValueError as exc:
-        members, complete = [], True
-        problems.append(str(exc))
-    if expected is not None and not problems and len(members) != expected.count:
-        problems.append(f"holds {len(members)} samples, the manifest says {expected.count}")
-    if not complete:
-        problems.append(f"truncated: it ends after {len(members)} images without the tar "
-                        "end-of-archive marker")
+        problems = [str(exc)]
+    else:
+        problems = _count_problems(len(members), complete, expected)
     if expected is not None and hashlib.sha256(data).hexdigest() != expected.sha256:
         problems.append(SHA256_DIFFERS)
     if problems:
         raise ShardError(location, "; ".join(problems))
     return Shard(location, members)
+
+
+def _count_problems(count: int, complete: bool, expected: ShardInfo | None) -> list[str]:
+    problems = []
+    if expected is not None and count != expected.count:
+        problems.append(f"holds {count} samples, the manifest says {expected.count}")
+    if not complete:
+        problems.append(f"truncated: it ends after {count} images without the tar "
+                        "end-of-archive marker")
+    return problems
 
 
 def check_digest(location: str, expected: ShardInfo) -> None:
