@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from data_prep import DataPrepConfig, Manifest, make_loader, prepare
-from data_prep.loader import read_shard
-from data_prep.shards import decode_image
+from data_prep.png import decode_png as decode_image
+from data_prep.shard_reader import read_shard
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_shards import write_archive  # noqa: E402
@@ -71,8 +71,7 @@ def main() -> None:
 
     # the same arrays in memory, decoded once from the shards
     chunks = [(decode_image(png), label) for shard in split.shards
-              for _, _, png, label in read_shard(manifest.root / shard.name, shard, 0,
-                                                 shard.count)]
+              for _, _, png, label in read_shard(manifest.root / shard.name, shard).samples()]
     images = np.stack([c[0] for c in chunks])
     labels = np.array([c[1] for c in chunks], dtype=np.int64)
     del chunks
@@ -86,8 +85,8 @@ def main() -> None:
     # stage by stage, one process (CPU time, so other load on the machine counts less)
     start, pngs = time.process_time(), []
     for shard in split.shards:
-        pngs.extend(png for _, _, png, _ in read_shard(manifest.root / shard.name, shard, 0,
-                                                        shard.count))
+        pngs.extend(sample.png for sample in read_shard(manifest.root / shard.name,
+                                                        shard).samples())
     t_read = time.process_time() - start
     start = time.process_time()
     for png in pngs:

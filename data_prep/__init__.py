@@ -12,6 +12,7 @@ _EXPORTS = {
     "DataPrepConfig": "data_prep.config",
     "DataPrepError": "data_prep.errors",
     "Manifest": "data_prep.manifest",
+    "ShardError": "data_prep.errors",
     "ShardLoader": "data_prep.loader",
     "make_loader": "data_prep.loader",
     "prepare": "data_prep.prepare",

@@ -9,3 +9,17 @@ class DataPrepError(ValueError):
     The message names the file and says what to do about it; the CLI prints it without a
     traceback.
     """
+
+
+class ShardError(DataPrepError):
+    """A shard that cannot be read as it is: `problem` says what is wrong with `location`."""
+
+    def __init__(self, location: str, problem: str):
+        super().__init__(
+            f"{location}: {problem}: the shard is truncated or corrupt; run the data_prep stage "
+            "again (it re-verifies the shards and rewrites the damaged ones)"
+        )
+        self.location, self.problem = location, problem
+
+    def __reduce__(self):  # picklable across loader workers and Ray with both arguments
+        return type(self), (self.location, self.problem)

@@ -12,13 +12,13 @@ eval, in an order shuffled by (seed, epoch) for train) and cut into contiguous r
 
 A rank's batches are dealt to its loader workers as contiguous blocks of whole batches, so
 the batch count does not depend on `num_workers`. A worker reads only the shards its range
-touches (at most two partly); it checks each shard's sample count and sha256 before using
-it, and names the shard when either is wrong.
+touches (at most two partly), through `data_prep.shard_reader`: each shard is checked whole
+against the manifest (structure, sample count, sha256) before it is used, and a fault names
+the shard.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,13 +30,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_prep import storage
-from data_prep.errors import DataPrepError
+from data_prep.errors import DataPrepError, ShardError
 from data_prep.manifest import Manifest, ShardInfo
-from data_prep.shards import decode_image, read_samples
+from data_prep.shard_reader import ShardSample, decode_sample, read_shard
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # x uint8 [B, C, H, W], label int64 [B] (-1: none)
-# (shard location, key, png bytes, label) of one encoded sample
-Encoded = tuple[str, str, bytes, int]
 
 
 def make_loader(
@@ -169,7 +167,7 @@ class _Plan:
         if self.shuffle:
             rng = np.random.default_rng([*self.seed, worker])
             samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
-        chunk: list[Encoded] = []
+        chunk: list[ShardSample] = []
         for sample in samples:
             chunk.append(sample)
             if len(chunk) == self.batch_size:
@@ -178,26 +176,24 @@ class _Plan:
         if chunk:
             yield self._collate(chunk)
 
-    def _encoded(self, lo: int, hi: int) -> Iterator[Encoded]:
+    def _encoded(self, lo: int, hi: int) -> Iterator[ShardSample]:
         offset = 0
         for shard in self.shards:
             a, b = max(lo, offset) - offset, min(hi, offset + shard.count) - offset
             if a < b:
-                yield from read_shard(storage.join(self.root, shard.name), shard, a, b)
+                yield from read_shard(storage.join(self.root, shard.name), shard).samples(a, b)
             offset += shard.count
 
-    def _collate(self, chunk: list[Encoded]) -> Batch:
+    def _collate(self, chunk: list[ShardSample]) -> Batch:
         channels, height, width = self.image_shape
         x = np.empty((len(chunk), height, width, channels), dtype=np.uint8)
-        for i, (path, key, png, _) in enumerate(chunk):
-            try:
-                image = decode_image(png)
-            except Exception as exc:  # PIL raises several types for damaged data
-                raise _damaged(path, f"sample {key} does not decode ({exc})") from None
+        for i, sample in enumerate(chunk):
+            image = decode_sample(sample)
             if image.shape != x.shape[1:]:
-                raise _damaged(path, f"sample {key} is {image.shape}, expected {x.shape[1:]}")
+                raise ShardError(sample.location, f"sample {sample.key} is {image.shape}, "
+                                                  f"expected {x.shape[1:]}")
             x[i] = image
-        labels = torch.tensor([label for *_, label in chunk], dtype=torch.long)
+        labels = torch.tensor([sample.label for sample in chunk], dtype=torch.long)
         return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), labels
 
 
@@ -225,43 +221,10 @@ class _WorkerError:
     message: str
 
 
-def read_shard(path: str | Path, shard: ShardInfo, lo: int, hi: int) -> Iterator[Encoded]:
-    """Samples lo..hi-1 of a shard (a local path or a URL, streamed whole into memory: a few
-    MB, one GET on an object store, nothing written to local disk), after checking its sample
-    count and sha256 against the manifest (hashed at ~1 GB/s)."""
-    path = str(path)
-    try:
-        data = storage.read_bytes(path)
-    except FileNotFoundError:
-        raise _damaged(path, "shard is missing") from None
-    except OSError as exc:
-        raise _damaged(path, f"unreadable ({exc})") from None
-    try:
-        samples, complete = read_samples(data)
-        labels = [int(s["cls"]) if "cls" in s else -1 for s in samples[lo:hi]]
-    except ValueError as exc:
-        raise _damaged(path, f"unreadable tar ({exc})") from None
-    if len(samples) != shard.count:
-        raise _damaged(path, f"holds {len(samples)} samples, the manifest says {shard.count}")
-    if not complete:
-        raise _damaged(path, "no end-of-archive marker")
-    if hashlib.sha256(data).hexdigest() != shard.sha256:
-        raise _damaged(path, "sha256 differs from the manifest")
-    for sample, label in zip(samples[lo:hi], labels, strict=True):
-        yield path, sample["__key__"], sample.get("png", b""), label
-
-
-def _damaged(path: str, what: str) -> DataPrepError:
-    return DataPrepError(
-        f"{path}: {what}: the shard is truncated or corrupt; run the data_prep stage again "
-        "(it re-verifies the shards and rewrites the damaged ones)"
-    )
-
-
-def _buffer_shuffle(samples: Iterator[Encoded], size: int,
-                    rng: np.random.Generator) -> Iterator[Encoded]:
+def _buffer_shuffle(samples: Iterator[ShardSample], size: int,
+                    rng: np.random.Generator) -> Iterator[ShardSample]:
     """Shuffle a stream through a buffer of `size` samples (as webdataset's `shuffle`)."""
-    buffer: list[Encoded] = []
+    buffer: list[ShardSample] = []
     for sample in samples:
         buffer.append(sample)
         if len(buffer) >= size:

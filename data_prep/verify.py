@@ -1,8 +1,10 @@
 """Check a shard set against its manifest: every shard present with the sha256 it records.
 
 Run on the driver before any training worker starts (a damaged shard is named in one line),
-and by `prepare` before it declares a set up to date. Shards are hashed a few at a time in
-threads: the hashing releases the GIL and object-store reads overlap.
+and by `prepare` before it declares a set up to date. Only the sha256 is checked here
+(`shard_reader.check_digest`, streamed, no tar parse): the loader checks the rest when it
+reads a shard. Shards are hashed a few at a time in threads: the hashing releases the GIL and
+object-store reads overlap.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from data_prep import storage
-from data_prep.errors import DataPrepError
+from data_prep.errors import DataPrepError, ShardError
 from data_prep.manifest import Manifest, ShardInfo
+from data_prep.shard_reader import check_digest
 
 THREADS = 8
 
@@ -22,7 +24,7 @@ class Damage:
     """One shard that does not match the manifest, and how."""
 
     location: str
-    problem: str  # "missing", "sha256 differs from the manifest", "unreadable (…)"
+    problem: str  # ShardError.problem: "shard is missing", "sha256 differs from …", …
 
 
 def find_damage(manifest: Manifest, threads: int = THREADS) -> list[Damage]:
@@ -56,11 +58,7 @@ def intact_shards(manifest: Manifest, threads: int = THREADS) -> dict[str, str]:
 def _check(manifest: Manifest, shard: ShardInfo) -> Damage | None:
     location = manifest.shard_location(shard.name)
     try:
-        digest = storage.sha256_of(location)
-    except FileNotFoundError:
-        return Damage(location, "shard is missing")
-    except OSError as exc:
-        return Damage(location, f"shard is unreadable ({exc})")
-    if digest != shard.sha256:
-        return Damage(location, "sha256 differs from the manifest (truncated or changed)")
+        check_digest(location, shard)
+    except ShardError as exc:
+        return Damage(location, exc.problem)
     return None

@@ -146,7 +146,7 @@ def test_flipped_byte_and_missing_shard(digits_copy):
 def test_fast_tar_reader_agrees_with_webdataset(digits_manifest):
     import webdataset as wds
 
-    from data_prep.shards import read_samples
+    from data_prep.shard_reader import read_samples
 
     for path in Manifest.load(digits_manifest).shard_paths("test"):
         ours, complete = read_samples(path.read_bytes())

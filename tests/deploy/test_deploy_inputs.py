@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deploy.images import ShardError, read_shard
+from data_prep.errors import DataPrepError, ShardError
+from deploy.images import read_shard
 from flows.viz import grid_shape, save_level_grid
 from pipeline import cli
 
@@ -90,6 +91,31 @@ def test_deploy_score_on_a_bad_shard_is_exit_2_naming_it(registry, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and "garbage.tar: not a readable tar shard" in err
     assert "Traceback" not in err
+
+
+def test_deploy_and_the_loader_read_a_shard_alike(shard, manifest):
+    """deploy's shard reading and the training loader: the same keys, the same arrays."""
+    from data_prep import make_loader, shard_reader
+
+    info = manifest.split("test").shards[0]
+    images = read_shard(shard, warn=lambda _: None)
+    keys = [sample.key for sample in shard_reader.read_shard(shard, info).samples()]
+    x, _ = next(iter(make_loader(manifest, "test", info.count, mode="eval")))
+    assert [name for name, _ in images] == [f"{shard.name}:{key}" for key in keys]
+    assert len(set(keys)) == info.count
+    np.testing.assert_array_equal(np.stack([image for _, image in images]), x.numpy())
+
+
+def test_deploy_refuses_a_truncated_shard_with_data_preps_error(shard, member_offsets, registry,
+                                                                 tmp_path, capsys):
+    cut = _lone(tmp_path, "cut.tar", shard.read_bytes()[:member_offsets[100]])
+    with pytest.raises(ShardError) as caught:
+        read_shard(cut, warn=lambda _: None)
+    assert isinstance(caught.value, DataPrepError) and caught.value.location == str(cut)
+    assert caught.value.problem == ("truncated: it ends after 50 images without the tar "
+                                    "end-of-archive marker")
+    code = cli.main(["deploy", "score", "--tracking-uri", registry[0], "--model", "any", str(cut)])
+    assert code == 2 and str(caught.value) in " ".join(capsys.readouterr().err.split())
 
 
 def test_scaled_grids_repeat_each_pixel(tmp_path):
