@@ -35,6 +35,7 @@ from tracking.store import (
     ensure_experiment,
     git_commit,
     sqlite_folder,
+    use_store,
 )
 from tracking.system import system_metrics
 
@@ -61,4 +62,5 @@ __all__ = [
     "set_tags",
     "sqlite_folder",
     "system_metrics",
+    "use_store",
 ]
