@@ -271,13 +271,9 @@ def _parent_params(spec: SweepSpec) -> dict[str, Any]:
 
 
 def _parent_tags(spec: SweepSpec, manifest: Manifest) -> dict[str, str]:
-    tags = {
+    return {
         "nfpipe.stage": "tune",
         "nfpipe.pipeline": spec.pipeline,
         "nfpipe.dataset": manifest.dataset,
         "nfpipe.manifest_fingerprint": manifest.fingerprint,
     }
-    commit = tracking.git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
