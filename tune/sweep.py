@@ -245,7 +245,7 @@ def _callbacks(sweep: Sweep) -> list:
     logger = MlflowTrialLogger(
         spec.tracking_uri, sweep.experiment_id, sweep.parent_run_id, spec.name,
         spec.tune.model_dump(mode="json"), spec.train.model_dump(mode="json"),
-        tuple(sweep.manifest.image_shape), sweep.manifest.n_bins,
+        sweep.manifest.location,
     )
     if not spec.tune.verbose:
         return [logger]
