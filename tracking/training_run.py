@@ -26,6 +26,7 @@ RUN_TAG = "nfpipe.train_run"  # the MLflow run of a Ray Train run, found again o
 DDP_TAG = "nfpipe.ddp.step1_digests"  # every rank's weight digest after step 1 (all equal)
 BUNDLE_PATH = "model_bundle"  # the artifact folder of the exported model bundle
 DIGEST_CHARS = 16  # of each rank's digest in DDP_TAG
+Params = Mapping[str, Any] | Callable[[], Mapping[str, Any]]  # a callable: computed only if new
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,9 @@ def train_params(train: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     return {**flatten(train, "train."), **extra}
 
 
-def open_training_run(
-    tracking_uri: str,
-    experiment_id: str,
-    identity: Mapping[str, str],
-    run_name: str,
-    params: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
-    tags: Mapping[str, str],
-    dataset: DatasetRecord,
-) -> str:
+def open_training_run(tracking_uri: str, experiment_id: str, identity: Mapping[str, str],
+                      run_name: str, params: Params, tags: Mapping[str, str],
+                      dataset: DatasetRecord) -> str:
     """The run carrying `identity` (reopened: a resumed run), else a new one with `params`
     and `tags` (`nfpipe.*`, the dataset's among them); either way with its dataset input."""
     run_id = reopen_or_create(tracking_uri, experiment_id, identity, run_name, params,

@@ -8,6 +8,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+from helpers import logged_images
+
 METRICS_FILE = "metrics.json"  # beside each checkpoint of `in_process_fit`: what it reported
 
 # Small enough that one 2-epoch run on digits (8x8, 17 levels) trains in a second or two.
@@ -75,3 +78,67 @@ def in_process_fit(cfg, job, storage_path: str, name: str):
 
 def no_cluster(ctx, manifest, storage_path: str) -> None:
     """The train stage's `cluster` for an in-process fit: no Ray to start or check."""
+
+
+def progress_epochs(out: dict) -> list[int]:
+    """The epochs rank 0 trained in the train stage's run `out`, from its progress lines."""
+    lines = (Path(out["ray_run"]) / "progress.jsonl").read_text().splitlines()
+    return [json.loads(line)["epoch"] for line in lines]
+
+
+def check_stage_run(out: dict, client, family: str, manifest_path: Path):
+    """What the train stage leaves of a 2-epoch `tiny_train` run: its outputs, the exported
+    bundle, and its MLflow run (status, tags, dataset input, params, metric steps, sample
+    images, bundle artifact). Returns the MLflow run."""
+    from flows.io import load_model
+
+    # outputs later stages read; the bundle rebuilds from its own files
+    assert {"model_dir", "checkpoint", "run_id", "test_bpd"} <= set(out)
+    model = load_model(out["model_dir"])
+    meta = json.loads((Path(out["model_dir"]) / "meta.json").read_text())
+    manifest = json.loads(Path(manifest_path).read_text())
+    assert model.image_shape == tuple(manifest["image_shape"])
+    assert meta["dataset"] == "digits" and meta["run_id"] == out["run_id"]
+    assert meta["epoch"] == out["best_epoch"] and meta["test_bpd"] == pytest.approx(out["test_bpd"])
+    assert len(meta["manifest_fingerprint"]) == 64
+
+    run = client.get_run(out["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["nfpipe.manifest_fingerprint"] == meta["manifest_fingerprint"]
+    assert run.data.tags["nfpipe.stage"] == "train" and "mlflow.user" in run.data.tags
+    (dataset,) = run.inputs.dataset_inputs  # the manifest as the run's dataset input
+    assert meta["manifest_fingerprint"].startswith(dataset.dataset.digest)
+    assert run.data.params["train.model.name"] == family
+    assert run.data.params["train.model.n_bins"] == "17"
+    # test bpd improves over epoch 0 (the initialised model), once per epoch
+    test_bpd = client.get_metric_history(out["run_id"], "bpd/test")
+    assert [m.step for m in test_bpd] == [0, 1, 2]
+    assert test_bpd[-1].value < test_bpd[0].value
+    for key in ("bpd/train", "epoch/images_per_s", "epoch/lr", "epoch/grad_norm",
+                "epoch/skipped_steps"):
+        assert _steps(client, out["run_id"], key) == [1, 2], key
+    assert _steps(client, out["run_id"], "step/train_bpd") == list(range(5, 45, 5))
+
+    images = logged_images(client, out["run_id"])  # one key per temperature, step = epoch
+    assert images == {("samples/T0.7", 1), ("samples/T1", 1), ("samples/T0.7", 2),
+                      ("samples/T1", 2)}
+    bundle = {Path(a.path).name for a in client.list_artifacts(out["run_id"], "model_bundle")}
+    assert {"model.safetensors", "model_config.json", "meta.json"} <= bundle
+
+    # the importance-weighted bound (train.eval_k = 4 draws) is tighter than k = 1
+    assert out["test_bpd_k4"] <= out["test_bpd"] + 1e-6
+    return run
+
+
+def check_forced_run(first: dict, forced: dict, client) -> None:
+    """`--force` after a finished run trained afresh in a new Ray run and a new MLflow run,
+    and kept the old ones."""
+    assert forced["ray_run"] != first["ray_run"] and forced["run_id"] != first["run_id"]
+    assert progress_epochs(forced) == [0, 1]  # trained from scratch: epoch 0 is the initial model
+    assert Path(first["ray_run"]).is_dir() and progress_epochs(first) == [0, 1]  # old run kept
+    assert client.get_run(first["run_id"]).info.status == "FINISHED"
+    assert client.get_run(forced["run_id"]).info.status == "FINISHED"
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]

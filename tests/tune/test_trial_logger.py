@@ -4,9 +4,7 @@ does: the resolved train config as `train.*` params, the dataset input, the git 
 
 from __future__ import annotations
 
-import subprocess
-
-from helpers import REPO
+from helpers import git_head
 from mlflow import MlflowClient
 from ray.tune.experiment import Trial
 from tune_helpers import TINY_TRAIN
@@ -48,8 +46,6 @@ def test_a_child_run_records_params_dataset_and_commit(tmp_path, manifest_path):
     assert manifest.fingerprint.startswith(dataset.dataset.digest)
     assert tags["nfpipe.manifest_fingerprint"] == manifest.fingerprint
     assert tags["mlflow.parentRunId"] == parent and tags["nfpipe.trial_status"] == "completed"
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True, check=True).stdout.strip()
-    assert tags["mlflow.source.git.commit"] == head
+    assert tags["mlflow.source.git.commit"] == git_head()
     assert [m.step for m in client.get_metric_history(child.info.run_id, "bpd/test")] == [1, 2]
     assert child.info.status == "FINISHED"
