@@ -32,11 +32,7 @@ def _one_rank(family: str, **overrides) -> dict:
     return tiny_train(family, scaling={"num_workers": 1}, **overrides)
 
 
-QUICK = ("nice", "vae")  # the others train ~10x slower here; their Ray runs train them too
-
-
-@pytest.mark.parametrize("family", [f if f in QUICK else pytest.param(f, marks=pytest.mark.slow)
-                                    for f in TINY_MODELS])
+@pytest.mark.parametrize("family", list(TINY_MODELS))
 def test_stage_records_the_run_in_mlflow(family, make_ctx, mlflow_uri, digits_manifest):
     out = _run(make_ctx(_one_rank(family)))
 
