@@ -273,12 +273,9 @@ def register_and_promote(tracking_uri: str, name: str, bundle_dir: str | Path,
     """
     import dataclasses
 
-    import mlflow
-
     from deploy.pyfunc import bundle_sha256
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    tracking.use_store(tracking_uri)
     client = tracking.client(tracking_uri)
     candidate = dataclasses.replace(candidate, bundle_sha256=bundle_sha256(bundle_dir))
     version = existing_version(client, name, candidate)

@@ -23,6 +23,12 @@ S3_TEST_ENV = {
 }
 
 
+def git_head() -> str:
+    """The commit checked out in this repository."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

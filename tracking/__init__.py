@@ -3,10 +3,13 @@
 The one home of MLflow glue (train, tune, deploy and the stages use it; it imports no other
 project package):
 
-- `store`: the tracking URI made absolute, the client (its registry is the same store), the
-  experiment, the git commit of the code.
-- `runs`: runs identified by tags and reopened on resume (`reopen_or_create`), params,
-  tags and artifacts, run status.
+- `store`: the tracking URI made absolute, the one setter of MLflow's global URIs
+  (`use_store`), the client (its registry is the same store), the experiment, the git commit
+  of the code.
+- `runs`: runs identified by tags and reopened on resume (`reopen_or_create`, with MLflow's
+  context tags and the git commit), params, tags and artifacts, run status.
+- `training_run`: what a training run records (`train.*` params, the dataset input, tags),
+  the same for the train stage's run (`TrainingRun`) and a sweep trial's child run.
 - `metrics`: `MlflowTracker`, a buffered writer that logs each (metric, step) at most once.
 - `names`: metric names by step axis (`bpd/test`, `epoch/...`, `step/...`), `nfpipe.*` tags.
 - `datasets`, `media`, `system`: a dataset manifest as a run input, sample grids as images,
@@ -35,6 +38,7 @@ from tracking.store import (
     ensure_experiment,
     git_commit,
     sqlite_folder,
+    use_store,
 )
 from tracking.system import system_metrics
 
@@ -61,4 +65,5 @@ __all__ = [
     "set_tags",
     "sqlite_folder",
     "system_metrics",
+    "use_store",
 ]

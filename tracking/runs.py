@@ -6,10 +6,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tracking.store import client
+from tracking.store import client, git_commit
 
 PARAMS_BATCH = 100  # MLflow's limit of params per log_batch
 PARAM_MAX = 6000  # characters of one param value
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
 
 
 def find_run(tracking_uri: str, experiment_id: str, tags: Mapping[str, str]) -> str | None:
@@ -46,10 +47,18 @@ def reopen_or_create(
 
 def context_tags(tags: Mapping[str, str]) -> dict[str, str]:
     """`tags` over the ones MLflow resolves for a run started here (mlflow.user,
-    mlflow.source.name/type, mlflow.source.git.commit, ...)."""
+    mlflow.source.name/type, mlflow.source.git.commit, ...).
+
+    MLflow takes the git commit from the checkout holding the main script (`sys.argv[0]`) and
+    skips a git-ignored one: the `nfpipe` console script (in `.venv/bin`, or installed outside
+    any checkout) and pytest get none. Then the commit of the checkout holding this code is
+    recorded under MLflow's own tag."""
     from mlflow.tracking.context.registry import resolve_tags
 
-    return resolve_tags(dict(tags))
+    resolved = resolve_tags(dict(tags))
+    if GIT_COMMIT_TAG not in resolved and (commit := git_commit()):
+        resolved[GIT_COMMIT_TAG] = commit
+    return resolved
 
 
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:

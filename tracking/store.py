@@ -31,14 +31,22 @@ def client(tracking_uri: str | None = None):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def use_store(tracking_uri: str) -> None:
+    """Point MLflow's fluent API (`mlflow.log_model`, `models:/` URIs) at one store: its runs
+    and its model registry. The one place that sets MLflow's global URIs."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | Path) -> str:
     """Point MLflow's fluent API at `tracking_uri`; the id of experiment `name` (created if
     missing). With a local store the artifacts go to `artifact_root` (made absolute), so runs
     written from other working directories (Ray workers) find them."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    use_store(tracking_uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id

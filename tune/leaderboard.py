@@ -24,7 +24,7 @@ from tune.trial_logger import (
     child_runs,
 )
 
-WARMUP_PARAM = "optim.warmup_steps"  # a child run's param: the trial's LR warmup in steps
+WARMUP_PARAM = "train.optim.warmup_steps"  # a child run's param: the trial's LR warmup in steps
 
 
 @dataclass

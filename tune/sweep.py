@@ -247,7 +247,7 @@ def _trial_logger(sweep: Sweep) -> MlflowTrialLogger:
     return MlflowTrialLogger(
         spec.tracking_uri, sweep.experiment_id, sweep.parent_run_id, spec.name,
         spec.tune.model_dump(mode="json"), spec.train.model_dump(mode="json"),
-        tuple(sweep.manifest.image_shape), sweep.manifest.n_bins,
+        sweep.manifest.location,
     )
 
 
@@ -268,13 +268,9 @@ def _parent_params(spec: SweepSpec) -> dict[str, Any]:
 
 
 def _parent_tags(spec: SweepSpec, manifest: Manifest) -> dict[str, str]:
-    tags = {
+    return {
         "nfpipe.stage": "tune",
         "nfpipe.pipeline": spec.pipeline,
         "nfpipe.dataset": manifest.dataset,
         "nfpipe.manifest_fingerprint": manifest.fingerprint,
     }
-    commit = tracking.git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags

@@ -4,7 +4,9 @@ Trials never touch MLflow (a local SQLite store takes one writer): `MlflowTrialL
 `Callback`, so it runs in the driver and logs each trial's config at its start and its metrics
 at every result (step = epoch). Runs are found again by tag, and metrics already stored are
 not logged twice (the train stage's `MlflowTracker`), so a restored sweep continues the same
-parent and child runs instead of opening new ones.
+parent and child runs instead of opening new ones. A child run records itself as the train
+stage's run does (`tracking.training_run`): the trial's resolved train config as `train.*`
+params, the dataset as its input, the git commit among MLflow's context tags.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tracking import MlflowTracker, client, epoch_metrics, flatten, reopen_or_create
+from data_prep import Manifest
+from tracking import MlflowTracker, client, epoch_metrics, reopen_or_create
+from tracking.training_run import open_training_run
 from train.config import TrainConfig
+from train.run_record import dataset_record, resolved_params
 from tune.config import TuneConfig
 from tune.space import count_parameters, overrides_of, trial_train_config
 
@@ -85,8 +90,7 @@ class MlflowTrialLogger(Callback):
         sweep: str,
         tune_cfg: dict[str, Any],
         base_train: dict[str, Any],
-        image_shape: tuple[int, int, int],
-        n_bins: int,
+        manifest_path: str,
     ):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -94,15 +98,22 @@ class MlflowTrialLogger(Callback):
         self.sweep = sweep
         self.tune_cfg = tune_cfg
         self.base_train = base_train
-        self.image_shape = tuple(image_shape)
-        self.n_bins = n_bins
+        self.manifest_path = manifest_path
         self._trackers: dict[str, MlflowTracker] = {}
         self._client = None
+        self._manifest: Manifest | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_trackers"], state["_client"] = {}, None  # clients do not pickle; reopened
+        state["_manifest"] = None  # read again from manifest_path
         return state
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = Manifest.load(self.manifest_path)
+        return self._manifest
 
     @property
     def mlflow(self):
@@ -144,9 +155,9 @@ class MlflowTrialLogger(Callback):
         identity = {SWEEP_TAG: self.sweep, TRIAL_TAG: trial.trial_id}
         tags = {PARENT_TAG: self.parent_run_id, "nfpipe.role": "trial", "nfpipe.stage": "tune",
                 OVERRIDES_TAG: json.dumps(self._overrides(trial), sort_keys=True)}
-        run_id = reopen_or_create(self.tracking_uri, self.experiment_id, identity,
-                                  f"{self.sweep}-{trial.trial_id}",
-                                  lambda: self._params(trial), tags)
+        run_id = open_training_run(self.tracking_uri, self.experiment_id, identity,
+                                   f"{self.sweep}-{trial.trial_id}", lambda: self._params(trial),
+                                   tags, dataset_record(self.manifest))
         self.mlflow.set_tag(run_id, STATUS_TAG, "running")
         return run_id
 
@@ -154,13 +165,13 @@ class MlflowTrialLogger(Callback):
         return overrides_of(trial.config, TuneConfig.model_validate(self.tune_cfg).space)
 
     def _params(self, trial) -> dict[str, Any]:
-        """The trial's whole train config, flattened, and its model's parameter count."""
+        """The trial's whole train config as `train.*` (its model resolved for the dataset),
+        and its model's parameter count."""
         tune_cfg = TuneConfig.model_validate(self.tune_cfg)
         base = TrainConfig.model_validate(self.base_train)
         train = trial_train_config(base, self._overrides(trial), tune_cfg)
-        params = flatten(train.model_dump(mode="json"))
-        params["model.n_params"] = count_parameters(train, self.image_shape, self.n_bins)
-        return params
+        n_params = count_parameters(train, tuple(self.manifest.image_shape), self.manifest.n_bins)
+        return resolved_params(train, self.manifest, **{"model.n_params": n_params})
 
     def _finish(self, trial, status: str, run_status: str) -> None:
         tracker = self._tracker(trial)

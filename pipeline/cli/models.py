@@ -110,15 +110,13 @@ def tracking_uri(args: argparse.Namespace, cfg: PipelineConfig | None = None) ->
 
 
 def _setup(args: argparse.Namespace) -> tuple[str, PipelineConfig]:
-    import mlflow
-
     from deploy.load import model_uri
     from pipeline.config import registered_model_name
+    from tracking import use_store
 
     cfg = pipeline_config(args)
     uri = tracking_uri(args, cfg)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use_store(uri)
     name = registered_model_name(cfg)
     return model_uri(getattr(args, "model", None), name, cfg.deploy.alias), cfg
 

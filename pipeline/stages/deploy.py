@@ -14,19 +14,17 @@ import os
 import numpy as np
 
 from pipeline.stages.base import StageContext, StageOutputs
+from tracking import use_store
 
 
 def run(ctx: StageContext) -> StageOutputs:
-    import mlflow
-
     from deploy.load import load_served
     from flows.viz import save_level_grid
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # rich owns the console
     cfg = ctx.config.deploy
     promoted = ctx.inputs["promote"]
-    mlflow.set_tracking_uri(ctx.tracking_uri)
-    mlflow.set_registry_uri(ctx.tracking_uri)
+    use_store(ctx.tracking_uri)
     if promoted.get("champion_version") is None:
         ctx.console.print(f"    {promoted['model_name']} has no {cfg.alias}; nothing to deploy")
         return {"model_uri": None, "version": None, "sample_grid": None, "scores": None}

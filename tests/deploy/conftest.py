@@ -95,6 +95,9 @@ def champion(registry, logged, bundle):
     from deploy import registry as reg
     from deploy.pyfunc import bundle_sha256
 
+    # a session fixture is set up before the autouse `_session_tracking`: an earlier test's
+    # store may still be MLflow's global one, which resolves the `models:/` URI below
+    tracking.use_store(registry[0])
     client = tracking.client(registry[0])
     run_id, info = logged
     candidate = reg.Candidate(3.0, "digits", "fp", run_id, "glow",

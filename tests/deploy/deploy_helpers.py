@@ -8,6 +8,8 @@ from pathlib import Path
 
 from helpers import REPO, free_port, stop_process_group, subprocess_env
 
+from tracking import use_store as use_tracking  # noqa: F401 - the tests' name for it
+
 MODEL_NAME = "digits-glow"
 
 
@@ -20,13 +22,6 @@ def make_registry(directory: Path) -> tuple[str, str]:
     experiment = client.create_experiment("deploy-tests",
                                           artifact_location=(directory / "art").as_uri())
     return uri, experiment
-
-
-def use_tracking(uri: str) -> None:
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
 
 
 def new_run(uri: str, experiment: str) -> str:

@@ -90,7 +90,11 @@ def test_mlflow_one_parent_one_child_per_trial_with_epoch_curves(sweep):
         assert steps == list(range(1, len(steps) + 1))  # one test_bpd per epoch, no repeats
         train = sweep.client.get_metric_history(child.info.run_id, "bpd/train")
         assert sorted(m.step for m in train) == steps
-        assert child.data.params["epochs"] == str(MAX_T)  # the trial's full train config
+        assert child.data.params["train.epochs"] == str(MAX_T)  # the trial's full train config
+        assert child.data.params["train.model.n_bins"] == "17"  # resolved for the dataset
+        assert child.data.tags["mlflow.source.git.commit"]
+        (dataset,) = child.inputs.dataset_inputs  # the manifest, as on the train stage's run
+        assert sweep.out["manifest_fingerprint"].startswith(dataset.dataset.digest)
     for path, value in sweep.out["best_config"].items():
         assert parent.data.params[f"best.{path}"] == str(value)
     assert parent.data.metrics["bpd/test_best"] == pytest.approx(sweep.out["best_test_bpd"])
