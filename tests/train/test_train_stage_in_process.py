@@ -1,7 +1,8 @@
 """The train stage without Ray: its real loop fitted in this process (`in_process_fit`), a real
 SQLite MLflow store, real shards and checkpoints. What the stage itself does is checked here:
 the MLflow run it opens and finishes, the bundle it exports, `--force` and a finished run found
-again. (The 2-rank DDP digest check stays with Ray: tests/train/test_train_stage.py.)"""
+again. (Ray Train's run, with both ranks' digests: test_train_stage.py; DDP of every family:
+test_ddp.py.)"""
 
 from __future__ import annotations
 
