@@ -16,9 +16,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --durations=25 $(ARGS)
 
-# Unit tests only: no Ray cluster, no server process, no whole pipeline (about a minute).
+# Unit tests only: no Ray cluster, no server process, no whole pipeline (under a minute).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -n 2 -m "not slow" $(ARGS)
 
 docs: $(STAMP)
 	$(BIN)/nfpipe config reference --update README.md
