@@ -102,8 +102,11 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
 def cmd_config_show(args: argparse.Namespace) -> int:
     import yaml
 
+    from tracking.store import mask_url_credentials
+
     cfg = config_from_args(args)
-    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    shown = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    print(mask_url_credentials(shown), end="")  # a URL's password stays out of pasted output
     return 0
 
 

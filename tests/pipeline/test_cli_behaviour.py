@@ -243,6 +243,8 @@ def test_credentials_in_a_tracking_uri_are_never_printed(tmp_path, monkeypatch, 
                  "--set", "ray.num_cpus=0"]) == 2
     assert main(["config", "show", "--set", f"mlflow.tracking_uri=[{uri}]"]) == 2
     assert "s3cr3t" not in capsys.readouterr().err
+    assert main(["config", "show", "--set", f"mlflow.tracking_uri={uri}"]) == 0
+    assert "s3cr3t" not in capsys.readouterr().out
 
 
 def test_a_failed_stage_masks_urls_in_its_record_message_and_summary(tmp_path, capsys):
