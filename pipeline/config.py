@@ -8,22 +8,25 @@ closest valid key.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from data_prep.config import DataPrepConfig
 from data_prep.storage import Location
 from deploy.config import DeployConfig, PromoteConfig
+from tracking.store import mask_url_credentials
 from train.config import TrainConfig
 from train.evaluate_config import EvaluateConfig
 from train.typed import model_type, suggest
 from tune.config import TuneConfig
 
-URL_SECRET = re.compile(r"://[^/@\s]*:[^/@\s]*@")
+# one name for a Ray run folder, an MLflow run and model, and a file: no path, no quote
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 StageName = Literal["data_prep", "train", "tune", "evaluate", "promote", "deploy"]
 ALL_STAGES: tuple[str, ...] = get_args(StageName)
 
@@ -43,6 +46,11 @@ class MlflowConfig(_Section):
         "an `mlflow server` (required on multi-node clusters).",
     )
     experiment: str = Field("nfpipe", description="MLflow experiment that holds the runs.")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        return not_blank(value)
     artifact_root: Location = Field(
         "mlartifacts",
         description="Artifacts of a local SQLite store: a folder or a URL (s3://bucket/prefix, "
@@ -68,8 +76,21 @@ class RayConfig(_Section):
     )
 
 
+def not_blank(value: Any) -> Any:
+    """A setting that names a place may not be empty (an empty workdir is the current
+    directory)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("may not be empty")
+    return value
+
+
 class PipelineConfig(_Section):
-    name: str = Field("quickstart", description="Pipeline name; prefixes run and model names.")
+    name: str = Field(
+        "quickstart",
+        description="Pipeline name; prefixes run and model names. 1-64 letters, digits, '.', "
+        "'_' or '-', starting with a letter or digit (it names Ray run folders, MLflow runs "
+        "and models).",
+    )
     profile: str | None = Field(None, description="The profile applied (set by --profile).")
     workdir: Path = Field(
         Path(".nfpipe"), description="Run directory: stage records and stage outputs."
@@ -86,13 +107,27 @@ class PipelineConfig(_Section):
     promote: PromoteConfig = PromoteConfig()
     deploy: DeployConfig = DeployConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not SAFE_NAME.fullmatch(value) or ".." in value:
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a "
+                             "letter or digit, without '..' (it names Ray run folders, MLflow "
+                             "runs and models)")
+        return value
+
+    @field_validator("workdir", mode="before")
+    @classmethod
+    def _workdir_not_blank(cls, value: Any) -> Any:
+        return not_blank(value)
+
 
 def load_config(
     path: Path | None, profile: str | None = None, sets: list[str] | tuple[str, ...] = ()
 ) -> PipelineConfig:
     """Read `path` (or the built-in defaults), apply `profile` and `a.b=value` overrides."""
     raw = _read_yaml(path) if path is not None else {}
-    profiles = raw.pop("profiles", {}) or {}
+    profiles = _profiles(raw.pop("profiles", {}) or {}, path)
     if profile is not None:
         if profile not in profiles:
             raise ConfigError(
@@ -106,20 +141,56 @@ def load_config(
     return validate(raw)
 
 
+def _profiles(profiles: Any, path: Path | None) -> dict[str, Any]:
+    """`profiles:` of `path`: a mapping of names to mappings (or empty profiles)."""
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{path}: profiles: expected a mapping of profile names to "
+                          f"settings, got {type(profiles).__name__}")
+    for name, overrides in profiles.items():
+        if overrides is not None and not isinstance(overrides, dict):
+            raise ConfigError(f"{path}: profiles.{name}: expected a mapping of settings, got "
+                              f"{type(overrides).__name__}")
+    return profiles
+
+
 def validate(raw: dict[str, Any]) -> PipelineConfig:
     """The typed config of `raw`; ConfigError naming each bad key.
 
     Numbers are strict about booleans: pydantic would read `epochs: true` as 1, so a boolean
     where the schema wants no boolean is an error (YAML's `1e-3` is a string and stays
-    accepted as a number)."""
+    accepted as a number). Every float of every section must be finite (`.nan`, `.inf`, "inf"),
+    checked here once over the validated config rather than in each part's models."""
     booleans = boolean_problems(PipelineConfig, raw)
     if booleans:
-        raise ConfigError("\n".join([f"invalid configuration ({len(booleans)} problem(s)):",
-                                      *booleans]))
+        raise ConfigError(_problems(booleans))
     try:
-        return PipelineConfig.model_validate(raw)
+        cfg = PipelineConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
+    non_finite = non_finite_problems(cfg)
+    if non_finite:
+        raise ConfigError(_problems(non_finite))
+    return cfg
+
+
+def _problems(lines: list[str]) -> str:
+    return "\n".join([f"invalid configuration ({len(lines)} problem(s)):", *lines])
+
+
+def non_finite_problems(value: Any, loc: tuple[str, ...] = ()) -> list[str]:
+    """'  path: Input should be a finite number (got nan)' for every NaN or infinity in a
+    validated config: its models' fields, and the lists, tuples and dicts they hold."""
+    if isinstance(value, BaseModel):
+        items = [(name, getattr(value, name)) for name in type(value).model_fields]
+    elif isinstance(value, dict):
+        items = [(str(key), item) for key, item in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [(str(i), item) for i, item in enumerate(value)]
+    elif isinstance(value, float) and not math.isfinite(value):
+        return [f"  {'.'.join(loc)}: Input should be a finite number (got {value!r})"]
+    else:
+        return []
+    return [line for key, item in items for line in non_finite_problems(item, (*loc, key))]
 
 
 def boolean_problems(model: type[BaseModel], raw: Any, loc: tuple[str, ...] = ()) -> list[str]:
@@ -209,7 +280,7 @@ def format_validation_error(err: ValidationError) -> str:
         else:
             given = problem.get("input")
             if isinstance(given, str):
-                given = URL_SECRET.sub("://***@", given)  # never echo a secret in a URL
+                given = mask_url_credentials(given)  # never echo a secret in a URL
             shown = "" if isinstance(given, dict) else f" (got {given!r})"
             lines.append(f"  {path}: {problem['msg']}{shown}")
     return "\n".join(lines)

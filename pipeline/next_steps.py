@@ -13,7 +13,7 @@ from rich.console import Console
 
 from pipeline.config import PipelineConfig
 from pipeline.records import read_record
-from tracking import absolute_tracking_uri, sqlite_folder
+from tracking import absolute_tracking_uri, mask_url_credentials, sqlite_folder
 
 # console script -> `python -m` module that runs the same command
 _MODULES = {"nfpipe": "pipeline.cli", "mlflow": "mlflow"}
@@ -55,7 +55,8 @@ def print_next_steps(cfg: PipelineConfig, console: Console, outcomes: Sequence =
         return
     console.print("\n[bold]next[/]")
     for label, text in lines:
-        console.print(f"  {label:<17} {text}", highlight=False, soft_wrap=True)
+        console.print(f"  {label:<17} {mask_url_credentials(text)}", highlight=False,
+                      soft_wrap=True)
 
 
 def tool_command(tool: str) -> str:

@@ -24,7 +24,8 @@ from pipeline.records import (
 )
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage, StageContext
-from tracking import absolute_tracking_uri, check_reachable
+from pipeline.workdir_lock import hold_workdir
+from tracking import absolute_tracking_uri, check_reachable, mask_url_credentials
 from train.typed import suggest
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def run_pipeline(
 ) -> list[Outcome]:
     """Run `targets` (default: `cfg.stages`) and what they need; raise StageFailed on failure.
 
+    One run at a time per workdir: the second fails at once (WorkdirBusy), naming the holder.
     Before any stage, the MLflow tracking server is checked to answer when a planned stage
     uses it, so a wrong URI fails in seconds rather than after data preparation and Ray's
     start-up. `release()` runs after the last stage, before the summary (the CLI disconnects
@@ -89,9 +91,16 @@ def run_pipeline(
     console = console or Console()
     workdir = Path(cfg.workdir).resolve()
     stages = plan(targets or cfg.stages, graph)
-    check_tracking_server(cfg, stages)
-    check_locations(cfg, [stage.name for stage in stages])  # seconds, before any work
-    forced = set(targets or cfg.stages) if force else set()
+    with hold_workdir(workdir, say=lambda line: console.print(line, highlight=False)):
+        check_tracking_server(cfg, stages)
+        check_locations(cfg, [stage.name for stage in stages])  # seconds, before any work
+        return _run_stages(cfg, stages, set(targets or cfg.stages) if force else set(),
+                           workdir, console, graph, release)
+
+
+def _run_stages(cfg: PipelineConfig, stages: list[Stage], forced: set[str], workdir: Path,
+                console: Console, graph: Mapping[str, Stage],
+                release: Callable[[], None] | None) -> list[Outcome]:
     done: dict[str, StageRecord] = {}
     outcomes: list[Outcome] = []
     console.print(f"[bold]nfpipe[/] {cfg.name} → {', '.join(s.name for s in stages)}  ({workdir})")
@@ -211,10 +220,12 @@ def _run_or_skip(
     try:
         record.outputs = stage.run(ctx)
     except BaseException as err:
-        record.status, record.error = "failed", f"{type(err).__name__}: {err}"
+        record.status = "failed"
+        record.error = mask_url_credentials(f"{type(err).__name__}: {err}")
         record.seconds = time.time() - record.started
         write_record(workdir, record)
-        log.debug("stage %s failed:\n%s", stage.name, traceback.format_exc())
+        log.debug("stage %s failed:\n%s", stage.name,
+                  mask_url_credentials(traceback.format_exc()))
         console.print(f"  [bold red]✗ {stage.name:<10} failed[/] after {record.seconds:.1f}s")
         outcome = Outcome(stage.name, "failed", record.seconds, record.error)
         raise StageFailed(stage.name, err, outcome) from err

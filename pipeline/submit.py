@@ -34,6 +34,9 @@ EXCLUDES = [
 FINAL_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 60.0  # a freshly started head accepts jobs only once its job agent is up
 ADDRESS_ENVS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")  # Ray's client reads them first
+# a job's runtime_env is public to whoever reads the dashboard (`ray job list`, /api/jobs/) and
+# written to the head's logs: names like these never travel with `--env`
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
 
 
 def job_client(address: str):
@@ -110,9 +113,19 @@ def parse_stages(text: str | None) -> list[str] | None:
 
 
 def forwarded_env(names: list[str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The values of the variables named with `--env` (an unset one is an error)."""
+    """The values of the variables named with `--env`: an unset one is an error, and so is a
+    secret-looking one (Ray cannot carry a value privately)."""
     from pipeline.config import ConfigError
 
+    secret = [name for name in names if SECRET_NAME.search(name)]
+    if secret:
+        raise ConfigError(
+            f"--env {secret[0]}: looks like a secret, and Ray shows a job's environment to "
+            "anyone who can read its dashboard (`ray job list`) and writes it to the head's "
+            "logs; give the cluster its own credentials instead: an instance or pod identity "
+            "(IAM role, workload identity), or a secret mounted on every node or exported in "
+            "the environment of `ray start` there (Ray's workers inherit it)"
+        )
     missing = [name for name in names if name not in environ]
     if missing:
         raise ConfigError(f"--env {missing[0]}: not set in this shell; export it first")
@@ -138,6 +151,7 @@ def check_durable(cfg: PipelineConfig) -> None:
 
     given = {**durable_locations(cfg), "train.storage_path": cfg.train.storage_path,
              "data_prep.source": cfg.data_prep.source}
+    _check_no_credentials(given)
     relative = [key for key, place in given.items() if place is not None and _is_relative(place)]
     if relative:
         lines = [f"  {key}={given[key]}" for key in relative]
@@ -149,6 +163,22 @@ def check_durable(cfg: PipelineConfig) -> None:
             "--set train.storage_path=s3://bucket/runs) or, for MLflow, a server "
             "(--set mlflow.tracking_uri=http://HOST:5000)"
         )
+
+
+def _check_no_credentials(places: Mapping[str, str | None]) -> None:
+    """Refuse a URL with a user or password: the config travels in the job's public
+    runtime_env."""
+    from pipeline.config import ConfigError
+    from tracking.store import mask_url_credentials
+
+    for key, place in places.items():
+        if place is not None and mask_url_credentials(str(place)) != str(place):
+            raise ConfigError(
+                f"{key}={mask_url_credentials(str(place))}: a submitted job's config is shown "
+                "to anyone who can read the Ray dashboard; leave credentials out of URLs and "
+                "give them to the cluster's nodes instead (MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD in the environment of `ray start`)"
+            )
 
 
 def _is_relative(place: str) -> bool:

@@ -5,7 +5,7 @@ project package):
 
 - `store`: the tracking URI made absolute, the one setter of MLflow's global URIs
   (`use_store`), the client (its registry is the same store), the experiment, the git commit
-  of the code.
+  of the code, and `mask_url_credentials` for every message that may hold a URL.
 - `runs`: runs identified by tags and reopened on resume (`reopen_or_create`, with MLflow's
   context tags and the git commit), params, tags and artifacts, run status.
 - `training_run`: what a training run records (`train.*` params, the dataset input, tags),
@@ -37,6 +37,7 @@ from tracking.store import (
     client,
     ensure_experiment,
     git_commit,
+    mask_url_credentials,
     sqlite_folder,
     use_store,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "nfpipe_tags",
     "log_artifacts",
     "log_params",
+    "mask_url_credentials",
     "reopen_or_create",
     "set_tags",
     "sqlite_folder",

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 SQLITE = "sqlite:///"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# scheme://USERINFO@ : greedy up to the netloc's last '@' (a password may hold one)
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def mask_url_credentials(text: str) -> str:
+    """`text` with the userinfo of every URL in it masked: `http://user:pw@host` ->
+    `http://***@host`. Every message that may hold a URL passes through it."""
+    return _URL_USERINFO.sub(r"\1***@", text)
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -88,8 +97,8 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
         return  # something answered (a proxy, an auth wall): the client will say more
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise TrackingServerUnreachable(
+        raise TrackingServerUnreachable(mask_url_credentials(
             f"MLflow tracking server {tracking_uri} is not reachable ({reason}); start it "
             f"(`mlflow server --host HOST --port PORT`) or set mlflow.tracking_uri "
             "(default sqlite:///mlflow.db)"
-        ) from None
+        )) from None

@@ -50,32 +50,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report_error(err: BaseException, verbose: int = 0) -> int:
-    """One clear line on stderr for an error a user can act on, and its exit code."""
+    """One clear line on stderr for an error a user can act on, and its exit code. Every line
+    passes `mask_url_credentials` last: no password of a URL reaches the terminal."""
     from pipeline.config import ConfigError
     from pipeline.runner import StageFailed
+    from pipeline.workdir_lock import WorkdirBusy
+    from tracking.store import mask_url_credentials
 
     console = Console(stderr=True, soft_wrap=True)  # one line each, even in a pipe
+
+    def say(line: str) -> None:
+        console.print(mask_url_credentials(line), highlight=False)
+
     if isinstance(err, KeyboardInterrupt):
-        console.print("[yellow]interrupted[/]: `nfpipe run` resumes where it stopped")
+        say("[yellow]interrupted[/]: `nfpipe run` resumes where it stopped")
         return EXIT_INTERRUPTED
     explained = explain(err.error if isinstance(err, StageFailed) else err)
     if isinstance(err, StageFailed):
         cause = explained[1] if explained else f"{type(err.error).__name__}: {err.error}"
-        console.print(f"[bold red]stage {err.stage} failed:[/] {cause}", highlight=False)
-        console.print("fix the cause and run again: finished stages are kept, it resumes here")
+        say(f"[bold red]stage {err.stage} failed:[/] {cause}")
+        say("fix the cause and run again: finished stages are kept, it resumes here")
         code = EXIT_FAILED
     elif explained is not None:
         code, line = explained
-        console.print(f"[bold red]{'error' if code == EXIT_USAGE else 'failed'}:[/] {line}",
-                      highlight=False)
+        say(f"[bold red]{'error' if code == EXIT_USAGE else 'failed'}:[/] {line}")
     elif isinstance(err, ConfigError):
-        console.print(f"[bold red]config error:[/] {err}", highlight=False)
+        say(f"[bold red]config error:[/] {err}")
         code = EXIT_USAGE
     elif _is_usage_error(err):
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        say(f"[bold red]error:[/] {err}")
         code = EXIT_USAGE
-    elif _is_service_error(err):
-        console.print(f"[bold red]failed:[/] {err}", highlight=False)
+    elif isinstance(err, WorkdirBusy) or _is_service_error(err):
+        say(f"[bold red]failed:[/] {err}")
         code = EXIT_FAILED
     else:
         raise err
@@ -106,11 +112,17 @@ def setup_logging(level: str | None, verbose: int) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level.upper())
     if "mlflow" in sys.modules:  # imported already (main() called in-process): set it here
         logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
+    handler = RichHandler(console=Console(stderr=True), show_path=False)
+    handler.addFilter(_mask_credentials)
+    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[handler])
+
+
+def _mask_credentials(record: logging.LogRecord) -> bool:
+    """A log handler's filter: the record's message with every URL's userinfo masked."""
+    from tracking.store import mask_url_credentials
+
+    record.msg, record.args = mask_url_credentials(record.getMessage()), None
+    return True
 
 
 if __name__ == "__main__":

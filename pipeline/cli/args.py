@@ -16,6 +16,17 @@ class UsageError(Exception):
     """A bad argument or input: printed without a traceback, exit code 2."""
 
 
+def needs_action(group: argparse.ArgumentParser) -> None:
+    """A command of actions (`nfpipe deploy`) run alone prints its own help: its actions,
+    not the top-level commands; exit code 2."""
+
+    def show_actions(args: argparse.Namespace) -> int:
+        group.print_help()
+        return 2
+
+    group.set_defaults(func=show_actions)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """PIPELINE, --profile and --set: how every command that reads pipeline.yaml takes it."""
     parser.add_argument(

@@ -23,6 +23,7 @@ from pipeline.submit import (
     submit_job,
     wait_final,
 )
+from tracking.store import mask_url_credentials
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:
@@ -80,7 +81,7 @@ def _print_destinations(cfg, env_names: list[str]) -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     err.print("results of this job (on the cluster):")
     for key, place in durable_locations(cfg).items():
-        err.print(f"  {key:<22} {place}")
+        err.print(f"  {key:<22} {mask_url_credentials(str(place))}")
     if env_names:
         err.print(f"forwarded to the job: {', '.join(env_names)} (values not shown)")
 

@@ -21,7 +21,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.args import UsageError, config_from_args
+from pipeline.cli.args import UsageError, config_from_args, needs_action
 
 if TYPE_CHECKING:  # the config models load only when a command runs (a fast --help)
     from pipeline.config import PipelineConfig
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the config models load only when a command runs (a fast --h
 def register_commands(sub: argparse._SubParsersAction) -> None:
     """Add `models` and `deploy` to the `nfpipe` command line."""
     models = sub.add_parser("models", help="models in the MLflow Model Registry")
+    needs_action(models)
     models_sub = models.add_subparsers(metavar="ACTION")
     ls = models_sub.add_parser("list", help="registered models: versions, aliases, test bpd")
     _common(ls)
@@ -38,6 +39,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=cmd_models_list)
 
     deploy = sub.add_parser("deploy", help="sample, score or serve a registered model")
+    needs_action(deploy)
     deploy_sub = deploy.add_subparsers(metavar="ACTION")
     sample = deploy_sub.add_parser("sample", help="draw samples and write a PNG grid")
     _common(sample, model=True)
@@ -126,17 +128,18 @@ def _setup(args: argparse.Namespace) -> tuple[str, PipelineConfig]:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from deploy.registry import list_models
-    from tracking import client
+    from tracking import client, mask_url_credentials
 
     uri = tracking_uri(args)
     rows = list_models(client(uri), args.name)
+    shown = mask_url_credentials(uri)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        Console().print(f"no registered models in {uri}")
+        Console().print(f"no registered models in {shown}")
         return 0
-    table = Table(title=f"registered models ({uri})", box=box.SIMPLE_HEAD, title_justify="left")
+    table = Table(title=f"registered models ({shown})", box=box.SIMPLE_HEAD, title_justify="left")
     for column in ("model", "v", "aliases", "test bpd", "bpd at k", "dataset", "manifest",
                    "decision"):
         table.add_column(column, justify="right" if column in ("v", "test bpd", "bpd at k")
@@ -257,6 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _load(uri: str):
     from deploy.load import load_served
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line, no bars
     model, info = load_served(uri)
     if not info["verified"]:
         Console(stderr=True, highlight=False, soft_wrap=True).print(

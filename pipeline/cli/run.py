@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from pipeline.cli.args import UsageError, add_config_arguments, config_from_args
+from pipeline.cli.args import UsageError, add_config_arguments, config_from_args, needs_action
 
 if TYPE_CHECKING:  # the config models load only when a command runs (a fast --help)
     from pipeline.config import PipelineConfig
@@ -38,6 +38,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     tune.set_defaults(func=cmd_tune)
 
     config = sub.add_parser("config", help="inspect the configuration")
+    needs_action(config)
     config_sub = config.add_subparsers(metavar="ACTION")
     show = config_sub.add_parser("show", help="print the fully resolved configuration")
     add_config_arguments(show)
@@ -101,8 +102,11 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
 def cmd_config_show(args: argparse.Namespace) -> int:
     import yaml
 
+    from tracking.store import mask_url_credentials
+
     cfg = config_from_args(args)
-    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    shown = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    print(mask_url_credentials(shown), end="")  # a URL's password stays out of pasted output
     return 0
 
 

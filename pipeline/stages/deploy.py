@@ -9,12 +9,15 @@ is `nfpipe deploy serve` (or `mlflow models serve`).
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
 
 from pipeline.stages.base import StageContext, StageOutputs
 from tracking import use_store
+
+GRID_MIN_PX = 256  # the smoke grid's longer side at least: a 42 px grid of 8x8 digits is a dot
 
 
 def run(ctx: StageContext) -> StageOutputs:
@@ -32,7 +35,8 @@ def run(ctx: StageContext) -> StageOutputs:
     model, info = load_served(uri)
     levels = model.run_request(None, {"mode": "sample", "n": cfg.smoke_samples,
                                       "temperature": cfg.temperature, "seed": cfg.seed})
-    grid = save_level_grid(levels, model.n_bins, ctx.stage_dir / "samples.png")
+    grid = save_level_grid(levels, model.n_bins, ctx.stage_dir / "samples.png",
+                           scale=grid_scale(np.shape(levels)))
     scores = _smoke_scores(model, promoted.get("manifest"), cfg.smoke_images, cfg.seed)
     scores_path = ctx.stage_dir / "scores.json"
     scores_path.write_text(json.dumps({"model_uri": uri, "version": info["version"],
@@ -42,6 +46,15 @@ def run(ctx: StageContext) -> StageOutputs:
     ctx.console.print(f"    {uri} (v{info['version']}): {grid.name}, {shown} test images")
     return {"model_uri": uri, "version": info["version"], "sample_grid": str(grid),
             "scores": str(scores_path), "mean_bpd": mean}
+
+
+def grid_scale(shape: tuple[int, ...]) -> int:
+    """The `deploy sample --scale` (1..64) that makes a grid of images [n, C, H, W] at least
+    GRID_MIN_PX on its longer side."""
+    from flows.viz import grid_shape
+
+    n, _, h, w = shape
+    return min(64, max(1, math.ceil(GRID_MIN_PX / max(grid_shape(n, (h, w))))))
 
 
 def _smoke_scores(model, manifest_path: str | None, n: int, seed: int) -> dict:

@@ -50,8 +50,9 @@ def run(ctx: StageContext) -> StageOutputs:
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     log_to_run(ctx, source["run_id"], metrics, [report_path, *grids])
     at_k = "".join(f", {value:.4f} at k={k}" for value in outputs_k.values())
+    reported = "none" if source["bpd"] is None else f"{float(source['bpd']):.4f}"
     ctx.console.print(f"    test bpd {test_bpd:.4f}{at_k} over {count} images "
-                      f"(training reported {source['bpd']})")
+                      f"(training reported {reported})")
     return {
         "model_dir": str(Path(source["model_dir"]).resolve()),
         "run_id": source["run_id"],

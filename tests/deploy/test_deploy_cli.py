@@ -103,3 +103,16 @@ def test_score_reports_the_k_draw_bound_beside_k_1(uri, tmp_path, capsys, model,
     assert result["mean_bpd_k8"] == pytest.approx(k8.mean())
     assert cli.main(["deploy", "score", *uri, "--model", MODEL_NAME, "--k", "8", *pngs]) == 0
     assert "k=8" in capsys.readouterr().out
+
+
+def test_deploy_prints_no_artifact_progress_bars(uri, tmp_path, capsys, monkeypatch,
+                                                 test_images):
+    """MLflow draws a tqdm bar per artifact download unless told not to; the deploy commands
+    tell it (a user's own setting wins)."""
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")  # restored afterwards
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    png = _png(tmp_path / "img.png", test_images[0, 0])
+    assert cli.main(["deploy", "score", *uri, "--model", MODEL_NAME, png]) == 0
+    captured = capsys.readouterr()
+    output = captured.out + captured.err
+    assert "Downloading artifacts" not in output and "%|" not in output and "█" not in output

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from deploy_helpers import new_run
+from PIL import Image
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -50,10 +52,10 @@ def mlflow_client(cfg):
     return mlflow.MlflowClient(cfg.mlflow.tracking_uri)
 
 
-def _ctx(cfg, stage: str, inputs: dict) -> StageContext:
+def _ctx(cfg, stage: str, inputs: dict, console: Console | None = None) -> StageContext:
     stage_dir = Path(cfg.workdir) / stage
     stage_dir.mkdir(parents=True, exist_ok=True)
-    return StageContext(cfg, stage_dir, inputs, Console(quiet=True))
+    return StageContext(cfg, stage_dir, inputs, console or Console(quiet=True))
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +88,10 @@ def test_evaluate_scores_the_whole_test_split_and_logs_to_the_run(evaluated, pip
                                 seed=pipeline_cfg.evaluate.seed, k=k).bpd for k in (1, 2)}
     assert out["test_bpd"] == direct[1] and out["test_bpd_k2"] == direct[2]
     # fixed seed: a second evaluation gives the identical number
-    again = evaluate.run(_ctx(pipeline_cfg, "evaluate-again", inputs))
+    console = Console(record=True, width=300, file=io.StringIO())
+    again = evaluate.run(_ctx(pipeline_cfg, "evaluate-again", inputs, console))
     assert again["test_bpd"] == out["test_bpd"]
+    assert "(training reported 9.9000)" in console.export_text()  # 4 decimals, as test bpd
 
     run = mlflow.MlflowClient(pipeline_cfg.mlflow.tracking_uri).get_run(train_run)
     assert run.data.metrics["bpd/test_eval"] == pytest.approx(out["test_bpd"])
@@ -116,7 +120,8 @@ def test_promote_then_deploy_pull_the_champion(evaluated, pipeline_cfg, train_ru
 
     deployed = deploy_stage.run(_ctx(pipeline_cfg, "deploy", {"promote": second}))
     assert deployed["model_uri"] == "models:/digits-glow@champion" and deployed["version"] == "1"
-    assert Path(deployed["sample_grid"]).stat().st_size > 0
+    with Image.open(deployed["sample_grid"]) as grid:  # scaled up like `deploy sample --scale`
+        assert max(grid.size) >= deploy_stage.GRID_MIN_PX
     scores = json.loads(Path(deployed["scores"]).read_text())
     assert scores["count"] == 10 and np.isfinite(scores["bpd"]).all()
 

@@ -210,3 +210,78 @@ def test_epoch_lines_in_a_log_carry_eta_and_feed_nfpipe_status(tmp_path):
     assert shown[2].endswith("eta 0:20")  # 10 s per epoch since the first line, 2 to go
     assert latest_metrics("\n".join(shown)) == {"epoch": 2.0, "step": 88.0, "train_bpd": 3.1,
                                                 "test_bpd": 3.7}
+
+
+@pytest.mark.parametrize("group, actions", [
+    ("deploy", ("sample", "score", "serve")), ("models", ("list",)), ("config", ("show",)),
+])
+def test_a_command_of_actions_alone_lists_its_actions(group, actions, capsys):
+    """`nfpipe deploy` prints deploy's own help (its actions), not the top-level commands."""
+    assert main([group]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: nfpipe {group}")
+    assert all(action in out for action in actions) and "submit" not in out
+
+
+SECRET_URI = "http://user:s3cr3t-pw@127.0.0.1:{port}"
+
+
+def test_credentials_in_a_tracking_uri_are_never_printed(tmp_path, monkeypatch, capsys):
+    """`nfpipe run --set mlflow.tracking_uri=http://user:PW@…` with nothing listening, and the
+    same URI through $MLFLOW_TRACKING_URI for `models list`: the host is named, PW is not."""
+    monkeypatch.chdir(tmp_path)
+    uri = SECRET_URI.format(port=free_port())
+    assert main(["run", "--stages", "train", "--set", f"mlflow.tracking_uri={uri}"]) == 1
+    err = capsys.readouterr().err
+    assert "s3cr3t" not in err and "user" not in err
+    assert f"MLflow tracking server http://***@{uri.split('@')[1]} is not reachable" in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["models", "list"]) == 1
+    assert "s3cr3t" not in capsys.readouterr().err
+    # echoed by a config error too
+    assert main(["config", "show", "--set", f"mlflow.tracking_uri={uri}",
+                 "--set", "ray.num_cpus=0"]) == 2
+    assert main(["config", "show", "--set", f"mlflow.tracking_uri=[{uri}]"]) == 2
+    assert "s3cr3t" not in capsys.readouterr().err
+    assert main(["config", "show", "--set", f"mlflow.tracking_uri={uri}"]) == 0
+    assert "s3cr3t" not in capsys.readouterr().out
+
+
+def test_a_failed_stage_masks_urls_in_its_record_message_and_summary(tmp_path, capsys):
+    """A stage whose error holds a URL with a password: the record on disk, the summary and
+    report_error's line all mask it (report_error as the last resort)."""
+    from pipeline.cli import report_error
+    from pipeline.runner import StageFailed
+
+    def fail(ctx):
+        raise OSError(f"cannot write to {SECRET_URI.format(port=1)}/bucket/key")
+
+    graph = {"work": Stage("work", (), fail, lambda c: c.name)}
+    cfg = validate({"workdir": str(tmp_path / "work")})
+    console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
+    with pytest.raises(StageFailed) as failure:
+        run_pipeline(cfg, ["work"], console=console, graph=graph)
+    assert report_error(failure.value) == 1
+    record = (tmp_path / "work" / "records" / "work.json").read_text()
+    shown = capsys.readouterr().err + console.export_text() + record
+    assert "s3cr3t" not in shown and "http://***@127.0.0.1:1/bucket/key" in shown
+
+
+def test_log_lines_mask_urls():
+    """The log handler's filter masks a URL in a message and in its arguments."""
+    import logging
+
+    from pipeline.cli import _mask_credentials
+
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "store %s failed",
+                               (SECRET_URI.format(port=1),), None)
+    assert _mask_credentials(record)
+    assert record.getMessage() == "store http://***@127.0.0.1:1 failed"
+
+
+def test_mask_url_credentials_covers_user_only_and_at_in_password():
+    from tracking import mask_url_credentials
+
+    assert mask_url_credentials("https://tok@h/x and s3://b/k") == "https://***@h/x and s3://b/k"
+    assert mask_url_credentials("'http://u:p@ss@h:1/x'") == "'http://***@h:1/x'"
+    assert mask_url_credentials("sqlite:////tmp/a@b/mlflow.db") == "sqlite:////tmp/a@b/mlflow.db"

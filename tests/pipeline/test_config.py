@@ -109,3 +109,88 @@ def test_readme_reference_is_current():
         "README's pipeline.yaml reference is stale: run "
         "`.venv/bin/nfpipe config reference --update README.md`"
     )
+
+
+@pytest.mark.parametrize("name", ["../../x", "a'b", 'a"b', "a b", "a/b", "-lead", ".hidden",
+                                  "a..b", "x" * 65, ""])
+def test_name_outside_the_safe_set_exits_2_naming_it(name, capsys):
+    """`name` names Ray run folders, MLflow runs and models: no path, quote or space."""
+    assert main(["config", "show", "--set", f"name={name}"]) == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and "  name: " in err and "letters, digits" in err
+
+
+def test_safe_names_pass():
+    for name in ("quickstart", "cifar10-glow_v2.1", "A" * 64):
+        assert load_config(None, sets=[f"name={name}"]).name == name
+
+
+@pytest.mark.parametrize("profiles, key", [
+    ("[big, small]", "profiles:"), ("{big: [1, 2]}", "profiles.big:"),
+    ("{big: 3}", "profiles.big:"),
+])
+def test_a_profile_that_is_not_a_mapping_exits_2_naming_it(tmp_path, capsys, profiles, key):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"name: x\nprofiles: {profiles}\n")
+    assert main(["config", "show", str(path), "--profile", "big"]) == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and key in err and "expected a mapping" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("assignment, key", [
+    ("evaluate.temperatures=[.nan]", "evaluate.temperatures.0"),
+    ("evaluate.temperatures=[1.0, .inf]", "evaluate.temperatures.1"),
+    ("deploy.temperature=.inf", "deploy.temperature"),
+    ("deploy.temperature=inf", "deploy.temperature"),  # a string pydantic reads as a float
+    ("promote.margin=.nan", "promote.margin"),
+    ("train.sample_temperatures=[.inf]", "train.sample_temperatures.0"),
+    ("train.optim.grad_clip=.inf", "train.optim.grad_clip"),
+])
+def test_non_finite_floats_exit_2_naming_the_key(assignment, key, capsys):
+    assert main(["config", "show", "--set", assignment]) == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and f"  {key}: " in err
+
+
+def _plant(model, path: tuple[str, ...], value):
+    """A copy of `model` with `value` at the field `path` (no validation: as if it got in)."""
+    head, *rest = path
+    inner = value if not rest else _plant(getattr(model, head), tuple(rest), value)
+    return model.model_copy(update={head: inner})
+
+
+def _float_fields(model, loc: tuple[str, ...] = ()):
+    from pydantic import BaseModel
+
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _float_fields(value, (*loc, name))
+        elif field.annotation in (float, float | None):
+            yield (*loc, name)
+
+
+def test_every_float_of_every_section_is_checked_for_nan():
+    """The check is generic: a NaN planted in any float field of any section is found."""
+    from pipeline.config import PipelineConfig, non_finite_problems
+
+    cfg = PipelineConfig()
+    assert non_finite_problems(cfg) == []
+    paths = list(_float_fields(cfg))
+    assert {("promote", "margin"), ("train", "optim", "lr"), ("deploy", "temperature")} <= set(
+        paths)
+    for path in paths:
+        assert non_finite_problems(_plant(cfg, path, float("nan"))) == [
+            f"  {'.'.join(path)}: Input should be a finite number (got nan)"]
+
+
+@pytest.mark.parametrize("key", ["name", "workdir", "mlflow.tracking_uri"])
+def test_empty_places_exit_2_naming_the_key(key, tmp_path, monkeypatch, capsys):
+    """`--set workdir=` would write records/ into the current directory."""
+    monkeypatch.chdir(tmp_path)
+    for value in ("", " "):
+        assert main(["config", "show", "--set", f"{key}={value}"]) == 2
+        assert f"  {key}: " in capsys.readouterr().err
+    assert main(["run", "--set", f"{key}=", "--stages", "data_prep"]) == 2
+    assert list(tmp_path.iterdir()) == []

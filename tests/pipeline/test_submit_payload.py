@@ -66,3 +66,40 @@ def test_submit_refuses_before_contacting_any_cluster(capsys):
     assert code == 2 and "unknown stage 'train;touch x'" in err
     code = main(["submit", "--address", "http://127.0.0.1:9", "--stages", "train"])
     assert code == 2 and "workdir=.nfpipe" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
+                                  "MLFLOW_TRACKING_PASSWORD", "HF_TOKEN", "api_key",
+                                  "GOOGLE_APPLICATION_CREDENTIALS"])
+def test_secret_looking_names_are_not_forwarded(name):
+    """Ray shows a job's runtime_env on its dashboard and in `ray job list`: no secret goes."""
+    with pytest.raises(ConfigError) as err:
+        forwarded_env([name], {name: "value-never-shown"})
+    text = str(err.value)
+    assert f"--env {name}: looks like a secret" in text and "value-never-shown" not in text
+    assert "instance or pod identity" in text and "`ray start`" in text
+
+
+def test_plain_names_are_still_forwarded():
+    env = {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "us-east-1"}
+    assert forwarded_env(list(env), env) == env
+
+
+def test_submit_refuses_a_secret_env_before_contacting_any_cluster(capsys, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "value-never-shown")
+    sets = [arg for setting in DURABLE for arg in ("--set", setting)]
+    code = main(["submit", "--address", "http://127.0.0.1:9", "--env",
+                 "AWS_SECRET_ACCESS_KEY", *sets])
+    err = capsys.readouterr().err
+    assert code == 2 and "looks like a secret" in err and "value-never-shown" not in err
+
+
+def test_credentials_in_a_url_are_not_submitted():
+    """The resolved config travels in the job's (public) runtime_env."""
+    cfg = load_config(None, sets=[*DURABLE[:3],
+                                  "mlflow.tracking_uri=http://me:pw-never-shown@mlflow:5000"])
+    with pytest.raises(ConfigError) as err:
+        job_payload(cfg, None)
+    text = str(err.value)
+    assert "mlflow.tracking_uri=http://***@mlflow:5000" in text
+    assert "pw-never-shown" not in text and "MLFLOW_TRACKING_PASSWORD" in text
