@@ -103,8 +103,8 @@ class TrainConfig(_Section):
         1,
         ge=1,
         description="Draws per image of the importance-weighted bound at the last epoch, "
-        "logged as test_bpd_k{eval_k} beside test_bpd (1: skip it; the evaluate stage reports "
-        "evaluate.k on the final model).",
+        "on the val split, logged as val_bpd_k{eval_k} beside val_bpd (1: skip it; the "
+        "evaluate stage reports evaluate.k on the test split for the chosen model).",
     )
     init_images: int = Field(
         256,
