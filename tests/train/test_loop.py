@@ -52,6 +52,22 @@ def test_isolated_nonfinite_steps_are_skipped_and_counted(digits_manifest):
     assert math.isfinite(out["final"]["train_bpd"]) and math.isfinite(out["final"]["val_bpd"])
 
 
+def test_shards_without_a_val_split_are_refused_saying_how_to_rebuild(digits_manifest,
+                                                                     tmp_path):
+    from data_prep import DataPrepError, Manifest
+
+    manifest = Manifest.load(digits_manifest)
+    old = manifest.model_copy(update={"splits": {k: v for k, v in manifest.splits.items()
+                                                 if k != "val"}})
+    written = old.write(tmp_path / "manifest.json")  # as data_prep wrote it before val
+    with pytest.raises(DataPrepError) as info:
+        _run(_cfg(), Path(written))
+    message = str(info.value)
+    assert message.startswith(f"{written}: these shards have no 'val' split (has test, train)")
+    assert "run data_prep again with data_prep.val_fraction > 0" in message
+    assert "nfpipe run --stages data_prep --force" in message
+
+
 def test_persistent_nonfinite_loss_stops_naming_the_step(digits_manifest):
     cfg = _cfg(epochs=1, max_nonfinite_steps=3)
 
