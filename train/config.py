@@ -93,7 +93,7 @@ class TrainConfig(_Section):
     eval_every: int = Field(
         1,
         gt=0,
-        description="Evaluate test bpd (whole test split) and checkpoint every N epochs; the "
+        description="Evaluate val bpd (whole val split) and checkpoint every N epochs; the "
         "last epoch is always evaluated and checkpointed.",
     )
     eval_at_start: bool = Field(

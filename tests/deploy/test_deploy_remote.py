@@ -50,7 +50,8 @@ def test_register_promote_pull_over_http(tracking_server, bundle, model, test_im
     runs = [client.create_run(experiment).info.run_id for _ in range(2)]
 
     first, version_uri = register_and_promote(
-        uri, NAME, bundle, Candidate(3.0, 3.0, "digits", manifest.fingerprint, runs[0], "glow"), cfg)
+        uri, NAME, bundle, Candidate(3.0, 3.0, "digits", manifest.fingerprint, runs[0], "glow"),
+        cfg)
     assert first.promoted and first.champion_version == "1"
     assert version_uri == f"models:/{NAME}/1"
     # a second pipeline's worse model (the same logged files, registered from its own run)
