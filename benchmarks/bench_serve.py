@@ -52,7 +52,7 @@ def register(folder: Path) -> str:
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("bench", (folder / "art").as_uri())
     run_id = client.create_run(experiment).info.run_id
-    register_and_promote(uri, NAME, bundle, Candidate(3.0, "digits", "fp", run_id),
+    register_and_promote(uri, NAME, bundle, Candidate(3.0, 3.0, "digits", "fp", run_id),
                          PromoteConfig())
     return uri
 

@@ -139,12 +139,12 @@ def report(rows: dict, params: int, reduce_ms: float, steps: int, args) -> None:
           f"torch={torch.__version__} model={json.dumps(MODEL)} params={params:,} "
           f"train={args.train} batch={args.batch} steps/epoch={steps}")
     print("| run | images/s (train) | epoch s | data s | rank-0 CPU s | CPU ms / image "
-          "(rank 0) | whole run wall s | test bpd |")
+          "(rank 0) | whole run wall s | val bpd |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():
         print(f"| {name} | {r['images_per_s']:.0f} | {r['epoch_s']:.1f} | {r['data_s']:.1f} "
               f"| {r['cpu_s']:.1f} | {r['cpu_ms_per_image']:.1f} | {r['wall_s']:.1f} "
-              f"| {r['test_bpd']:.3f} |")
+              f"| {r['val_bpd']:.3f} |")
     base = rows["Ray Train, 1 worker x 2 CPUs"]["images_per_s"]
     two = rows["Ray Train, 2 workers x 1 CPU"]["images_per_s"]
     comm_s = reduce_ms / 1e3 * steps
@@ -157,7 +157,7 @@ def report(rows: dict, params: int, reduce_ms: float, steps: int, args) -> None:
     ray_wall = rows["Ray Train, 1 worker x 2 CPUs"]["wall_s"]
     print(f"Ray overhead (1 worker x 2 CPUs vs plain loop, {args.epochs} epoch): "
           f"{ray_wall - plain_wall:+.1f} s wall ({ray_wall / plain_wall:.2f}x)")
-    assert all(math.isfinite(r["test_bpd"]) for r in rows.values())
+    assert all(math.isfinite(r["val_bpd"]) for r in rows.values())
 
 
 if __name__ == "__main__":

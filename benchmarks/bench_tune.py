@@ -69,7 +69,7 @@ def run(workdir: Path, shards: Path, manifest: Path, args, scheduler: str) -> di
     spec = sweep_spec(cfg, manifest, workdir / scheduler / "out", f"bench-{scheduler}")
     result = run_sweep(spec, Console(quiet=True))
     return {"scheduler": scheduler, "wall_s": time.perf_counter() - start,
-            "epochs": result.trial_epochs, "best": result.best_test_bpd,
+            "epochs": result.trial_epochs, "best": result.best_value,
             "stopped": result.stopped_early, "config": result.best_config}
 
 

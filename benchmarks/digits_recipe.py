@@ -16,8 +16,9 @@ EMA weights when the recipe keeps them.
 
 `--ablation` trains every variant of `ABLATION` (for each family: the recipe changes off,
 each change alone, all together) for `--seeds`, at a fixed compute budget (the same epochs,
-batch and so optimiser steps for every variant), and prints a markdown table of test bpd at
-k = 1 and k = `--k` (the importance-weighted bound, `train.eval_k`) at the last epoch:
+batch and so optimiser steps for every variant), and prints a markdown table of val bpd at
+k = 1 and k = `--k` (the importance-weighted bound, `train.eval_k`) at the last epoch, on the
+val split (variants are compared there, never on test):
 
     nice -n 10 .venv/bin/python benchmarks/digits_recipe.py --ablation --seeds 0 1 \
         --set epochs=20 --log /tmp/ablation.jsonl
@@ -152,14 +153,14 @@ def run_ablation(args: argparse.Namespace, manifest: Path) -> None:
 
 def ablation_table(results: list[dict[str, Any]], k: int) -> str:
     """Markdown: one row per (family, variant), seeds side by side and their mean."""
-    lines = [f"| family | variant | test bpd k=1 (per seed) | mean | test bpd k={k} (per seed) "
+    lines = [f"| family | variant | val bpd k=1 (per seed) | mean | val bpd k={k} (per seed) "
              "| mean | CPU s / run |", "| --- | --- | --- | --- | --- | --- | --- |"]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in results:
         groups.setdefault((row["family"], row["variant"]), []).append(row)
     for (family, variant), rows in groups.items():
-        k1 = [r["final_test_bpd"] for r in rows]
-        kk = [r[f"final_test_bpd_k{k}"] for r in rows]
+        k1 = [r["final_val_bpd"] for r in rows]
+        kk = [r[f"final_val_bpd_k{k}"] for r in rows]
         cpu = sum(r["cpu_s"] for r in rows) / len(rows)
         lines.append(f"| {family} | {variant} | {' / '.join(f'{v:.4f}' for v in k1)} | "
                      f"{sum(k1) / len(k1):.4f} | {' / '.join(f'{v:.4f}' for v in kk)} | "
@@ -173,15 +174,15 @@ def run(cfg: TrainConfig, manifest: Path, log: Path | None) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
 
     def report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        if "test_bpd" not in metrics:
+        if "val_bpd" not in metrics:
             return
         row = {"epoch": int(metrics["epoch"]), "step": int(metrics["step"]),
                "wall_s": round(time.perf_counter() - t0, 1),
                "cpu_s": round(time.process_time() - c0, 1),
                "train_bpd": round(metrics.get("train_bpd", float("nan")), 4),
-               "test_bpd": round(metrics["test_bpd"], 4),
+               "val_bpd": round(metrics["val_bpd"], 4),
                **{key: round(value, 4) for key, value in metrics.items()
-                  if key.startswith("test_bpd_k")}}
+                  if key.startswith("val_bpd_k")}}
         rows.append(row)
         print(json.dumps(row), flush=True)
         if log is not None:
@@ -192,12 +193,12 @@ def run(cfg: TrainConfig, manifest: Path, log: Path | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as run_dir:
         job = TrainJob(str(manifest), run_dir=run_dir, verbose=False)
         train(cfg, job, WorkerInfo(threads=torch.get_num_threads()), report)
-    best = min(rows, key=lambda r: r["test_bpd"])
-    summary = {"final_test_bpd": rows[-1]["test_bpd"], "best_test_bpd": best["test_bpd"],
+    best = min(rows, key=lambda r: r["val_bpd"])
+    summary = {"final_val_bpd": rows[-1]["val_bpd"], "best_val_bpd": best["val_bpd"],
                "best_epoch": best["epoch"], "wall_s": rows[-1]["wall_s"],
                "cpu_s": rows[-1]["cpu_s"],
                **{f"final_{key}": value for key, value in rows[-1].items()
-                  if key.startswith("test_bpd_k")}}
+                  if key.startswith("val_bpd_k")}}
     print("# summary " + json.dumps(summary), flush=True)
     return summary
 

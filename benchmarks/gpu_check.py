@@ -327,7 +327,7 @@ def pipeline_check(args, device: torch.device, workdir: Path) -> dict:
                for stage in ("data_prep", "train", "evaluate", "promote")}
     result = {"backend": "nccl" if gpu else "gloo", "use_gpu": gpu, "train_images": n_train,
               "test_images": n_test, "run_s": time.perf_counter() - start, "stage_s": stage_s,
-              "train_test_bpd": train_out["test_bpd"], "evaluate_device":
+              "train_val_bpd": train_out["val_bpd"], "evaluate_device":
               sets["evaluate.device"], "evaluate_test_bpd": evaluate_out["test_bpd"],
               "promoted": promote_out["promoted"], "model_uri": promote_out["model_uri"],
               "manifest": promote_out["manifest"],
@@ -405,7 +405,7 @@ def summary(report: dict) -> str:
     else:
         lines.append(f"  pipeline: cifar10 profile, 1 epoch on {p['train_images']} synthetic "
                      f"images, use_gpu={p['use_gpu']} ({p['backend']}), {p['run_s']:.0f}s; "
-                     f"test bpd {p['train_test_bpd']:.4f} (train), "
+                     f"val bpd {p['train_val_bpd']:.4f} (train), test bpd "
                      f"{p['evaluate_test_bpd']:.4f} (evaluate on {p['evaluate_device']}); "
                      f"promoted={p['promoted']} {p['model_uri']}")
         lines.append(f"  champion on CPU (no GPU visible): sampled={p['cpu_sampled']}, "

@@ -129,6 +129,19 @@ class Manifest(BaseModel):
             )
         return self.splits[name]
 
+    def require_split(self, name: str) -> SplitInfo:
+        """A split that training or evaluation cannot do without; shards written without it
+        (the val split before it was written by default) are refused with how to rebuild."""
+        if name in self.splits and self.splits[name].count > 0:
+            return self.splits[name]
+        setting = " with data_prep.val_fraction > 0 (the default)" if name == "val" else ""
+        raise DataPrepError(
+            f"{self._location}: these shards have no {name!r} split (has "
+            f"{', '.join(sorted(self.splits))}); models are chosen on the val split and scored "
+            f"once on the test split. Rebuild them: run data_prep again{setting} "
+            "(`nfpipe run --stages data_prep --force`)"
+        )
+
     def to_json(self) -> bytes:
         """Canonical bytes: sorted keys, so equal manifests are byte-identical."""
         text = json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)

@@ -17,12 +17,13 @@ class PromoteConfig(_Section):
         "e.g. digits-glow).", min_length=1, max_length=200
     )
     margin: float = Field(
-        0.0, ge=0.0, description="Bits/dim by which a challenger must beat the champion's test "
-        "bpd (on the same test split) to take the `champion` alias."
+        0.0, ge=0.0, description="Bits/dim by which a challenger must beat the champion's val "
+        "bpd (on the same val split; the test bpd is reported, never compared) to take the "
+        "`champion` alias."
     )
     replace_on_new_dataset: bool = Field(
-        False, description="Promote a challenger over a champion evaluated on a different test "
-        "split (other manifest fingerprint), whose bpd is not comparable. Off: the champion "
+        False, description="Promote a challenger over a champion evaluated on a different "
+        "dataset (other manifest fingerprint), whose bpd is not comparable. Off: the champion "
         "stays and the pipeline says why."
     )
     queue_timeout_s: float = Field(

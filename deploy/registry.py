@@ -1,10 +1,11 @@
 """The MLflow Model Registry as the hand-off: register versions, gate the `champion` alias.
 
 A new version is registered (`mlflow.register_model` on the logged model, so the version and
-the logged model link to each other) with tags (test bpd, dataset, manifest fingerprint, git
-commit, training run id, the bundle's sha256 that every load checks) and the alias
-`challenger`. It takes `champion` only if its test bpd beats the
-champion's by `margin` bits/dim on the same test split (same manifest fingerprint).
+the logged model link to each other) with tags (val bpd, test bpd, dataset, manifest
+fingerprint, git commit, training run id, the bundle's sha256 that every load checks) and the
+alias `challenger`. It takes `champion` only if its val bpd beats the champion's by `margin`
+bits/dim on the same val split (same manifest fingerprint): the choice is made on val, so the
+test bpd each version reports was never used to choose it.
 
 Race safety (two pipelines finishing at once). A version is created *with* the tag
 `nfpipe.promotion=pending` (one atomic registry call), and versions are decided strictly in
@@ -41,6 +42,7 @@ CHALLENGER = "challenger"
 PROMOTION_TAG = "nfpipe.promotion"  # pending | promoted | kept | abandoned
 REASON_TAG = "nfpipe.promotion_reason"
 BUNDLE_TAG = "nfpipe.bundle_sha256"  # deploy.pyfunc.bundle_sha256 of the registered files
+VAL_TAG = "val_bpd"  # the chosen model's val bpd: promotion compares it
 PENDING = "pending"
 ABANDONED = "abandoned"
 
@@ -49,7 +51,8 @@ ABANDONED = "abandoned"
 class Candidate:
     """What the registry records about one evaluated model."""
 
-    test_bpd: float
+    test_bpd: float  # reported (registry tag, `nfpipe models list`), never compared
+    val_bpd: float  # what the gate compares
     dataset: str
     manifest_fingerprint: str
     run_id: str
@@ -63,6 +66,7 @@ class Candidate:
     def tags(self) -> dict[str, str]:
         return {
             "test_bpd": repr(float(self.test_bpd)),
+            VAL_TAG: repr(float(self.val_bpd)),
             **{name: repr(float(value)) for name, value in self.bpd_at_k.items()},
             "dataset": self.dataset,
             "manifest_fingerprint": self.manifest_fingerprint,
@@ -103,38 +107,42 @@ def register_version(client, name: str, model_uri: str, candidate: Candidate,
     source = f"models:/{model_id}" if model_id else model_uri
     version = mlflow.register_model(source, name, tags=candidate.tags())
     client.update_model_version(name, version.version, description=(
-        f"test bpd {candidate.test_bpd:.4f} on {candidate.dataset} "
-        f"({candidate.manifest_fingerprint[:12]})"))
+        f"test bpd {candidate.test_bpd:.4f} (chosen on val {candidate.val_bpd:.4f}) on "
+        f"{candidate.dataset} ({candidate.manifest_fingerprint[:12]})"))
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return version
 
 
 def gate(candidate: Any, champion: Any | None, margin: float,
          replace_on_new_dataset: bool = False) -> tuple[bool, str]:
-    """Should `candidate` (a ModelVersion) take the alias from `champion`? And why."""
-    mine = _bpd(candidate)
+    """Should `candidate` (a ModelVersion) take the alias from `champion`? And why.
+
+    Both are compared by their val bpd tag, on the same val split (manifest fingerprint)."""
+    mine = _bpd(candidate, VAL_TAG)
     if mine is None or not math.isfinite(mine):
-        return False, f"v{candidate.version} has no finite test_bpd tag ({mine})"
+        return False, f"v{candidate.version} has no finite {VAL_TAG} tag ({mine})"
     if champion is None:
-        return True, f"no champion yet; v{candidate.version} ({mine:.4f} bpd) becomes champion"
+        return True, (f"no champion yet; v{candidate.version} (val {mine:.4f} bpd) becomes "
+                      "champion")
     if str(champion.version) == str(candidate.version):
         return True, f"v{candidate.version} already is champion"
-    theirs = _bpd(champion)
+    theirs = _bpd(champion, VAL_TAG)
     fp_new = candidate.tags.get("manifest_fingerprint", "")
     fp_old = champion.tags.get("manifest_fingerprint", "")
-    if theirs is None or not fp_old:
-        return False, (f"champion v{champion.version} has no test_bpd/manifest_fingerprint tags, "
-                       "so it cannot be compared; move the alias by hand if wanted")
-    if fp_new != fp_old:
-        why = (f"champion v{champion.version} was evaluated on another test split "
+    if fp_old and fp_new != fp_old:
+        why = (f"champion v{champion.version} was evaluated on another dataset "
                f"(manifest {fp_old[:12]} vs {fp_new[:12]}), so the bpd are not comparable")
         if replace_on_new_dataset:
             return True, why + "; promote.replace_on_new_dataset is set"
         return False, why + "; set promote.replace_on_new_dataset=true to replace it"
+    if theirs is None or not fp_old:
+        return False, (f"champion v{champion.version} has no {VAL_TAG}/manifest_fingerprint "
+                       "tags, so it cannot be compared; move the alias by hand if wanted")
     if mine < theirs - margin:
-        return True, (f"v{candidate.version} {mine:.4f} bpd beats champion v{champion.version} "
-                      f"{theirs:.4f} by {theirs - mine:.4f} (margin {margin})")
-    return False, (f"v{candidate.version} {mine:.4f} bpd does not beat champion "
+        return True, (f"v{candidate.version} val {mine:.4f} bpd beats champion "
+                      f"v{champion.version} {theirs:.4f} by {theirs - mine:.4f} "
+                      f"(margin {margin})")
+    return False, (f"v{candidate.version} val {mine:.4f} bpd does not beat champion "
                    f"v{champion.version} {theirs:.4f} by the margin {margin}")
 
 
@@ -224,12 +232,13 @@ def list_models(client, name: str | None = None) -> list[dict[str, Any]]:
         for alias, number in (model.aliases or {}).items():
             aliases.setdefault(str(number), []).append(alias)
         for v in reversed(versions(client, model.name)):
-            bpd = _bpd(v)
+            bpd = _bpd(v, "test_bpd")
             rows.append({
                 "model": model.name,
                 "version": int(v.version),
                 "aliases": sorted(aliases.get(str(v.version), [])),
                 "test_bpd": bpd,
+                "val_bpd": _bpd(v, VAL_TAG),
                 "test_bpd_k": _bpd_at_k(v),
                 "dataset": v.tags.get("dataset", ""),
                 "manifest_fingerprint": v.tags.get("manifest_fingerprint", ""),
@@ -254,9 +263,9 @@ def _bpd_at_k(version: Any) -> dict[str, float]:
     return found
 
 
-def _bpd(version: Any) -> float | None:
+def _bpd(version: Any, tag: str) -> float | None:
     try:
-        return float(version.tags["test_bpd"])
+        return float(version.tags[tag])
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -85,9 +85,10 @@ class ModelConfig(BaseModel):
     )
     squeeze: Literal["ordered", "plain"] = Field(
         default="ordered",
-        description="realnvp: ordered squeeze (Real NVP's code: each half of the squeezed "
-        "channels is one colour of a spatial checkerboard, across all image channels) or "
-        "plain space-to-depth (channel halves split the image by colour).",
+        description="realnvp: how the squeezed channels are ordered for the factor-out "
+        "(the channel-wise couplings always follow the plain squeeze, as in Real NVP's code): "
+        "ordered (Real NVP's code: the kept half is one colour of a spatial checkerboard, "
+        "across all image channels) or plain (the halves split the image by colour).",
     )
     weight_norm: bool = Field(
         default=True,

@@ -25,7 +25,7 @@ def next_steps(cfg: PipelineConfig, ran: set[str]) -> list[tuple[str, str]]:
     lines: list[tuple[str, str]] = []
     evaluate = _ok_outputs(workdir, "evaluate")
     if evaluate:
-        lines.append(("test bits/dim", f"{evaluate['test_bpd']:.4f}"))
+        lines.append(("test bits/dim", test_bpd_text(evaluate)))
     promote = _ok_outputs(workdir, "promote")
     champion = promote.get("champion_version") if promote else None
     if promote and "promote" in ran:
@@ -45,6 +45,15 @@ def next_steps(cfg: PipelineConfig, ran: set[str]) -> list[tuple[str, str]]:
         serve = f"{tool_command('nfpipe')} deploy serve --model {promote['model_name']}@champion"
         lines.append(("serve it", serve))
     return lines
+
+
+def test_bpd_text(evaluate: dict) -> str:
+    """The chosen model's test figure (k = 1), scored once, and the val figure it was chosen
+    on (records of older runs have none)."""
+    chosen = ""
+    if "val_bpd" in evaluate:
+        chosen = f"; {evaluate.get('source', 'the')} model chosen on val {evaluate['val_bpd']:.4f}"
+    return f"{evaluate['test_bpd']:.4f} (k=1{chosen})"
 
 
 def print_next_steps(cfg: PipelineConfig, console: Console, outcomes: Sequence = ()) -> None:

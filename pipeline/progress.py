@@ -43,7 +43,7 @@ def progress_bar(console: Console, label: str, unit: str = "", *extra: ProgressC
 
 
 class EpochProgress:
-    """Follows `path` (JSON lines with `epoch`, `epochs`, `train_bpd`, `test_bpd`).
+    """Follows `path` (JSON lines with `epoch`, `epochs`, `train_bpd`, `val_bpd`).
 
     ETA = seconds per epoch since the first epoch line of this attempt x epochs left (Ray's
     start-up and a resumed run's earlier epochs do not count)."""
@@ -137,7 +137,7 @@ def epoch_progress(path: Path, epochs: int, console: Console,
 
 def _bpd_text(entry: dict[str, Any]) -> str:
     parts = [f"{name} {entry[key]:.4f}" for key, name in (("train_bpd", "train"),
-                                                         ("test_bpd", "test"))
+                                                         ("val_bpd", "val"))
              if isinstance(entry.get(key), int | float)]
     return (" ".join(parts) + " bpd") if parts else ""
 

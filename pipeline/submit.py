@@ -225,9 +225,10 @@ def wait_final(client, job_id: str, timeout_s: float = 60.0) -> str:
 
 
 STAGE_LINE = re.compile(r"[▶✓✗↷]\s+(\w+)\s+(running|done|failed|up to date)")
-METRIC = re.compile(r"\b(epoch|step|train_bpd|test_bpd|train|test|images_per_s|bpd)[=: ]+"
-                    r"(-?\d[\d.]*(?:e-?\d+)?)")
-_METRIC_NAMES = {"train": "train_bpd", "test": "test_bpd"}  # the train stage's epoch lines
+METRIC = re.compile(r"\b(epoch|step|train_bpd|val_bpd|test_bpd|train|val|test|images_per_s|bpd)"
+                    r"[=: ]+(-?\d[\d.]*(?:e-?\d+)?)")
+# the train stage's epoch lines (val now, test in logs of older runs)
+_METRIC_NAMES = {"train": "train_bpd", "val": "val_bpd", "test": "test_bpd"}
 
 
 def current_stage(logs: str) -> str | None:

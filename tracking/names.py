@@ -4,7 +4,7 @@ The MLflow UI sorts and groups charts by the prefix before '/', and plots every 
 an axis it calls "Step". So the names say the axis: `bpd/...` (the curves people look at,
 first) and `epoch/...` are logged at step = epoch, `step/...` at step = optimiser step, and
 MLflow's own `system/...` at step = sample. The training loop, Ray Train and Ray Tune keep
-their plain keys (`test_bpd`, the checkpoint score and the sweep metric); only what reaches
+their plain keys (`val_bpd`, the checkpoint score and the sweep metric); only what reaches
 MLflow is renamed, here.
 """
 
@@ -14,6 +14,7 @@ TAG_PREFIX = "nfpipe."
 
 # per-epoch keys of the training loop (and of Tune results) -> MLflow metric names
 EPOCH_METRICS = {
+    "val_bpd": "bpd/val",
     "test_bpd": "bpd/test",
     "train_bpd": "bpd/train",
     "test_bpd_iwae": "bpd/test_iwae",
@@ -28,7 +29,7 @@ EPOCH_METRICS = {
 
 
 def epoch_metric(key: str) -> str:
-    """The MLflow name of a per-epoch metric (`test_bpd` -> `bpd/test`); names that already
+    """The MLflow name of a per-epoch metric (`val_bpd` -> `bpd/val`); names that already
     carry an axis prefix are kept."""
     if "/" in key:
         return key

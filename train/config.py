@@ -93,7 +93,7 @@ class TrainConfig(_Section):
     eval_every: int = Field(
         1,
         gt=0,
-        description="Evaluate test bpd (whole test split) and checkpoint every N epochs; the "
+        description="Evaluate val bpd (whole val split) and checkpoint every N epochs; the "
         "last epoch is always evaluated and checkpointed.",
     )
     eval_at_start: bool = Field(
@@ -103,8 +103,8 @@ class TrainConfig(_Section):
         1,
         ge=1,
         description="Draws per image of the importance-weighted bound at the last epoch, "
-        "logged as test_bpd_k{eval_k} beside test_bpd (1: skip it; the evaluate stage reports "
-        "evaluate.k on the final model).",
+        "on the val split, logged as val_bpd_k{eval_k} beside val_bpd (1: skip it; the "
+        "evaluate stage reports evaluate.k on the test split for the chosen model).",
     )
     init_images: int = Field(
         256,

@@ -23,7 +23,7 @@ from train.ddp import WorkerInfo
 from train.loop import NonFiniteLossError, TrainJob, train
 from train.reporting import latest_state, reporter
 
-SCORE = "test_bpd"  # checkpoints are ranked by it, lowest first
+SCORE = "val_bpd"  # checkpoints are ranked by it, lowest first (never by a test figure)
 NONFINITE = "nonfinite"  # the status a diverged run returns instead of raising
 
 
@@ -33,7 +33,7 @@ class FitResult:
 
     run_name: str
     run_path: str  # the Ray run folder under storage_path
-    best_checkpoint: str  # folder of the checkpoint with the lowest test bpd
+    best_checkpoint: str  # folder of the checkpoint with the lowest val bpd
     best_metrics: dict[str, Any]
     summary: dict[str, Any]  # loop.train's return value on rank 0
 
@@ -204,7 +204,7 @@ def fit(cfg: TrainConfig, job: TrainJob, storage_path: str | Path, name: str) ->
 
 def best_checkpoint(result) -> tuple[str, dict[str, Any]]:
     """(folder: an absolute path or a URL, metrics) of the kept checkpoint with the lowest
-    finite test bpd."""
+    finite val bpd (`SCORE`)."""
     scored = [
         (as_location(ckpt.filesystem, ckpt.path), metrics)
         for ckpt, metrics in (result.best_checkpoints or [])

@@ -21,7 +21,10 @@ class EvaluateConfig(BaseModel):
         64, gt=0, le=10000, description="Draws per image of the importance-weighted bound, "
         "every family (dequantisation noise or q(u|x), and VAE / f-VAE latents), combined by "
         "a log-mean-exp: tighter than k = 1. The stage reports `test_bpd` (k = 1, the "
-        "promoted figure) and `test_bpd_k{k}` beside it (1: only k = 1)."
+        "figure the registry and README report) and `test_bpd_k{k}` beside it (1: only "
+        "k = 1), on the test split, for the chosen model only. At k = 1 the VAE and f-VAE "
+        "use their ELBO with the closed-form KL (VAE) or entropy of q(u) (f-VAE); k > 1 "
+        "samples those terms instead."
     )
     grid_samples: int = Field(
         64, ge=0, le=1024, description="Images in each sample grid (0: no grids)."

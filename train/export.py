@@ -19,7 +19,7 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: Path, meta: dict[str, Any
 
     The checkpoint is a local folder or a URL (only its model bundle is downloaded). Loading
     before saving proves the bundle is complete; `meta` is merged over the checkpoint's own
-    (epoch, test_bpd, dataset, manifest fingerprint…).
+    (epoch, val_bpd, dataset, manifest fingerprint…).
     """
     from flows.io import load_meta, load_model, save_model
 
@@ -33,16 +33,16 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: Path, meta: dict[str, Any
 
 
 def history_table(history: Sequence[dict[str, float]], title: str) -> Table:
-    """Train and test bits/dim per epoch (epoch 0: the initialised model)."""
-    table = Table(title=f"train/test bits per dim — {title}")
-    for column in ("epoch", "step", "train bpd", "test bpd", "images/s", "skipped"):
+    """Train and val bits/dim per epoch (epoch 0: the initialised model)."""
+    table = Table(title=f"train/val bits per dim — {title}")
+    for column in ("epoch", "step", "train bpd", "val bpd", "images/s", "skipped"):
         table.add_column(column, justify="right")
     for row in history:
         table.add_row(
             str(int(row["epoch"])),
             str(int(row.get("step", 0))),
             _fmt(row.get("train_bpd")),
-            _fmt(row.get("test_bpd")),
+            _fmt(row.get("val_bpd")),
             _fmt(row.get("images_per_s"), ".0f"),
             str(int(row.get("skipped_steps", 0))),
         )

@@ -2,7 +2,9 @@
 
 Every Ray Train worker runs `train` (see `distributed.py`); a Tune trial runs it in-process
 with `WorkerInfo()` and Tune's reporter. Per epoch: train on this rank's shards (DDP averages
-the gradients), evaluate the whole test split every `eval_every` epochs (all ranks share it),
+the gradients), evaluate the whole val split every `eval_every` epochs (all ranks share it;
+the best checkpoint and Tune (ASHA's stops too) choose on it; the test split is scored once, for the
+chosen model, by the evaluate stage),
 then call `report(metrics, checkpoint_dir)` on every rank, rank 0 passing a checkpoint folder
 on evaluated epochs and the others None. The folder is temporary: the reporter persists it.
 """
@@ -67,14 +69,15 @@ def train(
     configure_torch(cfg, world)
     device = torch.device(world.device)
     manifest = Manifest.load(job.manifest_path)
+    manifest.require_split("val")
     model_cfg = resolve_model_config(cfg, manifest)
     init_x = None if resume else init_batch(cfg, manifest, world)
     state = build_state(cfg, model_cfg, world, init_x, resume)
     tracker = open_tracker(job, world)
     try:
         if resume is None and cfg.eval_at_start:  # epoch 0: the initialised model
-            bpd = score_test_split(state, cfg, manifest, world)
-            metrics = {"epoch": 0, "step": 0, "test_bpd": bpd}
+            bpd = score_val_split(state, cfg, manifest, world)
+            metrics = {"epoch": 0, "step": 0, "val_bpd": bpd}
             state.history.append(metrics)
             log_epoch(tracker, metrics, step=0)
             print_epoch(job, world, cfg, state, metrics)
@@ -99,10 +102,10 @@ def train(
             state.epoch = epoch
             evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
             if evaluated:
-                metrics["test_bpd"] = score_test_split(state, cfg, manifest, world)
+                metrics["val_bpd"] = score_val_split(state, cfg, manifest, world)
             if epoch == cfg.epochs and cfg.eval_k > 1:  # the k-draw bound, beside k = 1
-                metrics[f"test_bpd_k{cfg.eval_k}"] = score_test_split(state, cfg, manifest,
-                                                                      world, k=cfg.eval_k)
+                metrics[f"val_bpd_k{cfg.eval_k}"] = score_val_split(state, cfg, manifest,
+                                                                    world, k=cfg.eval_k)
             state.history.append(metrics)
             print_epoch(job, world, cfg, state, metrics)
             # metrics reach MLflow before the report commits the checkpoint: a failure in
@@ -200,12 +203,12 @@ def init_batch(cfg: TrainConfig, manifest: Manifest, world: WorkerInfo) -> torch
     return images if world.is_chief else None
 
 
-def score_test_split(state: TrainState, cfg: TrainConfig, manifest: Manifest,
-                     world: WorkerInfo, k: int = 1) -> float:
-    """Bits/dim of the evaluated weights (EMA when kept) over the whole test split."""
+def score_val_split(state: TrainState, cfg: TrainConfig, manifest: Manifest,
+                    world: WorkerInfo, k: int = 1) -> float:
+    """Bits/dim of the evaluated weights (EMA when kept) over the whole val split."""
     batch = max((cfg.eval_batch_size or cfg.batch_size) // world.world_size, 1)
     return evaluate(state.eval_model, manifest, world, batch_size=batch, seed=cfg.seed,
-                    k=k).bpd
+                    split="val", k=k).bpd
 
 
 @dataclass
@@ -272,7 +275,7 @@ def checkpoint_dir(state: TrainState, cfg: TrainConfig, job: TrainJob, world: Wo
     with tempfile.TemporaryDirectory(prefix="nfpipe-ckpt-") as tmp:
         folder = Path(tmp)
         meta = {**job.bundle_meta, "epoch": state.epoch, "step": state.step,
-                "test_bpd": metrics["test_bpd"], "run_id": job.mlflow_run_id}
+                "val_bpd": metrics["val_bpd"], "run_id": job.mlflow_run_id}
         save_model(state.eval_model, checkpoint.model_bundle(folder), meta)
         checkpoint.save_state(folder, state.snapshot())
         save_samples(state.eval_model, folder / "samples", temperatures=cfg.sample_temperatures,
@@ -320,9 +323,9 @@ def print_epoch(job: TrainJob, world: WorkerInfo, cfg: TrainConfig, state: Train
         return
     speed = f"{m['images_per_s']:8.1f} img/s" if "images_per_s" in m else " " * 14
     train_bpd = f"train {m['train_bpd']:.4f}" if "train_bpd" in m else " " * 12
-    test = f"test {m['test_bpd']:.4f}" if "test_bpd" in m else ""
+    val = f"val {m['val_bpd']:.4f}" if "val_bpd" in m else ""
     line = (f"[train] epoch {state.epoch}/{cfg.epochs} step {state.step} {speed} "
-            f"{train_bpd} {test} bpd (skipped {state.skipped})")
+            f"{train_bpd} {val} bpd (skipped {state.skipped})")
     # the process's own stdout: Ray Train's patched print would also tee a wrapped
     # sys.stdout (MLflow wraps it on rank 0) and show every line twice
     print(line, file=sys.__stdout__ or sys.stdout, flush=True)
@@ -330,7 +333,7 @@ def print_epoch(job: TrainJob, world: WorkerInfo, cfg: TrainConfig, state: Train
 
 def append_progress(path: Path, epochs: int, metrics: Metrics) -> None:
     """One JSON line: the epoch's number, the run's total, and its bits/dim."""
-    keep = {k: metrics[k] for k in ("epoch", "step", "train_bpd", "test_bpd") if k in metrics}
+    keep = {k: metrics[k] for k in ("epoch", "step", "train_bpd", "val_bpd") if k in metrics}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         handle.write(json.dumps({**keep, "epochs": epochs, "time": time.time()}) + "\n")

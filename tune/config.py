@@ -144,10 +144,12 @@ class TuneConfig(BaseModel):
         "this default one. Everything not in the space comes from `train:`.",
     )
     num_samples: int = Field(4, gt=0, description="Number of trials (configurations sampled).")
-    metric: Literal["test_bpd", "train_bpd"] = Field(
-        "test_bpd",
-        description="Reported metric the scheduler and the best-trial choice use (test_bpd: "
-        "bits/dim over the whole test split, every epoch).",
+    metric: Literal["val_bpd", "train_bpd"] = Field(
+        "val_bpd",
+        description="Reported metric ASHA's stops, the best-trial choice and the leaderboard "
+        "use (val_bpd: bits/dim over the whole val split, every evaluated epoch; no sweep "
+        "reads the test split). The evaluate stage compares the tuned and trained models on "
+        "val_bpd only.",
     )
     mode: Literal["min", "max"] = Field("min", description="Minimise or maximise `metric`.")
     scheduler: Literal["asha", "fifo"] = Field(

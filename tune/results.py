@@ -46,7 +46,8 @@ class SweepResult:
     experiment_path: str
     best_trial_id: str
     best_config: dict[str, Any]  # the best trial's overrides (dotted path -> value)
-    best_test_bpd: float  # the best trial's best reported metric
+    metric: str  # what the sweep ranked trials by (tune.metric)
+    best_value: float  # the best trial's best reported `metric`
     best_epoch: int
     checkpoint: str  # the best trial's checkpoint folder with that metric
     model_dir: str  # flows model bundle exported from that checkpoint
@@ -125,7 +126,8 @@ def summarize(grid, sweep: Sweep) -> SweepResult:
         experiment_path=sweep.spec.exp_dir,
         best_trial_id=trial_id,
         best_config=best_row.overrides,
-        best_test_bpd=value,
+        metric=tune_cfg.metric,
+        best_value=value,
         best_epoch=best_epoch,
         checkpoint=str(checkpoint),
         model_dir=str(model_dir),
@@ -157,7 +159,7 @@ def log_to_parent(result: SweepResult, rows: list[TrialRow], sweep: Sweep) -> No
     train = trial_train_config(spec.train, result.best_config, spec.tune)
     best_file.write_text(json.dumps({
         "trial_id": result.best_trial_id, "run_id": result.run_id,
-        "overrides": result.best_config, metric: result.best_test_bpd,
+        "overrides": result.best_config, metric: result.best_value,
         "epoch": result.best_epoch, "train": train.model_dump(mode="json"),
     }, indent=2, sort_keys=True))
     mlflow = client(tracking_uri)
@@ -169,7 +171,7 @@ def log_to_parent(result: SweepResult, rows: list[TrialRow], sweep: Sweep) -> No
     log_params(tracking_uri, result.parent_run_id, best_params)
     now = int(time.time() * 1000)
     mlflow.log_batch(result.parent_run_id, metrics=[
-        Metric(f"{epoch_metric(metric)}_best", result.best_test_bpd, now, 0),
+        Metric(f"{epoch_metric(metric)}_best", result.best_value, now, 0),
         Metric("sweep/trials", result.trials, now, 0),
         Metric("sweep/stopped_early", result.stopped_early, now, 0),
         Metric("sweep/trial_epochs", result.trial_epochs, now, 0),

@@ -9,7 +9,7 @@ Two compositions, as Ray Train V2 recommends for Train inside Tune:
   train stage's `train_worker`; `TuneReportCallback` forwards rank 0's reports to Tune. The
   Train run is named after the trial, so a restored trial resumes its Train run.
 
-Either way every epoch reports the loop's metrics (test_bpd included) so the scheduler can
+Either way every epoch reports the loop's metrics (val_bpd included) so the scheduler can
 stop weak trials, and nothing here writes to MLflow: the Tune driver is the only writer.
 """
 

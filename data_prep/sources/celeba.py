@@ -31,13 +31,11 @@ def open_celeba(cfg: DataPrepConfig, fingerprint: bool = True) -> Source:
     root = _check_layout(cfg.source)
     partition = storage.join(root, PARTITION)
     listing = _read_partition(partition)
-    wanted = {"train", "test", "val"} if cfg.val_fraction > 0 else {"train", "test"}
-    names = {split: [n for n, s in listing if s == split] for split in ("train", "val", "test")
-             if split in wanted}
+    names = {split: [n for n, s in listing if s == split] for split in ("train", "val", "test")}
     for split, files in names.items():
         if not files:
             raise DataPrepError(f"{partition}: lists no {split} images")
-    digest = _fingerprint(root, listing, cfg) if fingerprint else ""
+    digest = _fingerprint(root, listing) if fingerprint else ""
 
     def read_range(split: str, start: int, stop: int) -> Iterator[Sample]:
         chosen = names[split][start:stop]
@@ -114,10 +112,10 @@ def _read_partition(location: str) -> list[tuple[str, str]]:
     return listing
 
 
-def _fingerprint(root: str, listing: list[tuple[str, str]], cfg: DataPrepConfig) -> str:
+def _fingerprint(root: str, listing: list[tuple[str, str]]) -> str:
     """sha256 over the partition and the bytes of every listed image (content, not mtimes)."""
     digest = hashlib.sha256(storage.read_bytes(storage.join(root, PARTITION)))
-    names = [name for name, split in listing if split != "val" or cfg.val_fraction > 0]
+    names = [name for name, _ in listing]
     for name, data in zip(names, _read_images(root, names), strict=True):
         digest.update(name.encode() + hashlib.sha256(data).digest())
     return digest.hexdigest()

@@ -14,7 +14,7 @@ from flows.layers.coupling import (
 from flows.layers.elementwise import DiagonalScale, LogitTransform, Sigmoid
 from flows.layers.invconv import InvConv1x1, InvConv1x1LU
 from flows.layers.split import LearnedPrior, SplitPrior
-from flows.layers.squeeze import Flatten, OrderedSqueeze, Squeeze
+from flows.layers.squeeze import Flatten, OrderedSqueeze, Squeeze, SqueezeOrder
 
 #: Every concrete invertible layer class; the contract test is checked against this list.
 LAYERS: tuple[type[InvertibleLayer], ...] = (
@@ -25,6 +25,7 @@ LAYERS: tuple[type[InvertibleLayer], ...] = (
     AffineCoupling,
     Squeeze,
     OrderedSqueeze,
+    SqueezeOrder,
     Flatten,
     SplitPrior,
     LearnedPrior,
@@ -54,4 +55,5 @@ __all__ = [
     "Sigmoid",
     "SplitPrior",
     "Squeeze",
+    "SqueezeOrder",
 ]

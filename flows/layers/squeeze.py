@@ -58,19 +58,40 @@ class OrderedSqueeze(Squeeze):
     authors' code (tensorflow/models, research/real_nvp/real_nvp_utils.py).
     """
 
-    #: Index of each 2×2 position (row-major: TL, TR, BL, BR) in the plain squeeze, by rank.
-    POSITIONS = (0, 3, 1, 2)
-
-    def _order(self, channels: int, device: torch.device) -> torch.Tensor:
-        """Plain-squeeze channel feeding each ordered channel, [4C]."""
-        colour = torch.arange(channels, device=device)
-        position = torch.tensor(self.POSITIONS, device=device)
-        return (4 * colour[None, :] + position[:, None]).reshape(-1)
-
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out, logdet = super().forward(h)
-        return out[:, self._order(h.shape[1], h.device)], logdet
+        return out[:, ordered_channels(h.shape[1], h.device)], logdet
 
     def inverse(self, h: torch.Tensor) -> torch.Tensor:
-        undo = torch.argsort(self._order(h.shape[1] // 4, h.device))
+        undo = torch.argsort(ordered_channels(h.shape[1] // 4, h.device))
         return super().inverse(h[:, undo])
+
+
+class SqueezeOrder(InvertibleLayer):
+    r"""The plain squeeze's channels [B, 4C, H, W] in the ordered squeeze's order: the same as
+    undoing `Squeeze` and applying `OrderedSqueeze`, so a factor-out after it keeps one colour
+    of the spatial checkerboard (all image channels). A permutation, so log|det| = 0.
+
+    Reference: Dinh et al., Real NVP (2016), section 3.6; in the authors' code
+    (`real_nvp_multiscale_dataset.py`) the channel-wise couplings follow the plain squeeze and
+    `squeeze_2x2_ordered` is applied only to factor out half.
+    """
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if h.shape[1] % 4:
+            raise ValueError(f"Expected a multiple of 4 channels, got {h.shape[1]}.")
+        return h[:, ordered_channels(h.shape[1] // 4, h.device)], h.new_zeros(h.shape[0])
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        return h[:, torch.argsort(ordered_channels(h.shape[1] // 4, h.device))]
+
+
+#: Index of each 2×2 position (row-major: TL, TR, BL, BR) in the plain squeeze, by rank.
+ORDERED_POSITIONS = (0, 3, 1, 2)
+
+
+def ordered_channels(channels: int, device: torch.device) -> torch.Tensor:
+    """Plain-squeeze channel feeding each ordered-squeeze channel, [4C] for C image channels."""
+    colour = torch.arange(channels, device=device)
+    position = torch.tensor(ORDERED_POSITIONS, device=device)
+    return (4 * colour[None, :] + position[:, None]).reshape(-1)

@@ -1,10 +1,13 @@
 """RealNVP: checkerboard and channel-wise masked couplings with ResNet s/t networks.
 
-Per scale: `steps` checkerboard couplings, squeeze, `steps` channel-wise couplings, factor
-out half; the last scale has `steps + 1` checkerboard couplings (paper: 3, 3 and 4). The
-squeeze is the authors' ordered one (`squeeze: ordered`), so the channel-wise masks and the
-factored-out half are spatial checkerboards over all colours; the s/t ResNets are
-weight-normalised (`weight_norm`), as in the authors' code.
+Per scale: `steps` checkerboard couplings, the plain 2×2 squeeze, `steps` channel-wise
+couplings, factor out half; the last scale has `steps + 1` checkerboard couplings (paper: 3, 3
+and 4). As in the authors' code (`real_nvp_multiscale_dataset.py`), the channel-wise couplings
+follow the plain squeeze, so their halves are not the checkerboard's (after the ordered
+squeeze they would be, and the alternation of two mask types would be lost); the ordered
+order is used only to factor out half (`squeeze: ordered`: `SqueezeOrder` before the split,
+so the factored-out half is one colour of the spatial checkerboard over all image channels).
+The s/t ResNets are weight-normalised (`weight_norm`), as in the authors' code.
 Logit preprocessing (`preprocess: auto`) comes first and its log-det counts. ActNorm after
 every coupling stands in for the paper's batch normalisation (which would couple the examples
 of a batch).
@@ -24,8 +27,8 @@ from flows.layers import (
     ChannelPartition,
     CheckerboardPartition,
     LogitTransform,
-    OrderedSqueeze,
     Squeeze,
+    SqueezeOrder,
 )
 from flows.models.glow import net_dtype
 from flows.models.stack import MultiScaleStack
@@ -52,9 +55,11 @@ def realnvp_stack(cfg: ModelConfig, shape: tuple[int, int, int]) -> MultiScaleSt
             layers += _coupling(cfg, CheckerboardPartition(c, flip=j % 2 == 1))
         if not last:
             c *= 4
-            layers.append(OrderedSqueeze() if cfg.squeeze == "ordered" else Squeeze())
+            layers.append(Squeeze())
             for j in range(cfg.steps):
                 layers += _coupling(cfg, ChannelPartition(c, flip=j % 2 == 1))
+            if cfg.squeeze == "ordered":  # the factor-out keeps a checkerboard half
+                layers.append(SqueezeOrder())
             keeps.append(c // 2)
             c //= 2
         else:

@@ -140,17 +140,22 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         Console().print(f"no registered models in {shown}")
         return 0
     table = Table(title=f"registered models ({shown})", box=box.SIMPLE_HEAD, title_justify="left")
-    for column in ("model", "v", "aliases", "test bpd", "bpd at k", "dataset", "manifest",
-                   "decision"):
-        table.add_column(column, justify="right" if column in ("v", "test bpd", "bpd at k")
-                         else "left", no_wrap=True)
+    # test bpd: reported, k = 1 and at k; val bpd: what promotion compared
+    numbers = ("test bpd", "test bpd at k", "val bpd")
+    for column in ("model", "v", "aliases", *numbers, "dataset", "manifest", "decision"):
+        table.add_column(column, justify="right" if column in ("v", *numbers) else "left",
+                         no_wrap=True)
     for row in rows:
-        bpd = "" if row["test_bpd"] is None else f"{row['test_bpd']:.4f}"
         at_k = ", ".join(f"{v:.4f} (k={k})" for k, v in row.get("test_bpd_k", {}).items())
-        table.add_row(row["model"], str(row["version"]), ", ".join(row["aliases"]), bpd, at_k,
+        table.add_row(row["model"], str(row["version"]), ", ".join(row["aliases"]),
+                      _bpd_text(row["test_bpd"]), at_k, _bpd_text(row.get("val_bpd")),
                       row["dataset"], row["manifest_fingerprint"][:8], row["promotion"])
     table_console().print(table)
     return 0
+
+
+def _bpd_text(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def table_console() -> Console:

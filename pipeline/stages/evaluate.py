@@ -1,9 +1,12 @@
-"""evaluate stage: final test bits/dim of the trained (or best tuned) model, logged to its run.
+"""evaluate stage: the chosen model's test bits/dim, scored once, logged to its run.
 
-The stage runs the training loop's own evaluation (`train.evaluation.evaluate`, one process)
-over the whole test split under the fixed seed `evaluate.seed`, so the numbers are
-reproducible on any device: `test_bpd` with one draw per image (the usual bound; the ELBO for
-VAE / f-VAE), and the importance-weighted bound over `evaluate.k` draws beside it as
+The model is chosen on the val split (`pick_model`: the trained model, or the best tuned one
+when its val bpd is lower), never on test. The stage then runs the training loop's own
+evaluation (`train.evaluation.evaluate`, one process) under the fixed seed `evaluate.seed`,
+so the numbers are reproducible on any device: `val_bpd` over the whole val split (what
+promotion compares with the champion), and over the whole test split `test_bpd` with one draw
+per image (the usual bound; the ELBO for VAE / f-VAE: the figure the registry and README
+report) and the importance-weighted bound over `evaluate.k` draws beside it as
 `test_bpd_k{k}`. One sample grid per temperature (`train.evaluation.save_samples`).
 """
 
@@ -25,6 +28,7 @@ def run(ctx: StageContext) -> StageOutputs:
     cfg = ctx.config.evaluate
     source = pick_model(ctx.inputs)
     manifest = Manifest.load(ctx.inputs["data_prep"]["manifest"])
+    manifest.require_split("val")
     device = _device(cfg.device)
     model = load_model(source["model_dir"], map_location=device).eval()
     check_compatible(model, manifest)
@@ -32,10 +36,13 @@ def run(ctx: StageContext) -> StageOutputs:
     ctx.console.print(f"    scoring {manifest.split('test').count} test images of "
                       f"{manifest.dataset} with the {source['stage']} model (k=1 and k={k})")
     one_process = WorkerInfo(device=device)
+    val_bpd = evaluate(model, manifest, one_process, batch_size=cfg.batch_size, seed=cfg.seed,
+                       split="val").bpd
     scored = evaluate(model, manifest, one_process, batch_size=cfg.batch_size, seed=cfg.seed)
     test_bpd, count = scored.bpd, scored.images
     # MLflow names beside the training curves (tracking.names): bpd first, then eval/
-    metrics = {"bpd/test_eval": test_bpd, "eval/k": float(k), "eval/test_images": float(count)}
+    metrics = {"bpd/test_eval": test_bpd, "bpd/val_eval": val_bpd, "eval/k": float(k),
+               "eval/test_images": float(count)}
     outputs_k = {}
     if k > 1:
         outputs_k[f"test_bpd_k{k}"] = evaluate(model, manifest, one_process,
@@ -45,19 +52,20 @@ def run(ctx: StageContext) -> StageOutputs:
                          n=cfg.grid_samples, seed=cfg.seed)
     report = {"source": source["stage"], "run_id": source["run_id"], "k": k, "seed": cfg.seed,
               "dataset": manifest.dataset, "manifest_fingerprint": manifest.fingerprint,
-              "train_reported_bpd": source["bpd"], **metrics}
+              "chosen_on_val_bpd": source["bpd"], **metrics}
     report_path = ctx.stage_dir / "evaluation.json"
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     log_to_run(ctx, source["run_id"], metrics, [report_path, *grids])
     at_k = "".join(f", {value:.4f} at k={k}" for value in outputs_k.values())
-    reported = "none" if source["bpd"] is None else f"{float(source['bpd']):.4f}"
-    ctx.console.print(f"    test bpd {test_bpd:.4f}{at_k} over {count} images "
-                      f"(training reported {reported})")
+    chosen = "none" if source["bpd"] is None else f"{float(source['bpd']):.4f}"
+    ctx.console.print(f"    test bpd {test_bpd:.4f}{at_k} over {count} images; val bpd "
+                      f"{val_bpd:.4f} (chosen on val {chosen})")
     return {
         "model_dir": str(Path(source["model_dir"]).resolve()),
         "run_id": source["run_id"],
         "test_bpd": test_bpd,
         **outputs_k,
+        "val_bpd": val_bpd,
         "manifest_fingerprint": manifest.fingerprint,
         "manifest": manifest.location,
         "dataset": manifest.dataset,
@@ -70,16 +78,18 @@ def run(ctx: StageContext) -> StageOutputs:
 
 
 def pick_model(inputs: Any) -> dict[str, Any]:
-    """The train stage's model, or the tune stage's best trial when it ran and is better."""
+    """The train stage's model, or the tune stage's best trial when it ran and has the lower
+    val bpd (`bpd`: the val figure it was chosen on). A sweep that ranked its trials by
+    another metric has no val figure to compare, so the trained model stays."""
     train = inputs["train"]
     chosen = {"stage": "train", "model_dir": train["model_dir"], "run_id": train["run_id"],
-              "bpd": train.get("test_bpd")}
+              "bpd": train.get("val_bpd")}
     tune = inputs.get("tune")
-    if tune and tune.get("model_dir") and tune.get("best_test_bpd") is not None:
-        train_bpd = train.get("test_bpd")
-        if train_bpd is None or float(tune["best_test_bpd"]) < float(train_bpd):
+    if tune and tune.get("model_dir") and tune.get("metric") == "val_bpd":
+        train_bpd = train.get("val_bpd")
+        if train_bpd is None or float(tune["best_value"]) < float(train_bpd):
             chosen = {"stage": "tune", "model_dir": tune["model_dir"], "run_id": tune["run_id"],
-                      "bpd": tune["best_test_bpd"]}
+                      "bpd": tune["best_value"]}
     return chosen
 
 

@@ -1,7 +1,8 @@
 """promote stage: register the evaluated model; it takes `champion` only if it is better.
 
-See `deploy/registry.py` for the gate (same test split, `promote.margin` bits/dim) and how two
-pipelines finishing at once are serialised.
+See `deploy/registry.py` for the gate (val bpd on the same val split, `promote.margin`
+bits/dim; the test bpd is tagged and reported, never compared) and how two pipelines
+finishing at once are serialised.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ def run(ctx: StageContext) -> StageOutputs:
     meta = _bundle_meta(evaluated["model_dir"])
     candidate = Candidate(
         test_bpd=float(evaluated["test_bpd"]),
+        val_bpd=float(evaluated["val_bpd"]),
         dataset=evaluated.get("dataset") or meta.get("dataset", ""),
         manifest_fingerprint=evaluated["manifest_fingerprint"],
         run_id=evaluated["run_id"],
         family=evaluated.get("family") or ctx.config.train.model.name,
         epoch=int(meta.get("epoch") or 0),
-        final_metrics=(("bpd/test_eval", float(evaluated["test_bpd"])),),
+        final_metrics=(("bpd/test_eval", float(evaluated["test_bpd"])),
+                       ("bpd/val_eval", float(evaluated["val_bpd"]))),
         bpd_at_k={key: float(value) for key, value in evaluated.items()
                   if key.startswith("test_bpd_k")},
     )

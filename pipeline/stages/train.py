@@ -58,6 +58,7 @@ def run(ctx: StageContext, hooks: TrainHooks = NO_HOOKS, fit: Fit = distributed.
     Ray passes a no-op)."""
     cfg = ctx.config
     manifest = Manifest.load(ctx.inputs["data_prep"]["manifest"])
+    manifest.require_split("val")  # models are chosen on it
     check_shards(manifest)  # on the driver, before any worker starts: one line naming the shard
     name = run_name_for(ctx, run_name(cfg.name, cfg.train, manifest.fingerprint))
     done = finished_outputs(ctx, name)
@@ -131,13 +132,13 @@ def _outputs(result: FitResult, model_dir: Path, run_id: str) -> StageOutputs:
         "model_dir": str(model_dir),
         "checkpoint": result.best_checkpoint,
         "run_id": run_id,
-        "test_bpd": float(result.best_metrics["test_bpd"]),
+        "val_bpd": float(result.best_metrics["val_bpd"]),  # the chosen checkpoint's
         "best_epoch": int(result.best_metrics["epoch"]),
         "ray_run": result.run_path,
         "resumes": int(result.summary.get("resumes", 0)),  # restores from a checkpoint
     }
     final = result.summary.get("final", {})
     for key, value in final.items():  # the k-draw bound at the last epoch (train.eval_k)
-        if key.startswith("test_bpd_k"):
+        if key.startswith("val_bpd_k"):
             outputs[key] = float(value)
     return outputs

@@ -26,7 +26,9 @@ from tune.sweep import run_sweep, sweep_name
 
 def run(ctx: StageContext) -> StageOutputs:
     manifest_path = ctx.inputs["data_prep"]["manifest"]
-    check_shards(Manifest.load(manifest_path))  # before any trial starts, naming the shard
+    manifest = Manifest.load(manifest_path)
+    manifest.require_split("val")  # trials are compared on it
+    check_shards(manifest)  # before any trial starts, naming the shard
     name = run_name_for(ctx, sweep_name(ctx.config.name, ctx.fingerprint or "adhoc"))
     ensure_ray(ctx.config.ray)
     spec = sweep_spec(ctx.config, manifest_path, ctx.stage_dir, name)
@@ -34,9 +36,9 @@ def run(ctx: StageContext) -> StageOutputs:
         result = run_sweep(spec, ctx.console, displays)
     ctx.console.print(
         f"    best trial {result.best_trial_id}: {ctx.config.tune.metric} "
-        f"{result.best_test_bpd:.4f} at epoch {result.best_epoch} with {result.best_config}"
+        f"{result.best_value:.4f} at epoch {result.best_epoch} with {result.best_config}"
     )
-    return as_outputs(result, Manifest.load(manifest_path))
+    return as_outputs(result, manifest)
 
 
 def sweep_spec(cfg: PipelineConfig, manifest_path: str | Path, out_dir: Path,

@@ -33,8 +33,9 @@ def test_official_splits_crop_resize_and_bits(tmp_path):
     manifest = Manifest.load(path)
     assert path.parent.name == "celeba-64x64-5bit"
     assert (manifest.image_shape, manifest.n_bins, manifest.classes) == ((3, 64, 64), 32, None)
-    assert {k: v.count for k, v in manifest.splits.items()} == {"train": 5, "test": 2}  # no val
-    for split, part in [("train", 0), ("test", 2)]:
+    # the official val partition by default
+    assert {k: v.count for k, v in manifest.splits.items()} == {"train": 5, "val": 2, "test": 2}
+    for split, part in [("train", 0), ("val", 1), ("test", 2)]:
         x, y = _read(path, split)
         files = [i for i, p in enumerate(PARTITIONS, start=1) if p == part]
         expected = np.stack([_reference(root / "img_align_celeba" / f"{i:06d}.jpg")

@@ -35,12 +35,17 @@ def test_archive_round_trip_bit_exact(tmp_path):
     assert path.parent.name == "cifar10-32x32-8bit"
     assert (manifest.image_shape, manifest.n_bins) == ((3, 32, 32), 256)
     assert manifest.classes[:2] == ["airplane", "automobile"]
-    assert {k: v.count for k, v in manifest.splits.items()} == {"train": 20, "test": 6}
-    for split, names in [("train", TRAIN), ("test", ["test_batch"])]:
-        x, y = _read_all(path, split)
-        ex, ey = _expected(members, names)
-        np.testing.assert_array_equal(x, ex)
-        np.testing.assert_array_equal(y, ey)
+    # a val split by default: 10% of the official train images, the test split untouched
+    assert {k: v.count for k, v in manifest.splits.items()} == {"train": 18, "val": 2, "test": 6}
+    x, y = _read_all(path, "test")
+    ex, ey = _expected(members, ["test_batch"])
+    np.testing.assert_array_equal(x, ex)
+    np.testing.assert_array_equal(y, ey)
+    # train and val together are the official train images, each once, with its label
+    parts = [_read_all(path, split) for split in ("train", "val")]
+    got = sorted(bytes(xi) + bytes([yi]) for x, y in parts for xi, yi in zip(x, y, strict=True))
+    ex, ey = _expected(members, TRAIN)
+    assert got == sorted(bytes(xi) + bytes([yi]) for xi, yi in zip(ex, ey, strict=True))
 
 
 def test_folder_and_archive_give_the_same_shards(tmp_path):

@@ -25,6 +25,7 @@ def test_defaults_resolve_per_dataset():
     ({"shard_max_bytes": -1}, "shard_max_bytes"),
     ({"test_fraction": 0}, "test_fraction"),
     ({"val_fraction": 1.0}, "val_fraction"),
+    ({"val_fraction": 0}, "val_fraction"),  # models are chosen on it: every dataset has one
     ({"test_fraction": 0.6, "val_fraction": 0.5}, "no images would be left for train"),
     ({"n_bits": 9}, "n_bits"),
     ({"dataset": "celeba", "crop": 32, "size": 64}, "size (64) must not exceed crop (32)"),

@@ -26,9 +26,10 @@ def test_manifest_describes_the_shards(digits_manifest):
     manifest = Manifest.load(digits_manifest)
     assert digits_manifest.parent.name == "digits-8x8-5bit"
     assert (manifest.dataset, manifest.image_shape, manifest.n_bins) == ("digits", (1, 8, 8), 17)
-    assert set(manifest.splits) == {"train", "test"}
-    assert manifest.splits["train"].count + manifest.splits["test"].count == 1797
+    assert set(manifest.splits) == {"train", "val", "test"}  # a val split by default
+    assert sum(split.count for split in manifest.splits.values()) == 1797
     assert manifest.splits["test"].count == round(0.2 * 1797)
+    assert manifest.splits["val"].count == round(0.1 * 1797)
     assert len(manifest.splits["test"].shards) >= 3  # several shards per split for ranks x workers
     assert manifest.fingerprint == hashlib.sha256(digits_manifest.read_bytes()).hexdigest()
     for name, split in manifest.splits.items():
@@ -43,7 +44,7 @@ def test_every_image_and_label_comes_back_bit_exactly_once(digits_manifest):
     """Read the tars with tarfile alone: keys, PNG levels and `cls` match the source."""
     digits = load_digits()
     seen = Counter()
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         for path in Manifest.load(digits_manifest).shard_paths(split):
             with tarfile.open(path) as tar:
                 members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
@@ -110,7 +111,7 @@ def test_changed_settings_rewrite_and_remove_stale_shards(tmp_path):
 
 
 def test_val_split_and_seed(tmp_path):
-    a = Manifest.load(prepare(DataPrepConfig(output_root=tmp_path / "a", val_fraction=0.1)))
+    a = Manifest.load(prepare(DataPrepConfig(output_root=tmp_path / "a")))  # val by default
     assert {k: v.count for k, v in a.splits.items()} == {"train": 1258, "val": 180, "test": 359}
     b = Manifest.load(prepare(DataPrepConfig(output_root=tmp_path / "b", seed=3)))
     assert b.splits["test"].shards[0].sha256 != a.splits["test"].shards[0].sha256

@@ -85,7 +85,7 @@ def test_celeba_missing_folder_partition_file_and_image(tmp_path):
     _fails(_celeba(tmp_path / "nowhere", tmp_path), f"{tmp_path / 'nowhere'}: CelebA folder "
            "not found", "img_align_celeba/", "list_eval_partition.txt")
     _fails(_celeba(None, tmp_path), "data_prep.source is not set for celeba")
-    root = write_celeba(tmp_path / "celeba", [0, 0, 2])
+    root = write_celeba(tmp_path / "celeba", [0, 0, 1, 2])
     partition = root / "list_eval_partition.txt"
     partition.rename(tmp_path / "saved.txt")
     _fails(_celeba(root, tmp_path), f"{partition}: partition file not found",
@@ -97,16 +97,18 @@ def test_celeba_missing_folder_partition_file_and_image(tmp_path):
 
 
 def test_celeba_bad_partition_lines(tmp_path):
-    root = write_celeba(tmp_path / "celeba", [0, 2])
+    root = write_celeba(tmp_path / "celeba", [0, 1, 2])
     partition = root / "list_eval_partition.txt"
     partition.write_text("000001.jpg 0\n000002.jpg three\n")
     _fails(_celeba(root, tmp_path), f"{partition}:2: expected '<image>.jpg <0|1|2>'")
-    partition.write_text("000001.jpg 0\n")
+    partition.write_text("000001.jpg 0\n000002.jpg 1\n")
     _fails(_celeba(root, tmp_path), f"{partition}: lists no test images")
+    partition.write_text("000001.jpg 0\n000003.jpg 2\n")  # models are chosen on val
+    _fails(_celeba(root, tmp_path), f"{partition}: lists no val images")
 
 
 def test_celeba_wrong_mode_and_size(tmp_path):
-    root = write_celeba(tmp_path / "celeba", [0, 0, 2, 2])
+    root = write_celeba(tmp_path / "celeba", [0, 1, 2, 2])
     image = root / "img_align_celeba" / "000004.jpg"  # in test: written after train
     Image.new("L", (178, 218), 128).save(image)
     _fails(_celeba(root, tmp_path), f"{image}: image mode L, expected RGB")

@@ -105,8 +105,8 @@ def test_plan_arithmetic(n):
 def test_batch_too_large_for_train(digits_manifest):
     with pytest.raises(DataPrepError, match="fewer than world_size x batch_size = 4 x 100"):
         make_loader(digits_manifest, "test", 100, world_size=4)
-    with pytest.raises(DataPrepError, match="no split 'val'"):
-        make_loader(digits_manifest, "val", 8)
+    with pytest.raises(DataPrepError, match="no split 'holdout'"):
+        make_loader(digits_manifest, "holdout", 8)
 
 
 def _first_shard(manifest_path, split="test"):

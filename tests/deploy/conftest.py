@@ -100,7 +100,7 @@ def champion(registry, logged, bundle):
     tracking.use_store(registry[0])
     client = tracking.client(registry[0])
     run_id, info = logged
-    candidate = reg.Candidate(3.0, "digits", "fp", run_id, "glow",
+    candidate = reg.Candidate(3.0, 3.0, "digits", "fp", run_id, "glow",
                               bundle_sha256=bundle_sha256(bundle))
     version = reg.register_version(client, MODEL_NAME, info.model_uri, candidate, info.model_id)
     assert reg.promote(client, MODEL_NAME, version.version).promoted

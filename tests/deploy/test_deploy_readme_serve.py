@@ -51,7 +51,7 @@ def project(tmp_path_factory, bundle):
     experiment = mlflow.MlflowClient(uri).create_experiment(
         "nfpipe", artifact_location=(folder / "mlartifacts").as_uri())
     run_id = mlflow.MlflowClient(uri).create_run(experiment).info.run_id
-    register_and_promote(uri, NAME, bundle, Candidate(3.0, "digits", "fp", run_id, "glow"),
+    register_and_promote(uri, NAME, bundle, Candidate(3.0, 3.0, "digits", "fp", run_id, "glow"),
                          PromoteConfig())
     return folder, uri
 

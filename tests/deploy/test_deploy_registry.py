@@ -13,15 +13,19 @@ from deploy.pyfunc import bundle_sha256
 from deploy.registry import Candidate
 
 
-def _candidate(run_id: str, bpd: float, fingerprint: str = "fp-a") -> Candidate:
-    return Candidate(test_bpd=bpd, dataset="digits", manifest_fingerprint=fingerprint,
-                     run_id=run_id, family="glow", git_commit="abc123")
+def _candidate(run_id: str, bpd: float, fingerprint: str = "fp-a",
+               test_bpd: float | None = None) -> Candidate:
+    """`bpd`: the val bpd the gate compares (the test bpd too unless `test_bpd` is given)."""
+    return Candidate(test_bpd=bpd if test_bpd is None else test_bpd, val_bpd=bpd,
+                     dataset="digits", manifest_fingerprint=fingerprint, run_id=run_id,
+                     family="glow", git_commit="abc123")
 
 
-def _register(client, name: str, logged, bpd: float, fingerprint: str = "fp-a") -> str:
+def _register(client, name: str, logged, bpd: float, fingerprint: str = "fp-a",
+              test_bpd: float | None = None) -> str:
     run_id, info = logged
     version = reg.register_version(client, name, info.model_uri,
-                                   _candidate(run_id, bpd, fingerprint), info.model_id)
+                                   _candidate(run_id, bpd, fingerprint, test_bpd), info.model_id)
     return str(version.version)
 
 
@@ -54,6 +58,34 @@ def test_gate_keeps_worse_takes_better_and_history_shows_both(client, logged):
     tags = client.get_model_version(name, v2).tags
     assert tags["training_run_id"] == logged[0] and tags["git_commit"] == "abc123"
     assert tags["dataset"] == "digits" and tags["manifest_fingerprint"] == "fp-a"
+
+
+def test_the_gate_compares_val_bpd_never_test_bpd(client, logged):
+    name = "on-val"
+    v1 = _register(client, name, logged, 3.0, test_bpd=3.0)
+    assert reg.promote(client, name, v1).promoted
+    v2 = _register(client, name, logged, 3.5, test_bpd=2.0)  # better on test, worse on val
+    kept = reg.promote(client, name, v2)
+    assert not kept.promoted and "val 3.5000 bpd does not beat champion v1 3.0000" in kept.reason
+    v3 = _register(client, name, logged, 2.5, test_bpd=4.0)  # worse on test, better on val
+    won = reg.promote(client, name, v3)
+    assert won.promoted and "val 2.5000 bpd beats champion" in won.reason
+    rows = {row["version"]: row for row in reg.list_models(client, name)}
+    assert (rows[int(v3)]["test_bpd"], rows[int(v3)]["val_bpd"]) == (4.0, 2.5)
+
+
+def test_a_champion_without_a_val_tag_is_not_compared(client, logged):
+    """A champion registered before val bpd was tagged: refused on the same dataset, and
+    replaceable on a new one (its shards had no val split, so its manifest differs)."""
+    name = "no-val-tag"
+    v1 = _register(client, name, logged, 3.0)
+    assert reg.promote(client, name, v1).promoted
+    client.delete_model_version_tag(name, v1, reg.VAL_TAG)
+    v2 = _register(client, name, logged, 1.0)
+    refused = reg.promote(client, name, v2)
+    assert not refused.promoted and "has no val_bpd/manifest_fingerprint tags" in refused.reason
+    v3 = _register(client, name, logged, 1.0, "fp-with-val")
+    assert reg.promote(client, name, v3, replace_on_new_dataset=True).promoted
 
 
 def test_other_test_split_is_not_comparable(client, logged):
@@ -167,7 +199,7 @@ def test_version_links_to_its_logged_model_with_the_final_metrics(registry, bund
     run_id = new_run(uri, experiment)
     for epoch, bpd in enumerate((3.9, 3.5, 3.2)):
         client.log_metric(run_id, "test_bpd", bpd, step=epoch)
-    candidate = Candidate(3.1, "digits", "fp-link", run_id, "glow", epoch=2,
+    candidate = Candidate(3.1, 3.0, "digits", "fp-link", run_id, "glow", epoch=2,
                           final_metrics=(("eval_test_bpd", 3.1),))
     decision, model_uri = reg.register_and_promote(uri, "linked", bundle, candidate,
                                                    PromoteConfig())
@@ -194,7 +226,8 @@ from deploy.config import PromoteConfig
 from deploy.registry import Candidate, register_and_promote
 uri, name, bundle, run_id, bpd = sys.argv[1:]
 decision, _ = register_and_promote(uri, name, bundle,
-                                   Candidate(float(bpd), "digits", "fp-three", run_id),
+                                   Candidate(float(bpd), float(bpd), "digits", "fp-three",
+                                             run_id),
                                    PromoteConfig(queue_timeout_s=300))
 print("decided", decision.version, decision.promoted)
 """
@@ -231,8 +264,9 @@ def test_the_k_draw_bound_is_tagged_and_listed():
 
     from deploy.registry import Candidate, _bpd_at_k
 
-    tags = Candidate(test_bpd=1.9, dataset="digits", manifest_fingerprint="f", run_id="r",
-                     bpd_at_k={"test_bpd_k64": 1.85}).tags()
+    tags = Candidate(test_bpd=1.9, val_bpd=1.95, dataset="digits", manifest_fingerprint="f",
+                     run_id="r", bpd_at_k={"test_bpd_k64": 1.85}).tags()
     assert float(tags["test_bpd"]) == 1.9 and float(tags["test_bpd_k64"]) == 1.85
+    assert float(tags["val_bpd"]) == 1.95
     assert _bpd_at_k(SimpleNamespace(tags=tags)) == {"64": 1.85}
     assert _bpd_at_k(SimpleNamespace(tags={"test_bpd_kx": "1", "test_bpd_k8": "nan?"})) == {}

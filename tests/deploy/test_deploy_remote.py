@@ -50,13 +50,14 @@ def test_register_promote_pull_over_http(tracking_server, bundle, model, test_im
     runs = [client.create_run(experiment).info.run_id for _ in range(2)]
 
     first, version_uri = register_and_promote(
-        uri, NAME, bundle, Candidate(3.0, "digits", manifest.fingerprint, runs[0], "glow"), cfg)
+        uri, NAME, bundle, Candidate(3.0, 3.0, "digits", manifest.fingerprint, runs[0], "glow"),
+        cfg)
     assert first.promoted and first.champion_version == "1"
     assert version_uri == f"models:/{NAME}/1"
     # a second pipeline's worse model (the same logged files, registered from its own run)
     logged = client.get_model_version(NAME, "1")
     second = register_version(client, NAME, logged.source, Candidate(
-        3.2, "digits", manifest.fingerprint, runs[1], "glow"), logged.source.split("/")[-1])
+        3.2, 3.2, "digits", manifest.fingerprint, runs[1], "glow"), logged.source.split("/")[-1])
     worse = promote(client, NAME, second.version, cfg.margin)
     assert not worse.promoted and worse.champion_version == "1"
 

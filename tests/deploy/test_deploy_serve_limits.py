@@ -55,7 +55,7 @@ def registered(registry, heavier_bundle):
     bundle = heavier_bundle
     uri, experiment = registry
     use_tracking(uri)
-    candidate = Candidate(3.0, "digits", "fp-limits", new_run(uri, experiment), "glow")
+    candidate = Candidate(3.0, 3.0, "digits", "fp-limits", new_run(uri, experiment), "glow")
     cfg = PromoteConfig(max_batch=1024, max_samples=64, max_work=8192)
     decision, _ = register_and_promote(uri, NAME, bundle, candidate, cfg)
     assert decision.promoted

@@ -62,7 +62,7 @@ def _ctx(cfg, stage: str, inputs: dict, console: Console | None = None) -> Stage
 def evaluated(pipeline_cfg, train_run, bundle, manifest):
     inputs = {"data_prep": {"manifest": str(manifest.path),
                             "manifest_fingerprint": manifest.fingerprint},
-              "train": {"model_dir": str(bundle), "run_id": train_run, "test_bpd": 9.9}}
+              "train": {"model_dir": str(bundle), "run_id": train_run, "val_bpd": 9.9}}
     return evaluate.run(_ctx(pipeline_cfg, "evaluate", inputs)), inputs
 
 
@@ -87,15 +87,20 @@ def test_evaluate_scores_the_whole_test_split_and_logs_to_the_run(evaluated, pip
     direct = {k: evaluate_split(model, manifest, WorkerInfo(), batch_size=100,
                                 seed=pipeline_cfg.evaluate.seed, k=k).bpd for k in (1, 2)}
     assert out["test_bpd"] == direct[1] and out["test_bpd_k2"] == direct[2]
+    # and the val bpd promotion compares, on the whole val split
+    assert out["val_bpd"] == evaluate_split(model, manifest, WorkerInfo(), batch_size=100,
+                                            seed=pipeline_cfg.evaluate.seed, split="val").bpd
+    assert out["val_bpd"] != out["test_bpd"]
     # fixed seed: a second evaluation gives the identical number
     console = Console(record=True, width=300, file=io.StringIO())
     again = evaluate.run(_ctx(pipeline_cfg, "evaluate-again", inputs, console))
     assert again["test_bpd"] == out["test_bpd"]
-    assert "(training reported 9.9000)" in console.export_text()  # 4 decimals, as test bpd
+    assert "(chosen on val 9.9000)" in console.export_text()  # 4 decimals, as test bpd
 
     run = mlflow.MlflowClient(pipeline_cfg.mlflow.tracking_uri).get_run(train_run)
     assert run.data.metrics["bpd/test_eval"] == pytest.approx(out["test_bpd"])
     assert run.data.metrics["eval/test_images"] == manifest.split("test").count
+    assert run.data.metrics["bpd/val_eval"] == pytest.approx(out["val_bpd"])
     logged = {Path(a.path).name for a in mlflow.MlflowClient(
         pipeline_cfg.mlflow.tracking_uri).list_artifacts(train_run, "evaluate")}
     assert logged == {"evaluation.json", "samples_T1.png", "samples_T0.5.png"}
@@ -112,11 +117,16 @@ def test_promote_then_deploy_pull_the_champion(evaluated, pipeline_cfg, train_ru
 
     experiment = mlflow_client(pipeline_cfg).get_run(train_run).info.experiment_id
     other_run = new_run(pipeline_cfg.mlflow.tracking_uri, experiment)
-    worse = {**out, "test_bpd": out["test_bpd"] + 0.005, "run_id": other_run}  # within margin
+    # within the margin on val, though far better on test: compared on val, it is kept
+    worse = {**out, "val_bpd": out["val_bpd"] + 0.005, "test_bpd": out["test_bpd"] - 0.5,
+             "run_id": other_run}
     second = promote.run(_ctx(pipeline_cfg, "promote", {"evaluate": worse}))
     assert second["version"] == "2"
     assert not second["promoted"] and second["champion_version"] == "1"
     assert "does not beat champion v1" in second["reason"]
+    tags = mlflow_client(pipeline_cfg).get_model_version("digits-glow", "2").tags
+    assert (float(tags["val_bpd"]), float(tags["test_bpd"])) == (worse["val_bpd"],
+                                                                 worse["test_bpd"])
 
     deployed = deploy_stage.run(_ctx(pipeline_cfg, "deploy", {"promote": second}))
     assert deployed["model_uri"] == "models:/digits-glow@champion" and deployed["version"] == "1"
@@ -126,13 +136,16 @@ def test_promote_then_deploy_pull_the_champion(evaluated, pipeline_cfg, train_ru
     assert scores["count"] == 10 and np.isfinite(scores["bpd"]).all()
 
 
-def test_evaluate_prefers_the_better_tuned_model():
-    train = {"model_dir": "a", "run_id": "r1", "test_bpd": 3.0}
-    tuned = {"model_dir": "b", "run_id": "r2", "best_test_bpd": 2.9}
+def test_evaluate_prefers_the_tuned_model_with_the_lower_val_bpd():
+    train = {"model_dir": "a", "run_id": "r1", "val_bpd": 3.0, "test_bpd": 9.0}
+    tuned = {"model_dir": "b", "run_id": "r2", "metric": "val_bpd", "best_value": 2.9}
     assert evaluate.pick_model({"train": train, "tune": tuned})["model_dir"] == "b"
-    assert evaluate.pick_model({"train": train, "tune": {**tuned, "best_test_bpd": 3.1}}
+    assert evaluate.pick_model({"train": train, "tune": {**tuned, "best_value": 3.1}}
                                )["model_dir"] == "a"
     assert evaluate.pick_model({"train": train})["run_id"] == "r1"
+    # a sweep ranked by train bpd has no val figure to compare: the trained model stays
+    by_train = {**tuned, "metric": "train_bpd", "best_value": 0.1}
+    assert evaluate.pick_model({"train": train, "tune": by_train})["model_dir"] == "a"
 
 
 @pytest.mark.parametrize("model, raw", [
@@ -173,7 +186,7 @@ def test_evaluate_reports_the_iwae_bound_for_a_vae(pipeline_cfg, train_run, mani
                      mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(train_run)
                      .info.experiment_id)
     inputs = {"data_prep": {"manifest": str(manifest.path)},
-              "train": {"model_dir": str(tmp_path / "vae"), "run_id": run_id, "test_bpd": 9.0}}
+              "train": {"model_dir": str(tmp_path / "vae"), "run_id": run_id, "val_bpd": 9.0}}
     out = evaluate.run(_ctx(cfg, "evaluate-vae", inputs))
     assert out["k"] == 8 and out["family"] == "vae"
     metrics = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(run_id).data.metrics

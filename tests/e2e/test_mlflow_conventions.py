@@ -63,10 +63,10 @@ def test_system_metrics_and_metric_names_and_tags(trained):
     client, run, *_ = trained
     metrics = set(run.data.metrics)
     assert any(name.startswith("system/cpu_utilization_percentage") for name in metrics)
-    assert {"bpd/test", "bpd/train", "epoch/lr", "step/train_bpd"} <= metrics
+    assert {"bpd/val", "bpd/train", "epoch/lr", "step/train_bpd"} <= metrics
     curves = sorted(name for name in metrics if name.startswith("bpd/"))
     assert sorted(metrics)[:len(curves)] == curves  # the bpd curves sort first
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "bpd/test")] == [0, 1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "bpd/val")] == [0, 1, 2]
     tags = run.data.tags
     assert tags["nfpipe.stage"] == "train" and tags["nfpipe.dataset"] == "digits"
     assert not {"stage", "dataset", "pipeline", "model"} & set(tags)  # no bare tags

@@ -27,6 +27,7 @@ from flows.layers import (
     Sigmoid,
     SplitPrior,
     Squeeze,
+    SqueezeOrder,
 )
 from flows.nets import glow_net, mlp, resnet
 
@@ -75,6 +76,7 @@ CASES = {
         normal(2, 5, 4, 4)),
     "squeeze": (Squeeze, normal(2, 2, 4, 4)),
     "ordered-squeeze": (OrderedSqueeze, normal(2, 3, 4, 4)),
+    "ordered-channels": (SqueezeOrder, normal(2, 8, 2, 2)),  # a permutation, not identity
     "sigmoid": (Sigmoid, normal(2, 2, 4, 4)),
     "flatten": (lambda: Flatten((2, 4, 4)), normal(2, 2, 4, 4)),
     "split-prior": (lambda: SplitPrior(4), normal(2, 4, 4, 4)),

@@ -14,7 +14,7 @@ from flows_helpers import per_example_jacobians, perturb_, tiny
 
 from flows import build_model, initialize_from_batch
 from flows.bpd import discretized_logistic_log_prob
-from flows.layers import OrderedSqueeze
+from flows.layers import Coupling, OrderedSqueeze
 
 SHAPE, BINS = (1, 2, 2), 3  # 3**4 = 81 images: every image can be scored
 ALL_IMAGES = torch.tensor(list(itertools.product(range(BINS), repeat=4)),
@@ -176,6 +176,42 @@ def test_ordered_squeeze_halves_are_checkerboards_over_all_colours():
     squeezed, _ = OrderedSqueeze()(tagged)
     first_half = squeezed[0, : 2 * c, 0, 0]
     assert set(first_half.tolist()) == set(range(c))  # every colour in each half
+
+
+def conditioning_pixels(scale, shape) -> list[tuple[str, frozenset[int]]]:
+    """(partition kind, input pixels its conditioning half holds) of each coupling of one
+    scale, in order: pixel ids 1..D are carried through the scale's permutations (squeezes),
+    and a coupling's `partition.split` shows which of them it conditions on."""
+    ids = torch.arange(1, math.prod(shape) + 1, dtype=torch.float64).view(1, *shape)
+    found = []
+    for layer in scale:
+        if isinstance(layer, Coupling):
+            cond, _ = layer.partition.split(ids)
+            found.append((type(layer.partition).__name__,
+                          frozenset(int(v) for v in cond.flatten().tolist() if v)))
+        elif type(layer).__name__ in ("Squeeze", "SqueezeOrder"):
+            ids, _ = layer(ids)
+    return found
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4), (3, 4, 4)])
+@pytest.mark.parametrize("squeeze", ["ordered", "plain"])
+def test_realnvp_channel_couplings_condition_on_other_pixels_than_the_checkerboard(shape,
+                                                                                   squeeze):
+    """Per scale, 3 checkerboard couplings then (after the plain squeeze) 3 channel-wise
+    ones: the paper alternates two mask types, so no channel-wise coupling may condition on
+    the pixel set of a checkerboard coupling (after the ordered squeeze they all did)."""
+    model = build_model(tiny("realnvp", shape, levels=2, steps=3, hidden=4, res_blocks=1,
+                             squeeze=squeeze))
+    found = conditioning_pixels(model.stack.scales[0], shape)
+    kinds = [kind for kind, _ in found]
+    assert kinds == ["CheckerboardPartition"] * 3 + ["ChannelPartition"] * 3
+    checkerboard = {pixels for kind, pixels in found if kind == "CheckerboardPartition"}
+    channel = {pixels for kind, pixels in found if kind == "ChannelPartition"}
+    half = math.prod(shape) // 2
+    assert len(checkerboard) == 2 and len(channel) == 2  # each kind alternates its halves
+    assert all(len(pixels) == half for pixels in checkerboard | channel)
+    assert not checkerboard & channel, "channel-wise couplings repeat the checkerboard mask"
 
 
 @pytest.mark.parametrize("key", ["glow", "realnvp", "vae", "fvae", "glow-variational"])

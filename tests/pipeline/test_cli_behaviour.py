@@ -145,11 +145,13 @@ def test_next_block_says_only_what_this_run_did(tmp_path, monkeypatch):
     workdir = tmp_path / "work"
     assert next_steps(cfg, ran={"data_prep"}) == []  # a data_prep-only run: nothing to show
 
-    _record(workdir, "evaluate", {"test_bpd": 1.9478})
+    _record(workdir, "evaluate", {"test_bpd": 1.9478, "val_bpd": 1.9512, "source": "train"})
     _record(workdir, "promote", {"model_name": "m", "version": 2, "champion_version": 1,
                                  "promoted": False})
     _record(workdir, "deploy", {"sample_grid": str(tmp_path / "gone.png")})
     earlier = dict(next_steps(cfg, ran=set()))
+    # the chosen model's test figure, and the val figure it was chosen on
+    assert earlier["test bits/dim"] == "1.9478 (k=1; train model chosen on val 1.9512)"
     assert earlier["champion"] == "models:/m@champion (v1)"
     assert "this run" not in earlier and "samples" not in earlier and "MLflow UI" not in earlier
 
@@ -199,17 +201,17 @@ def test_epoch_lines_in_a_log_carry_eta_and_feed_nfpipe_status(tmp_path):
     console = Console(record=True, width=200, force_terminal=False)
     progress = EpochProgress(progress_file, epochs=4, console=console)
     progress.start()
-    lines = [{"epoch": 0, "step": 0, "test_bpd": 3.9, "time": 100.0},
-             {"epoch": 1, "step": 44, "train_bpd": 3.5, "test_bpd": 3.8, "time": 110.0},
-             {"epoch": 2, "step": 88, "train_bpd": 3.1, "test_bpd": 3.7, "time": 120.0}]
+    lines = [{"epoch": 0, "step": 0, "val_bpd": 3.9, "time": 100.0},
+             {"epoch": 1, "step": 44, "train_bpd": 3.5, "val_bpd": 3.8, "time": 110.0},
+             {"epoch": 2, "step": 88, "train_bpd": 3.1, "val_bpd": 3.7, "time": 120.0}]
     progress_file.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"epo')
     progress.stop()  # the half-written last line waits for its newline
     shown = console.export_text().splitlines()
     assert len(shown) == 3 and "eta ?" in shown[0]
-    assert shown[2].startswith("    train epoch 2/4  step 88  train 3.1000 test 3.7000 bpd")
+    assert shown[2].startswith("    train epoch 2/4  step 88  train 3.1000 val 3.7000 bpd")
     assert shown[2].endswith("eta 0:20")  # 10 s per epoch since the first line, 2 to go
     assert latest_metrics("\n".join(shown)) == {"epoch": 2.0, "step": 88.0, "train_bpd": 3.1,
-                                                "test_bpd": 3.7}
+                                                "val_bpd": 3.7}
 
 
 @pytest.mark.parametrize("group, actions", [

@@ -32,7 +32,7 @@ def test_one_worker_ray_run_equals_the_plain_loop(digits_manifest, tmp_path):
 
     assert fitted.best_metrics["epoch"] == 1
     assert fitted.summary["final"]["train_bpd"] == pytest.approx(local["final"]["train_bpd"])
-    assert fitted.best_metrics["test_bpd"] == pytest.approx(local["final"]["test_bpd"], abs=1e-9)
+    assert fitted.best_metrics["val_bpd"] == pytest.approx(local["final"]["val_bpd"], abs=1e-9)
 
 
 

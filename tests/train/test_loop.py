@@ -49,7 +49,23 @@ def test_isolated_nonfinite_steps_are_skipped_and_counted(digits_manifest):
 
     assert out["skipped_steps"] == 2
     assert out["final"]["skipped_steps"] == 2
-    assert math.isfinite(out["final"]["train_bpd"]) and math.isfinite(out["final"]["test_bpd"])
+    assert math.isfinite(out["final"]["train_bpd"]) and math.isfinite(out["final"]["val_bpd"])
+
+
+def test_shards_without_a_val_split_are_refused_saying_how_to_rebuild(digits_manifest,
+                                                                     tmp_path):
+    from data_prep import DataPrepError, Manifest
+
+    manifest = Manifest.load(digits_manifest)
+    old = manifest.model_copy(update={"splits": {k: v for k, v in manifest.splits.items()
+                                                 if k != "val"}})
+    written = old.write(tmp_path / "manifest.json")  # as data_prep wrote it before val
+    with pytest.raises(DataPrepError) as info:
+        _run(_cfg(), Path(written))
+    message = str(info.value)
+    assert message.startswith(f"{written}: these shards have no 'val' split (has test, train)")
+    assert "run data_prep again with data_prep.val_fraction > 0" in message
+    assert "nfpipe run --stages data_prep --force" in message
 
 
 def test_persistent_nonfinite_loss_stops_naming_the_step(digits_manifest):
@@ -67,13 +83,13 @@ def test_same_seed_same_bpd_and_resume_continues_exactly(digits_manifest, tmp_pa
     other_seed = _run(cfg.model_copy(update={"seed": 1}), digits_manifest)
 
     final = straight["final"]
-    assert again["final"]["test_bpd"] == final["test_bpd"]
+    assert again["final"]["val_bpd"] == final["val_bpd"]
     assert again["final"]["train_bpd"] == final["train_bpd"]
     # resuming from the epoch-1 checkpoint replays epoch 2 exactly (data order, noise, Adam)
-    assert resumed["final"]["test_bpd"] == final["test_bpd"]
+    assert resumed["final"]["val_bpd"] == final["val_bpd"]
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["resumes"] == 1
-    assert other_seed["final"]["test_bpd"] != final["test_bpd"]
+    assert other_seed["final"]["val_bpd"] != final["val_bpd"]
 
 
 def test_actnorm_init_takes_init_images_over_several_batches(digits_manifest):

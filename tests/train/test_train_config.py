@@ -10,7 +10,7 @@ from train_helpers import tiny_train
 from data_prep import Manifest
 from tracking import MlflowTracker, reopen_or_create
 from train.config import TrainConfig
-from train.distributed import build_trainer, run_name, scaling_config
+from train.distributed import best_checkpoint, build_trainer, run_name, scaling_config
 from train.hooks import FaultInjection
 from train.loop import TrainJob, resolve_model_config
 
@@ -87,13 +87,30 @@ def test_trainer_wiring_follows_the_config(tmp_path):
     assert (run.name, run.storage_path) == ("run-x", str(tmp_path))
     assert run.failure_config.max_failures == 4
     ckpt = run.checkpoint_config
-    assert (ckpt.num_to_keep, ckpt.checkpoint_score_attribute) == (3, "test_bpd")
+    assert (ckpt.num_to_keep, ckpt.checkpoint_score_attribute) == (3, "val_bpd")
     assert ckpt.checkpoint_score_order == "min"
     scaling = trainer.scaling_config
     assert scaling.num_workers == 2 and scaling.resources_per_worker == {"CPU": 2}
     assert trainer.backend_config.backend == "gloo" and trainer.backend_config.timeout_s == 30
     gpu = scaling_config(cfg.scaling.model_copy(update={"use_gpu": True}))
     assert gpu.use_gpu and gpu.resources_per_worker == {"CPU": 2, "GPU": 1.0}
+
+
+def test_the_best_checkpoint_is_the_lowest_val_bpd_never_the_lowest_test_bpd():
+    from types import SimpleNamespace
+
+    local = SimpleNamespace(type_name="local")
+    kept = {"/ck/1": {"epoch": 1, "val_bpd": 3.0},
+            "/ck/2": {"epoch": 2, "val_bpd": 2.5, "test_bpd": 9.0},
+            "/ck/3": {"epoch": 3, "val_bpd": float("nan")},  # a non-finite score is no candidate
+            "/ck/4": {"epoch": 4, "val_bpd": 2.8, "test_bpd": 1.0}}  # best on test: not chosen
+    result = SimpleNamespace(path="/ck", best_checkpoints=[
+        (SimpleNamespace(filesystem=local, path=path), metrics) for path, metrics in kept.items()])
+    assert best_checkpoint(result) == ("/ck/2", kept["/ck/2"])
+    only_test = SimpleNamespace(path="/ck", best_checkpoints=[
+        (SimpleNamespace(filesystem=local, path="/ck/5"), {"epoch": 5, "test_bpd": 1.0})])
+    with pytest.raises(RuntimeError, match="no checkpoint with a finite val_bpd"):
+        best_checkpoint(only_test)
 
 
 def test_reopened_run_logs_each_metric_step_once(mlflow_uri):

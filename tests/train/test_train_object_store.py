@@ -19,7 +19,7 @@ from train.hooks import FaultInjection
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
-STEPS_PER_EPOCH = 22  # digits: 1437 train images // global batch 64
+STEPS_PER_EPOCH = 19  # digits: 1258 train images // global batch 64
 
 
 def _ctx(tmp_path, mlflow_uri, manifest: str, storage_path: str, train: dict) -> StageContext:

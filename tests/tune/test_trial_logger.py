@@ -30,7 +30,7 @@ def test_a_child_run_records_params_dataset_and_commit(tmp_path, manifest_path):
 
     logger.on_trial_start(0, [trial], trial)
     for epoch in (1, 2):  # as Tune calls it: the result recorded, then the callbacks
-        result = {"epoch": epoch, "step": 22 * epoch, "test_bpd": 4.0 - epoch}
+        result = {"epoch": epoch, "step": 19 * epoch, "val_bpd": 4.0 - epoch}
         trial.update_last_result(result)
         logger.on_trial_result(epoch, [trial], trial, result)
     logger.on_trial_complete(2, [trial], trial)
@@ -47,5 +47,5 @@ def test_a_child_run_records_params_dataset_and_commit(tmp_path, manifest_path):
     assert tags["nfpipe.manifest_fingerprint"] == manifest.fingerprint
     assert tags["mlflow.parentRunId"] == parent and tags["nfpipe.trial_status"] == "completed"
     assert tags["mlflow.source.git.commit"] == git_head()
-    assert [m.step for m in client.get_metric_history(child.info.run_id, "bpd/test")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "bpd/val")] == [1, 2]
     assert child.info.status == "FINISHED"

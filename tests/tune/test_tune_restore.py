@@ -128,7 +128,7 @@ def test_killed_sweep_resumes_and_does_not_rerun_finished_trials(
     assert len(parents) == 1 and parents[0].info.run_id == result.parent_run_id
     assert len(children) == TUNE["num_samples"]
     for child in children:
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "bpd/test")]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "bpd/val")]
         assert sorted(steps) == list(range(1, MAX_T + 1)), steps  # no epoch logged twice
         assert child.info.status == "FINISHED"
     assert result.trial_epochs == TUNE["num_samples"] * MAX_T

@@ -49,7 +49,7 @@ def sweep(ray_local, tmp_path_factory, shards_root):
     children = [r for r in runs if r.data.tags.get("nfpipe.role") == "trial"]
     curves = {
         r.info.run_id: sorted(
-            (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "bpd/test")
+            (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "bpd/val")
         )
         for r in children
     }
@@ -68,11 +68,12 @@ def test_sweep_finishes_and_asha_stops_a_trial_early(sweep):
     assert len(stopped) == sweep.out["stopped_early"] >= 1
 
 
-def test_best_trial_has_the_lowest_test_bpd_mlflow_recorded(sweep):
+def test_best_trial_has_the_lowest_val_bpd_mlflow_recorded(sweep):
     lowest = {run_id: min(v for _, v in curve) for run_id, curve in sweep.curves.items()}
     best_run = min(lowest, key=lowest.get)
     assert sweep.out["run_id"] == best_run
-    assert math.isclose(sweep.out["best_test_bpd"], lowest[best_run], rel_tol=1e-9)
+    assert sweep.out["metric"] == "val_bpd"
+    assert math.isclose(sweep.out["best_value"], lowest[best_run], rel_tol=1e-9)
     child = next(r for r in sweep.children if r.info.run_id == best_run)
     assert sweep.out["best_config"] == json.loads(child.data.tags["nfpipe.overrides"])
     assert set(sweep.out["best_config"]) == set(SWEEP["space"])
@@ -87,7 +88,7 @@ def test_mlflow_one_parent_one_child_per_trial_with_epoch_curves(sweep):
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"
         steps = [step for step, _ in sweep.curves[child.info.run_id]]
-        assert steps == list(range(1, len(steps) + 1))  # one test_bpd per epoch, no repeats
+        assert steps == list(range(1, len(steps) + 1))  # one val_bpd per epoch, no repeats
         train = sweep.client.get_metric_history(child.info.run_id, "bpd/train")
         assert sorted(m.step for m in train) == steps
         assert child.data.params["train.epochs"] == str(MAX_T)  # the trial's full train config
@@ -97,7 +98,7 @@ def test_mlflow_one_parent_one_child_per_trial_with_epoch_curves(sweep):
         assert sweep.out["manifest_fingerprint"].startswith(dataset.dataset.digest)
     for path, value in sweep.out["best_config"].items():
         assert parent.data.params[f"best.{path}"] == str(value)
-    assert parent.data.metrics["bpd/test_best"] == pytest.approx(sweep.out["best_test_bpd"])
+    assert parent.data.metrics["bpd/val_best"] == pytest.approx(sweep.out["best_value"])
 
 
 def test_parent_holds_leaderboard_table_plot_and_best_config(sweep, tmp_path):
@@ -119,7 +120,7 @@ def test_model_bundle_is_the_best_checkpoint(sweep):
     meta = load_meta(sweep.out["model_dir"])
     assert meta["manifest_fingerprint"] == sweep.out["manifest_fingerprint"]
     assert meta["run_id"] == sweep.out["run_id"] and meta["source"] == "tune"
-    assert meta["test_bpd"] == pytest.approx(sweep.out["best_test_bpd"])
+    assert meta["val_bpd"] == pytest.approx(sweep.out["best_value"])
     cfg = model.config
     best = sweep.out["best_config"]
     assert (cfg.levels, cfg.steps, cfg.coupling) == (

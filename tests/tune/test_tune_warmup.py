@@ -14,7 +14,7 @@ from tune.config import TuneConfig
 from tune.leaderboard import TrialRow, as_records, leaderboard_table
 from tune.space import SearchSpaceError, check_warmup, trial_train_config
 
-DIGITS_TRAIN = 1438  # images in the digits train split (data_prep's default 80/20 split)
+DIGITS_TRAIN = 1258  # images in the digits train split (data_prep's default 70/10/20 split)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -25,8 +25,8 @@ def test_warmup_longer_than_the_first_rung_is_rejected_naming_the_numbers():
         check_warmup(tune, base, DIGITS_TRAIN)
     message = str(err.value)
     assert "200 optimiser steps (train.optim.warmup_steps)" in message
-    assert "tune.grace_period=1 epoch(s) = 44 steps" in message  # 1438 // 32
-    assert "tune.warmup_steps below 44" in message and "tune.grace_period to 5" in message
+    assert "tune.grace_period=1 epoch(s) = 39 steps" in message  # 1258 // 32
+    assert "tune.warmup_steps below 39" in message and "tune.grace_period to 6" in message
 
     # fixed by the trials' own warmup, or by a later first rung
     check_warmup(tune.model_copy(update={"warmup_steps": 20}), base, DIGITS_TRAIN)
@@ -73,7 +73,7 @@ def test_leaderboard_says_which_trials_were_still_warming_up():
                  steps=88, warmup_steps=20),
     ]
     assert rows[0].warming_up and not rows[1].warming_up
-    records = {r["trial"]: r for r in as_records(rows, "test_bpd", "min")}
+    records = {r["trial"]: r for r in as_records(rows, "val_bpd", "min")}
     assert records["t_1"]["warmup"] == "44/200" and records["t_2"]["warmup"] == "done"
-    table = leaderboard_table(rows, "test_bpd", "min", "sweep")
+    table = leaderboard_table(rows, "val_bpd", "min", "sweep")
     assert "warmup" in [column.header for column in table.columns]
