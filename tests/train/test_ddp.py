@@ -1,9 +1,10 @@
 """Data parallelism of every model family on a real 2-rank gloo group, without Ray.
 
 One spawn of two ranks runs, for each family: one optimiser step on a shared batch (DDP must
-average the ranks' gradients exactly and leave bit-identical weights), then the real training
-loop for one epoch with a data-dependent init larger than one rank's batch (the init must see
-images of both ranks, and every rank must hold rank 0's weights). Ray Train's part (placing the
+average the ranks' gradients exactly and leave bit-identical weights), then the loop's own
+start of a run (`init_batch`, `build_state`, a first step) with a data-dependent init larger
+than one rank's batch (the init must see images of both ranks, and every rank must hold rank
+0's weights). Ray Train's part (placing the
 workers, checkpoints, reports) is tested once, in test_train_stage.py.
 """
 
@@ -18,10 +19,10 @@ from train_helpers import TINY_MODELS, tiny_train
 from data_prep import Manifest, make_loader
 from train.config import TrainConfig
 from train.ddp import WorkerInfo, gather_digests
-from train.loop import TrainJob, resolve_model_config, train, train_step
+from train.loop import init_batch, resolve_model_config, train_loader, train_step
 from train.state import build_state
 
-pytestmark = pytest.mark.slow  # two spawned processes train five models (about 30 s)
+pytestmark = pytest.mark.slow  # two spawned processes, five models (about 15 s)
 
 INIT_IMAGES = 256  # > one rank's 32-image batch and > one rank's share (128)
 STEP_SEED = 1000  # + rank: the latent noise of the variational models in the one step
@@ -54,20 +55,24 @@ def shared_batch(manifest_path: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, u
 
 
-def one_epoch(family: str, manifest_path: str, world: WorkerInfo) -> dict:
-    """The real loop, one epoch, global batch 64, ActNorm initialised on INIT_IMAGES."""
-    cfg = TrainConfig.model_validate(
-        tiny_train(family, epochs=1, eval_at_start=False, eval_k=1, sample_n=4,
-                   init_images=INIT_IMAGES))
-    summary = train(cfg, TrainJob(manifest_path, verbose=False), world, lambda m, c: None)
-    return {key: summary[key] for key in ("init_images", "init_digests", "step1_digests")}
+def init_and_step(family: str, manifest_path: str, world: WorkerInfo) -> dict:
+    """What the loop does before and at its first step: gather INIT_IMAGES over the ranks,
+    initialise on rank 0 and share its weights, one step on this rank's first batch."""
+    cfg = TrainConfig.model_validate(tiny_train(family, init_images=INIT_IMAGES))
+    manifest = Manifest.load(manifest_path)
+    state = build_state(cfg, resolve_model_config(cfg, manifest), world,
+                        init_batch(cfg, manifest, world))
+    x, _ = next(iter(train_loader(cfg, manifest, world, epoch=1)))
+    train_step(state, x, cfg)
+    return {"init_images": state.init_images, "init_digests": state.init_digests,
+            "step1_digests": gather_digests(state.model, world)}
 
 
 def every_family(world: WorkerInfo, manifest_path: str) -> dict[str, dict]:
     """What each rank saw, per family: its one step and its epoch."""
     return {
         family: {"step": one_step(family, manifest_path, world, share=world.rank),
-                 "epoch": one_epoch(family, manifest_path, world)}
+                 "init": init_and_step(family, manifest_path, world)}
         for family in TINY_MODELS
     }
 
@@ -124,9 +129,9 @@ def test_init_gathers_images_of_every_rank_and_every_rank_matches(family, ranks)
     """init_images = 256 with 32 images per rank and step: the init gathers 128 from each rank
     (several batches each); after it, and after step 1, both ranks hold bit-identical weights
     and buffers (ActNorm's initialised flag included)."""
-    epochs = [rank[family]["epoch"] for rank in ranks]
-    assert epochs[0]["init_images"] == INIT_IMAGES  # rank 0 initialises, the others receive
+    inits = [rank[family]["init"] for rank in ranks]
+    assert inits[0]["init_images"] == INIT_IMAGES  # rank 0 initialises, the others receive
     for key in ("init_digests", "step1_digests"):
-        digests = epochs[0][key]
+        digests = inits[0][key]
         assert len(digests) == 2 and digests[0] == digests[1], key
-        assert epochs[1][key] == digests, key
+        assert inits[1][key] == digests, key
