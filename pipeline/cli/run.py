@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True)  # a long line stays one line in a log
     outcomes = run_pipeline(cfg, targets, force=args.force, console=console,
                             release=disconnect_ray)
-    print_next_steps(cfg, console, outcomes)
+    print_next_steps(cfg, console, outcomes, _invocation(args))
     return 0
 
 
@@ -77,15 +77,26 @@ def parse_stages(text: str | None) -> list[str] | None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from pipeline.next_steps import print_block, tune_next_steps
     from pipeline.ray_session import disconnect_ray
     from pipeline.runner import run_pipeline
     from tune.space import validate_space
 
     cfg = _config(args)
     validate_space(cfg.tune, cfg.train)  # paths and values now; model sizes once data exist
-    run_pipeline(cfg, ["tune"], force=args.force, console=Console(soft_wrap=True),
-                 release=disconnect_ray)
+    console = Console(soft_wrap=True)
+    run_pipeline(cfg, ["tune"], force=args.force, console=console, release=disconnect_ray)
+    print_block(console, tune_next_steps(cfg, _invocation(args)))
     return 0
+
+
+def _invocation(args: argparse.Namespace):
+    """What the "next" block's commands repeat; a submitted job's files are the cluster's."""
+    from pipeline.next_steps import Invocation
+
+    if getattr(args, "resolved_env", None):
+        return Invocation()
+    return Invocation(args.pipeline, tuple(args.sets))
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:

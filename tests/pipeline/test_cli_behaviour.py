@@ -157,7 +157,46 @@ def test_next_block_says_only_what_this_run_did(tmp_path, monkeypatch):
     now = dict(next_steps(cfg, ran={"evaluate", "promote"}))
     assert now["this run"] == "registered m v2 (kept the champion)"
     assert now["MLflow UI"].endswith(f"ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db")
-    assert now["serve it"].endswith("deploy serve --model m@champion")
+    assert now["serve it"].endswith(
+        f"deploy serve --tracking-uri sqlite:///{tmp_path}/mlflow.db --model m@champion")
+
+
+TUNE_OUTPUTS = {"name": "sweep-ab12", "trials": 4, "stopped_early": 2, "parent_run_id": "p123",
+                "best_trial_id": "t3", "best_test_bpd": 2.25, "best_epoch": 5, "run_id": "r456"}
+
+
+def test_tune_ends_with_the_parent_run_the_best_trial_and_how_to_promote_it(tmp_path,
+                                                                           monkeypatch):
+    """The block after `nfpipe tune conf/pipe.yaml --profile small --set ...`; its
+    evaluate+promote command, parsed back as typed, resolves to the same config."""
+    import shlex
+
+    from pipeline.cli import build_parser
+    from pipeline.cli.args import config_from_args
+    from pipeline.next_steps import Invocation, print_block, tune_next_steps
+
+    monkeypatch.chdir(tmp_path)
+    pipeline = tmp_path / "conf" / "pipe.yaml"
+    pipeline.parent.mkdir()
+    pipeline.write_text("profiles:\n  small:\n    train:\n      epochs: 2\n")
+    sets = (f"workdir={tmp_path / 'work'}", "tune.num_samples=4")
+    cfg = load_config(pipeline, "small", sets)
+    assert tune_next_steps(cfg) == []  # no finished sweep: nothing to say
+    _record(tmp_path / "work", "tune", TUNE_OUTPUTS)
+    lines = dict(tune_next_steps(cfg, Invocation(pipeline, sets)))
+    assert lines["sweep"] == "sweep-ab12: 4 trials, 2 stopped early"
+    assert lines["parent run"].startswith("p123")
+    assert lines["best trial"] == f"t3: {cfg.tune.metric} 2.2500 at epoch 5, run r456"
+    command, _, why = lines["evaluate+promote"].partition(" (")
+    words = shlex.split(command)
+    assert words[words.index("run") - 1].endswith("nfpipe") and "best trial" in why
+    args = build_parser().parse_args(words[words.index("run"):])
+    assert args.stages == "evaluate,promote"
+    assert config_from_args(args) == cfg
+    console = Console(record=True, width=1000)
+    print_block(console, list(lines.items()))
+    printed = console.export_text()
+    assert "\nnext\n" in printed and command in printed
 
 
 def test_commands_in_next_match_how_nfpipe_was_started(tmp_path, monkeypatch):
