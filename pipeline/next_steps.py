@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, registered_model_name
 from pipeline.records import read_record
 from tracking import absolute_tracking_uri, mask_url_credentials, sqlite_folder
 
@@ -85,6 +85,20 @@ def tune_next_steps(cfg: PipelineConfig, invocation: Invocation = Invocation()
     if ui:
         lines.append(("MLflow UI", ui))
     return lines
+
+
+def submitted_next_steps(cfg: PipelineConfig, stages: Sequence[str],
+                         invocation: Invocation = Invocation()) -> list[tuple[str, str]]:
+    """After `nfpipe submit --wait` succeeded, for the submitting machine: the registry's
+    models and how to serve the champion, when the store is a server this machine can reach
+    (the job's own block, in its log, is written for the cluster's node)."""
+    uri = absolute_tracking_uri(cfg.mlflow.tracking_uri)
+    if sqlite_folder(uri) is not None or not {"promote", "deploy"} & set(stages):
+        return []
+    nfpipe, flags = tool_command("nfpipe"), store_flags(cfg, invocation)
+    return [("models", f"{nfpipe} models list {flags}"),
+            ("serve it", f"{nfpipe} deploy serve {flags} "
+                         f"--model {registered_model_name(cfg)}@champion")]
 
 
 def store_flags(cfg: PipelineConfig, invocation: Invocation) -> str:

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from pipeline.cli.args import UsageError, add_config_arguments, config_from_args, needs_action
+from pipeline.cli.args import (
+    UsageError,
+    add_config_arguments,
+    config_from_args,
+    invocation_of,
+    needs_action,
+)
 
 if TYPE_CHECKING:  # the config models load only when a command runs (a fast --help)
     from pipeline.config import PipelineConfig
@@ -61,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True)  # a long line stays one line in a log
     outcomes = run_pipeline(cfg, targets, force=args.force, console=console,
                             release=disconnect_ray)
-    print_next_steps(cfg, console, outcomes, _invocation(args))
+    print_next_steps(cfg, console, outcomes, invocation_of(args))
     return 0
 
 
@@ -86,17 +92,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     validate_space(cfg.tune, cfg.train)  # paths and values now; model sizes once data exist
     console = Console(soft_wrap=True)
     run_pipeline(cfg, ["tune"], force=args.force, console=console, release=disconnect_ray)
-    print_block(console, tune_next_steps(cfg, _invocation(args)))
+    print_block(console, tune_next_steps(cfg, invocation_of(args)))
     return 0
-
-
-def _invocation(args: argparse.Namespace):
-    """What the "next" block's commands repeat; a submitted job's files are the cluster's."""
-    from pipeline.next_steps import Invocation
-
-    if getattr(args, "resolved_env", None):
-        return Invocation()
-    return Invocation(args.pipeline, tuple(args.sets))
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:

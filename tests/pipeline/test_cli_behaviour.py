@@ -199,6 +199,36 @@ def test_tune_ends_with_the_parent_run_the_best_trial_and_how_to_promote_it(tmp_
     assert "\nnext\n" in printed and command in printed
 
 
+def test_a_submitted_jobs_block_for_the_submitting_machine_names_the_server(tmp_path,
+                                                                           monkeypatch):
+    """`submit --wait`: with a tracking server, the submitter gets commands that reach it
+    (parsed back as typed: the same URI, file and profile); a SQLite store on the cluster's
+    disk gives no block, nor does a job that registers nothing."""
+    import shlex
+
+    from pipeline.cli import build_parser
+    from pipeline.config import registered_model_name
+    from pipeline.next_steps import Invocation, submitted_next_steps
+
+    monkeypatch.chdir(tmp_path)
+    pipeline = tmp_path / "pipe.yaml"
+    pipeline.write_text("profiles:\n  small: {}\n")
+    server = "http://mlflow.internal:5000"
+    cfg = load_config(pipeline, "small", [f"mlflow.tracking_uri={server}"])
+    invocation = Invocation(pipeline, (f"mlflow.tracking_uri={server}",))
+    lines = dict(submitted_next_steps(cfg, ["data_prep", "train", "evaluate", "promote"],
+                                      invocation))
+    assert lines["serve it"].endswith(f"--model {registered_model_name(cfg)}@champion")
+    for text in lines.values():
+        words = shlex.split(text)
+        args = build_parser().parse_args(words[words.index("models" if "models" in words
+                                                           else "deploy"):])
+        assert (args.tracking_uri, args.pipeline.resolve(), args.profile) == (
+            server, pipeline, "small")
+    assert submitted_next_steps(cfg, ["data_prep", "train"], invocation) == []
+    assert submitted_next_steps(load_config(pipeline, "small"), ["promote"], invocation) == []
+
+
 def test_commands_in_next_match_how_nfpipe_was_started(tmp_path, monkeypatch):
     """On PATH: the bare name; not on PATH: the script beside this Python."""
     monkeypatch.setenv("PATH", f"{VENV_BIN}")
