@@ -50,12 +50,14 @@ MapFn = Callable[[GroupTask, list[ShardGroup]], Iterable[list[ShardInfo]]]
 
 
 def prepare(cfg: DataPrepConfig, progress: Progress | None = None,
-            map_fn: MapFn | None = None, groups_per_split: int = 1) -> Path | str:
+            map_fn: MapFn | None = None, groups_per_split: int = 1,
+            force: bool = False) -> Path | str:
     """Write `{output_root}/{dataset}-{H}x{W}-{bits}bit/`; return its manifest (a Path when
     local, the URL when remote).
 
-    Does nothing when a manifest with the same settings and source fingerprint is there and
-    every shard it lists is present with its sha256. Otherwise the old manifest is removed
+    Does nothing when a manifest with the same settings, source fingerprint and split counts
+    is there and every shard it lists is present with its sample count and sha256 (unless
+    `force`: then the manifest is always written anew). Otherwise the old manifest is removed
     first, the shards are written (those already present and identical are left as they are,
     so a rerun after damage rewrites only the damaged ones), and the manifest is written last.
     `map_fn` runs the shard groups (`groups_per_split` per split) elsewhere, e.g. as Ray tasks.
@@ -68,7 +70,7 @@ def prepare(cfg: DataPrepConfig, progress: Progress | None = None,
     with _locked(folder):
         existing = _previous(manifest_at, source, settings)
         intact = intact_shards(existing) if existing is not None else {}
-        if existing is not None and len(intact) == _shard_count(existing):
+        if not force and existing is not None and len(intact) == _shard_count(existing):
             return _as_returned(existing.location)
         storage.remove(manifest_at)
         if not storage.is_remote(folder):
@@ -148,12 +150,18 @@ def shaping_config(cfg: DataPrepConfig) -> dict[str, Any]:
 
 
 def _previous(location: str, source: Source, settings: dict[str, Any]) -> Manifest | None:
-    """The manifest at `location` when it describes exactly this source and settings."""
+    """The manifest at `location` when it describes exactly this source and settings, with
+    each split's count as the source gives it and as its shards add up to."""
     try:
         manifest = Manifest.load(location)
     except DataPrepError:
         return None
     if manifest.source_fingerprint != source.fingerprint or manifest.config != settings:
+        return None
+    counts = {name: split.count for name, split in manifest.splits.items()}
+    if counts != source.split_counts or any(
+            split.count != sum(s.count for s in split.shards)
+            for split in manifest.splits.values()):
         return None
     return manifest
 

@@ -34,6 +34,7 @@ reads the bundle's weights and config and builds a `FlowScorer` with the install
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import threading
@@ -112,25 +113,42 @@ def check_images(x: Any, image_shape: tuple[int, int, int], n_bins: int, max_bat
 
 
 def check_sample_request(n: Any, temperature: Any, max_samples: int) -> tuple[int, float]:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise BadRequest(f"'n' must be an integer number of samples, got {n!r}.")
+    if not is_number(n, integer=True):
+        raise BadRequest(f"'n' must be an integer number of samples, got {shown(n)}.")
     if not 1 <= int(n) <= max_samples:
-        raise BadRequest(f"'n' must be between 1 and {max_samples} samples, got {n}.")
+        raise BadRequest(f"'n' must be between 1 and {max_samples} samples, got {shown(n)}.")
+    if not is_number(temperature):
+        raise BadRequest(f"'temperature' must be a number, got {shown(temperature)}.")
     try:
         t = float(temperature)
-    except (TypeError, ValueError):
-        raise BadRequest(f"'temperature' must be a number, got {temperature!r}.") from None
+    except OverflowError:  # an integer too large for a float
+        t = float("inf")
     if not 0.0 < t <= 10.0 or not np.isfinite(t):
-        raise BadRequest(f"'temperature' must be in (0, 10], got {temperature!r}.")
+        raise BadRequest(f"'temperature' must be in (0, 10], got {shown(temperature)}.")
     return int(n), t
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise BadRequest(f"'{name}' must be an integer, got {value!r}.")
+    if not is_number(value, integer=True):
+        raise BadRequest(f"'{name}' must be an integer, got {shown(value)}.")
     if not low <= int(value) <= high:
-        raise BadRequest(f"'{name}' must be between {low} and {high}, got {value}.")
+        raise BadRequest(f"'{name}' must be between {low} and {high}, got {shown(value)}.")
     return int(value)
+
+
+def is_number(value: Any, integer: bool = False) -> bool:
+    """One rule for every numeric param: a JSON number, never a bool (`true` is not 1) nor a
+    string; `integer` also refuses fractions."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    return isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """`value` for an error message, cut short (a param may be a 4,000-digit integer)."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of about {round(value.bit_length() * math.log10(2))} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def check_work(images: int, k: int, max_work: int) -> None:

@@ -91,8 +91,16 @@ class Decision:
 
 def register_version(client, name: str, model_uri: str, candidate: Candidate,
                      model_id: str | None = None):
+    """`create_version`, then the alias `challenger` on it."""
+    version = create_version(client, name, model_uri, candidate, model_id)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return version
+
+
+def create_version(client, name: str, model_uri: str, candidate: Candidate,
+                   model_id: str | None = None):
     """A version of `name` from a logged model, tagged (pending) in the one call that creates
-    it; alias `challenger`. With `model_id`, `mlflow.register_model` links the version and the
+    it; no alias yet. With `model_id`, `mlflow.register_model` links the version and the
     logged model (MLflow's fluent registry URI must point at `client`'s store)."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -109,7 +117,6 @@ def register_version(client, name: str, model_uri: str, candidate: Candidate,
     client.update_model_version(name, version.version, description=(
         f"test bpd {candidate.test_bpd:.4f} (chosen on val {candidate.val_bpd:.4f}) on "
         f"{candidate.dataset} ({candidate.manifest_fingerprint[:12]})"))
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
     return version
 
 
@@ -289,15 +296,23 @@ def register_and_promote(tracking_uri: str, name: str, bundle_dir: str | Path,
     candidate = dataclasses.replace(candidate, bundle_sha256=bundle_sha256(bundle_dir))
     version = existing_version(client, name, candidate)
     if version is None:
-        info = _log_into_run(bundle_dir, candidate, cfg)
-        version = register_version(client, name, info.model_uri, candidate, info.model_id)
+        version = log_and_register(client, name, bundle_dir, candidate, cfg)
     else:
         log.info("%s v%s already holds these weights of run %s; promoting it again", name,
                  version.version, candidate.run_id)
+    # here, not in log_and_register: a promote killed in between left a version without it
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
     decision = promote(client, name, version.version, cfg.margin,
                        replace_on_new_dataset=cfg.replace_on_new_dataset,
                        queue_timeout_s=cfg.queue_timeout_s, after_read=after_read)
     return decision, f"models:/{name}/{version.version}"
+
+
+def log_and_register(client, name: str, bundle_dir: str | Path, candidate: Candidate,
+                     cfg: Any):
+    """Log the bundle into the candidate's run and register it: the version, without alias."""
+    info = _log_into_run(bundle_dir, candidate, cfg)
+    return create_version(client, name, info.model_uri, candidate, info.model_id)
 
 
 def _log_into_run(bundle_dir: str | Path, candidate: Candidate, cfg: Any):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +153,9 @@ def parse_request(body: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadRequest(f"Body is not valid JSON: {err}.") from None
+    except ValueError:  # Python's limit on int-string conversion (sys.int_info)
+        raise BadRequest(f"Body holds an integer literal over {sys.get_int_max_str_digits()} "
+                         "digits; levels, n, k and seed are small integers.") from None
     except RecursionError:
         raise BadRequest("Body is JSON nested too deeply; expected {\"inputs\": [B, C, H, W] "
                          "levels, \"params\": {...}}.") from None

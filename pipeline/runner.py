@@ -83,17 +83,18 @@ def run_pipeline(
 ) -> list[Outcome]:
     """Run `targets` (default: `cfg.stages`) and what they need; raise StageFailed on failure.
 
-    One run at a time per workdir: the second fails at once (WorkdirBusy), naming the holder.
-    Before any stage, the MLflow tracking server is checked to answer when a planned stage
-    uses it, so a wrong URI fails in seconds rather than after data preparation and Ray's
-    start-up. `release()` runs after the last stage, before the summary (the CLI disconnects
-    Ray there, so no late worker line comes after the summary)."""
+    Before the workdir is touched, the MLflow tracking server (when a planned stage uses it)
+    and the storage locations are checked to answer, so a wrong URI fails in seconds rather
+    than after data preparation and Ray's start-up. Then one run at a time per workdir: the
+    second fails at once (WorkdirBusy), naming the holder. `release()` runs after the last
+    stage, before the summary (the CLI disconnects Ray there, so no late worker line comes
+    after the summary)."""
     console = console or Console()
     workdir = Path(cfg.workdir).resolve()
     stages = plan(targets or cfg.stages, graph)
+    check_tracking_server(cfg, stages)  # read-only checks first: a wrong setting writes nothing
+    check_locations(cfg, [stage.name for stage in stages])  # seconds, before any work
     with hold_workdir(workdir, say=lambda line: console.print(line, highlight=False)):
-        check_tracking_server(cfg, stages)
-        check_locations(cfg, [stage.name for stage in stages])  # seconds, before any work
         return _run_stages(cfg, stages, set(targets or cfg.stages) if force else set(),
                            workdir, console, graph, release)
 

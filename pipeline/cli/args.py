@@ -48,3 +48,12 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     if path is None and DEFAULT_PIPELINE.exists():
         path = DEFAULT_PIPELINE
     return load_config(path, getattr(args, "profile", None), getattr(args, "sets", []))
+
+
+def invocation_of(args: argparse.Namespace):
+    """What the "next" block's commands repeat; a submitted job's files are the cluster's."""
+    from pipeline.next_steps import Invocation
+
+    if getattr(args, "resolved_env", None):
+        return Invocation()
+    return Invocation(args.pipeline, tuple(args.sets))

@@ -9,7 +9,7 @@ import sys
 
 from rich.console import Console
 
-from pipeline.cli.args import add_config_arguments, config_from_args
+from pipeline.cli.args import add_config_arguments, config_from_args, invocation_of
 from pipeline.submit import (
     DEFAULT_ADDRESS,
     current_stage,
@@ -72,7 +72,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     follow_logs(client, job_id)
     status = wait_final(client, job_id)
-    Console(stderr=True).print(f"job {job_id}: {status}")
+    err = Console(stderr=True, soft_wrap=True)
+    err.print(f"job {job_id}: {status}")
+    if status == "SUCCEEDED":
+        from pipeline.next_steps import print_block, submitted_next_steps
+
+        print_block(err, submitted_next_steps(cfg, stages or cfg.stages, invocation_of(args)))
     return 0 if status == "SUCCEEDED" else 1
 
 

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from pipeline.cli.args import UsageError, add_config_arguments, config_from_args, needs_action
+from pipeline.cli.args import (
+    UsageError,
+    add_config_arguments,
+    config_from_args,
+    invocation_of,
+    needs_action,
+)
 
 if TYPE_CHECKING:  # the config models load only when a command runs (a fast --help)
     from pipeline.config import PipelineConfig
@@ -61,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True)  # a long line stays one line in a log
     outcomes = run_pipeline(cfg, targets, force=args.force, console=console,
                             release=disconnect_ray)
-    print_next_steps(cfg, console, outcomes)
+    print_next_steps(cfg, console, outcomes, invocation_of(args))
     return 0
 
 
@@ -77,14 +83,16 @@ def parse_stages(text: str | None) -> list[str] | None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from pipeline.next_steps import print_block, tune_next_steps
     from pipeline.ray_session import disconnect_ray
     from pipeline.runner import run_pipeline
     from tune.space import validate_space
 
     cfg = _config(args)
     validate_space(cfg.tune, cfg.train)  # paths and values now; model sizes once data exist
-    run_pipeline(cfg, ["tune"], force=args.force, console=Console(soft_wrap=True),
-                 release=disconnect_ray)
+    console = Console(soft_wrap=True)
+    run_pipeline(cfg, ["tune"], force=args.force, console=console, release=disconnect_ray)
+    print_block(console, tune_next_steps(cfg, invocation_of(args)))
     return 0
 
 

@@ -33,7 +33,7 @@ def run(ctx: StageContext) -> StageOutputs:
                 tasks[split] = bar.add_task(f"{cfg.dataset} {split}", total=total)
             bar.update(tasks[split], completed=done, total=total)
 
-        manifest_path = prepare(cfg, progress=progress, **_distribution(ctx))
+        manifest_path = prepare(cfg, progress=progress, force=ctx.force, **_distribution(ctx))
     manifest = Manifest.load(manifest_path)
     counts = ", ".join(f"{name} {split.count}" for name, split in manifest.splits.items())
     ctx.console.print(f"    {manifest.dataset} {tuple(manifest.image_shape)}: {counts} → "
@@ -45,11 +45,14 @@ def run(ctx: StageContext) -> StageOutputs:
 
 
 def recheck(outputs: Mapping[str, Any]) -> str | None:
-    """Why a recorded shard set is no longer valid (its first damaged shard), or None."""
+    """Why a recorded shard set is no longer valid (its manifest changed since this stage
+    wrote it, or its first damaged shard), or None."""
     try:
         manifest = Manifest.load(outputs["manifest"])
     except (KeyError, DataPrepError):
         return "manifest missing or unreadable"
+    if manifest.fingerprint != outputs.get("manifest_fingerprint"):
+        return "manifest.json changed since data_prep wrote it"
     damaged = find_damage(manifest)
     if not damaged:
         return None

@@ -3,6 +3,7 @@ shard set that looks complete."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from pathlib import Path
@@ -13,6 +14,8 @@ from PIL import Image
 from raw_builders import cifar_batches, write_celeba, write_cifar_archive, write_cifar_folder
 
 from data_prep import DataPrepConfig, DataPrepError, Manifest, prepare
+from data_prep.errors import ShardError
+from data_prep.loader import make_loader
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
@@ -158,6 +161,34 @@ def test_damaged_shard_in_place_is_rewritten(tmp_path):
     good = shard.read_bytes()
     shard.write_bytes(good[:1000])
     assert prepare(cfg) == path and shard.read_bytes() == good
+
+
+def _lie_about_a_count(path: Path) -> None:
+    """Edit the manifest as a bad copy or a hand edit would: one shard's count is off by one."""
+    raw = json.loads(path.read_text())
+    raw["splits"]["test"]["shards"][0]["count"] -= 1
+    path.write_text(json.dumps(raw))
+
+
+def test_a_manifest_lying_about_a_count_is_rewritten_and_the_loader_advice_works(tmp_path):
+    cfg = DataPrepConfig(output_root=tmp_path)
+    path = prepare(cfg)
+    good = path.read_bytes()
+    _lie_about_a_count(path)
+    with pytest.raises(ShardError, match="the manifest says .*run the data_prep stage again"):
+        list(make_loader(path, "test", 50, mode="eval"))
+    assert prepare(cfg) == path and path.read_bytes() == good  # the advice: run it again
+    assert sum(len(x) for x, _ in make_loader(path, "test", 50, mode="eval")) == \
+        Manifest.load(path).splits["test"].count
+
+
+def test_force_rewrites_a_manifest_that_looks_up_to_date(tmp_path):
+    cfg = DataPrepConfig(output_root=tmp_path)
+    path = prepare(cfg)
+    good = path.read_bytes()
+    path.write_text(json.dumps(json.loads(good), indent=4))  # same content, other bytes
+    assert prepare(cfg) == path and path.read_bytes() != good  # up to date: left alone
+    assert prepare(cfg, force=True) == path and path.read_bytes() == good
 
 
 def test_manifest_load_errors(tmp_path):

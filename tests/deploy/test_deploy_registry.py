@@ -220,6 +220,30 @@ def test_version_links_to_its_logged_model_with_the_final_metrics(registry, bund
     assert again_uri == model_uri and len(reg.versions(client, "linked")) == 1
 
 
+def test_a_promote_killed_after_registering_gets_the_challenger_alias_on_rerun(registry,
+                                                                               bundle):
+    import dataclasses
+
+    from deploy_helpers import new_run
+
+    from deploy.config import PromoteConfig
+
+    uri, experiment = registry
+    client = tracking.client(uri)
+    candidate = Candidate(3.1, "digits", "fp-killed", new_run(uri, experiment), "glow")
+    # what a promote killed between registering the version and setting its alias left
+    tracking.use_store(uri)
+    left = reg.log_and_register(client, "killed", bundle, dataclasses.replace(
+        candidate, bundle_sha256=bundle_sha256(bundle)), PromoteConfig())
+    assert reg.CHALLENGER not in client.get_registered_model("killed").aliases
+
+    decision, _ = reg.register_and_promote(uri, "killed", bundle, candidate, PromoteConfig())
+    assert decision.version == str(left.version) and decision.promoted
+    assert len(reg.versions(client, "killed")) == 1
+    assert client.get_registered_model("killed").aliases == {
+        reg.CHALLENGER: int(left.version), reg.CHAMPION: int(left.version)}
+
+
 PROMOTE_ONE = """
 import sys
 from deploy.config import PromoteConfig

@@ -68,6 +68,37 @@ def test_deeply_nested_json_is_a_bad_request(scorer, depth):
         plan_request(scorer, body)
 
 
+HUGE = "9" * 5000  # past Python's 4300-digit int-string limit: json.loads raises ValueError
+
+
+@pytest.mark.parametrize("body", [
+    f'{{"params": {{"mode": "sample", "n": {HUGE}}}}}',
+    f'{{"params": {{"mode": "sample", "temperature": {HUGE}}}}}',
+    f'{{"inputs": [[[[{HUGE}]]]]}}',
+])
+def test_a_5000_digit_integer_is_a_bad_request(scorer, body):
+    with pytest.raises(BadRequest, match="integer literal over 4300 digits"):
+        plan_request(scorer, body.encode())
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"mode": "sample", "n": 2, "temperature": True}, "'temperature' must be a number, got True"),
+    ({"mode": "sample", "n": 2, "temperature": "0.7"}, "'temperature' must be a number"),
+    ({"mode": "sample", "n": True}, "'n' must be an integer number of samples, got True"),
+    ({"mode": "sample", "n": 2, "seed": True}, "'seed' must be an integer, got True"),
+    ({"k": True}, "'k' must be an integer, got True"),
+    ({"mode": "sample", "n": 2, "temperature": 10**4000},
+     r"in \(0, 10\], got an integer of about 4000"),
+    ({"mode": "sample", "n": 10**4000}, "between 1 and 8 samples, got an integer of about"),
+    ({"k": -(10**300)}, "'k' must be between 1 and"),
+])
+def test_bools_are_not_numbers_and_huge_numbers_are_refused_in_process(scorer, images,
+                                                                        params, message):
+    """The pyfunc path (`FlowScorer.plan`, what `predict` runs) applies the same rules."""
+    with pytest.raises(BadRequest, match=message):
+        scorer.plan(images, params)
+
+
 def test_parse_request_keeps_its_checks():
     with pytest.raises(BadRequest, match="Unknown params"):
         parse_request(b'{"inputs": [], "params": {"K": 1}}')

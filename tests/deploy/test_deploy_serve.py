@@ -83,6 +83,9 @@ ZEROS = np.zeros((2, 1, 8, 8), dtype=int).tolist()
     ({"inputs": ZEROS, "params": {"temprature": 1}}, 400, "Unknown params"),
     ({"params": {}}, 400, "Scoring needs 'inputs'"),
     ([1, 2, 3], 400, "JSON object"),
+    ({"params": {"mode": "sample", "n": 2, "temperature": True}}, 400,
+     "'temperature' must be a number"),
+    ({"params": {"mode": "sample", "n": True}}, 400, "'n' must be an integer"),
 ])
 def test_bad_requests_get_4xx_and_server_keeps_serving(deploy_server, payload, status, message):
     response = _post(deploy_server, payload)
@@ -98,6 +101,10 @@ def test_non_json_and_oversized_bodies(deploy_server):
     broken = requests.post(url, data="{not json", headers={"Content-Type": "application/json"},
                            timeout=10)
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["message"]
+    digits = requests.post(url, data='{"params": {"mode": "sample", "n": %s}}' % ("9" * 5000),
+                           headers={"Content-Type": "application/json"}, timeout=10)
+    assert digits.status_code == 400, digits.text
+    assert "integer literal over 4300 digits" in digits.json()["message"]
     huge = b"[" * (3 << 20)
     assert requests.post(url, data=huge, headers={"Content-Type": "application/json"},
                          timeout=30).status_code == 413

@@ -159,7 +159,77 @@ def test_next_block_says_only_what_this_run_did(tmp_path, monkeypatch):
     now = dict(next_steps(cfg, ran={"evaluate", "promote"}))
     assert now["this run"] == "registered m v2 (kept the champion)"
     assert now["MLflow UI"].endswith(f"ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db")
-    assert now["serve it"].endswith("deploy serve --model m@champion")
+    assert now["serve it"].endswith(
+        f"deploy serve --tracking-uri sqlite:///{tmp_path}/mlflow.db --model m@champion")
+
+
+TUNE_OUTPUTS = {"name": "sweep-ab12", "trials": 4, "stopped_early": 2, "parent_run_id": "p123",
+                "best_trial_id": "t3", "metric": "val_bpd", "best_value": 2.25, "best_epoch": 5,
+                "run_id": "r456"}
+
+
+def test_tune_ends_with_the_parent_run_the_best_trial_and_how_to_promote_it(tmp_path,
+                                                                           monkeypatch):
+    """The block after `nfpipe tune conf/pipe.yaml --profile small --set ...`; its
+    evaluate+promote command, parsed back as typed, resolves to the same config."""
+    import shlex
+
+    from pipeline.cli import build_parser
+    from pipeline.cli.args import config_from_args
+    from pipeline.next_steps import Invocation, print_block, tune_next_steps
+
+    monkeypatch.chdir(tmp_path)
+    pipeline = tmp_path / "conf" / "pipe.yaml"
+    pipeline.parent.mkdir()
+    pipeline.write_text("profiles:\n  small:\n    train:\n      epochs: 2\n")
+    sets = (f"workdir={tmp_path / 'work'}", "tune.num_samples=4")
+    cfg = load_config(pipeline, "small", sets)
+    assert tune_next_steps(cfg) == []  # no finished sweep: nothing to say
+    _record(tmp_path / "work", "tune", TUNE_OUTPUTS)
+    lines = dict(tune_next_steps(cfg, Invocation(pipeline, sets)))
+    assert lines["sweep"] == "sweep-ab12: 4 trials, 2 stopped early"
+    assert lines["parent run"].startswith("p123")
+    assert lines["best trial"] == f"t3: {cfg.tune.metric} 2.2500 at epoch 5, run r456"
+    command, _, why = lines["evaluate+promote"].partition(" (")
+    words = shlex.split(command)
+    assert words[words.index("run") - 1].endswith("nfpipe") and "best trial" in why
+    args = build_parser().parse_args(words[words.index("run"):])
+    assert args.stages == "evaluate,promote"
+    assert config_from_args(args) == cfg
+    console = Console(record=True, width=1000)
+    print_block(console, list(lines.items()))
+    printed = console.export_text()
+    assert "\nnext\n" in printed and command in printed
+
+
+def test_a_submitted_jobs_block_for_the_submitting_machine_names_the_server(tmp_path,
+                                                                           monkeypatch):
+    """`submit --wait`: with a tracking server, the submitter gets commands that reach it
+    (parsed back as typed: the same URI, file and profile); a SQLite store on the cluster's
+    disk gives no block, nor does a job that registers nothing."""
+    import shlex
+
+    from pipeline.cli import build_parser
+    from pipeline.config import registered_model_name
+    from pipeline.next_steps import Invocation, submitted_next_steps
+
+    monkeypatch.chdir(tmp_path)
+    pipeline = tmp_path / "pipe.yaml"
+    pipeline.write_text("profiles:\n  small: {}\n")
+    server = "http://mlflow.internal:5000"
+    cfg = load_config(pipeline, "small", [f"mlflow.tracking_uri={server}"])
+    invocation = Invocation(pipeline, (f"mlflow.tracking_uri={server}",))
+    lines = dict(submitted_next_steps(cfg, ["data_prep", "train", "evaluate", "promote"],
+                                      invocation))
+    assert lines["serve it"].endswith(f"--model {registered_model_name(cfg)}@champion")
+    for text in lines.values():
+        words = shlex.split(text)
+        args = build_parser().parse_args(words[words.index("models" if "models" in words
+                                                           else "deploy"):])
+        assert (args.tracking_uri, args.pipeline.resolve(), args.profile) == (
+            server, pipeline, "small")
+    assert submitted_next_steps(cfg, ["data_prep", "train"], invocation) == []
+    assert submitted_next_steps(load_config(pipeline, "small"), ["promote"], invocation) == []
 
 
 def test_commands_in_next_match_how_nfpipe_was_started(tmp_path, monkeypatch):

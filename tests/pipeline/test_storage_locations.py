@@ -3,6 +3,7 @@ before any stage runs; a damaged shard set is rechecked and repaired by rerunnin
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -63,12 +64,19 @@ def test_unreachable_endpoint_fails_in_seconds_naming_the_key(tmp_path, url, var
     assert not (tmp_path / "work").exists()  # no stage started
 
 
-@pytest.mark.slow
-def test_rerun_rechecks_the_shards_and_rewrites_the_damaged_one(tmp_path):
+@pytest.fixture
+def prepared(tmp_path):
+    """(config, console) after one data_prep run of the digits shards under tmp_path."""
     cfg = load_config(None, sets=[f"workdir={tmp_path / 'work'}",
                                   f"data_prep.output_root={tmp_path / 'shards'}"])
     console = Console(record=True, width=200)
     run_pipeline(cfg, ["data_prep"], console=console)
+    return cfg, console
+
+
+@pytest.mark.slow
+def test_rerun_rechecks_the_shards_and_rewrites_the_damaged_one(tmp_path, prepared):
+    cfg, console = prepared
     manifest = Manifest.load(tmp_path / "shards" / "digits-8x8-5bit")
     victim = manifest.root / "train-00002.tar"
     intact = manifest.root / "train-00003.tar"
@@ -80,6 +88,23 @@ def test_rerun_rechecks_the_shards_and_rewrites_the_damaged_one(tmp_path):
     assert Manifest.load(manifest.path).fingerprint == manifest.fingerprint
     assert intact.stat().st_mtime_ns == before  # only the damaged shard was written again
     assert run_pipeline(cfg, ["data_prep"], console=console)[0].status == "skipped"
+
+
+@pytest.mark.slow
+def test_a_manifest_lying_about_a_count_is_noticed_and_rewritten(tmp_path, prepared):
+    cfg, console = prepared
+    path = tmp_path / "shards" / "digits-8x8-5bit" / "manifest.json"
+    good = path.read_bytes()
+    raw = json.loads(good)
+    raw["splits"]["train"]["shards"][1]["count"] += 1
+    path.write_text(json.dumps(raw))
+    outcomes = run_pipeline(cfg, ["data_prep"], console=console)
+    assert outcomes[0].status == "ran"
+    assert "manifest.json changed since data_prep wrote it" in console.export_text()
+    assert path.read_bytes() == good
+    path.write_text(json.dumps(raw))
+    assert run_pipeline(cfg, ["data_prep"], force=True, console=console)[0].status == "ran"
+    assert path.read_bytes() == good
 
 
 @pytest.mark.slow

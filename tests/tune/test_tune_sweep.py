@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -39,7 +41,9 @@ SWEEP = {
 def sweep(ray_local, tmp_path_factory, shards_root):
     workdir = tmp_path_factory.mktemp("sweep")
     path = write_pipeline(workdir, shards_root, SWEEP)
-    code = main(["tune", str(path)])
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # rich writes to sys.stdout
+        code = main(["tune", str(path)])
+    print(printed.getvalue())
     record = json.loads((workdir / "work" / "records" / "tune.json").read_text())
     cfg = load_config(path)
     client = MlflowClient(cfg.mlflow.tracking_uri)
@@ -53,7 +57,8 @@ def sweep(ray_local, tmp_path_factory, shards_root):
         )
         for r in children
     }
-    return SimpleNamespace(path=path, code=code, record=record, out=record["outputs"],
+    return SimpleNamespace(path=path, code=code, printed=printed.getvalue(), record=record,
+                           out=record["outputs"],
                            client=client, parents=parents, children=children, curves=curves)
 
 
@@ -66,6 +71,13 @@ def test_sweep_finishes_and_asha_stops_a_trial_early(sweep):
     assert sweep.out["trial_epochs"] == sum(epochs) < 4 * MAX_T
     stopped = [r for r in sweep.children if r.data.tags["nfpipe.trial_status"] == "stopped early"]
     assert len(stopped) == sweep.out["stopped_early"] >= 1
+
+
+def test_tune_ends_with_a_next_block_naming_the_parent_and_best_trial(sweep):
+    block = sweep.printed.split("\nnext\n")[-1]
+    assert sweep.out["parent_run_id"] in block and sweep.out["run_id"] in block
+    assert f"best trial        {sweep.out['best_trial_id']}:" in block
+    assert f"run {sweep.path} --stages evaluate,promote" in " ".join(block.split())
 
 
 def test_best_trial_has_the_lowest_val_bpd_mlflow_recorded(sweep):
