@@ -230,7 +230,7 @@ def test_a_promote_killed_after_registering_gets_the_challenger_alias_on_rerun(r
 
     uri, experiment = registry
     client = tracking.client(uri)
-    candidate = Candidate(3.1, "digits", "fp-killed", new_run(uri, experiment), "glow")
+    candidate = Candidate(3.1, 3.1, "digits", "fp-killed", new_run(uri, experiment), "glow")
     # what a promote killed between registering the version and setting its alias left
     tracking.use_store(uri)
     left = reg.log_and_register(client, "killed", bundle, dataclasses.replace(
