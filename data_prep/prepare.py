@@ -24,6 +24,7 @@ from data_prep.config import DataPrepConfig
 from data_prep.errors import DataPrepError
 from data_prep.manifest import MANIFEST_NAME, Manifest, ShardInfo
 from data_prep.shards import (
+    SHARD_PATTERN,
     TMP_PREFIX,
     Progress,
     ShardGroup,
@@ -59,7 +60,8 @@ def prepare(cfg: DataPrepConfig, progress: Progress | None = None,
     is there and every shard it lists is present with its sample count and sha256 (unless
     `force`: then the manifest is always written anew). Otherwise the old manifest is removed
     first, the shards are written (those already present and identical are left as they are,
-    so a rerun after damage rewrites only the damaged ones), and the manifest is written last.
+    so a rerun after damage rewrites only the damaged ones, and a rerun after a failure resumes),
+    and the manifest is written last.
     `map_fn` runs the shard groups (`groups_per_split` per split) elsewhere, e.g. as Ray tasks.
     """
     source = open_source(cfg)
@@ -69,7 +71,8 @@ def prepare(cfg: DataPrepConfig, progress: Progress | None = None,
     manifest_at = storage.join(folder, MANIFEST_NAME)
     with _locked(folder):
         existing = _previous(manifest_at, source, settings)
-        intact = intact_shards(existing) if existing is not None else {}
+        intact = (intact_shards(existing) if existing is not None
+                  else _unlisted_shards(folder, manifest_at))
         if not force and existing is not None and len(intact) == _shard_count(existing):
             return _as_returned(existing.location)
         storage.remove(manifest_at)
@@ -177,6 +180,16 @@ def _as_returned(location: str) -> Path | str:
 def _all_shard_names(folder: str) -> set[str]:
     return {name for name in storage.list_names(folder)
             if not name.startswith((".", TMP_PREFIX))}
+
+
+def _unlisted_shards(folder: str, manifest_at: str) -> dict[str, str]:
+    """name -> sha256 of the shards an interrupted run wrote (no manifest yet), so a rerun
+    resumes: a shard whose bytes come out the same is not written again. With a manifest of
+    other settings in place the old shards are not read: they will not match."""
+    if storage.exists(manifest_at):
+        return {}
+    return {name: storage.sha256_of(storage.join(folder, name))
+            for name in _all_shard_names(folder) if SHARD_PATTERN.match(name)}
 
 
 @contextmanager

@@ -8,8 +8,12 @@ S3-compatible stores (MinIO, Ceph) are reached with the standard `AWS_ENDPOINT_U
 emulator with the standard `STORAGE_EMULATOR_HOST`.
 
 Writes are whole objects: on a local disk a temporary file, fsync, then a rename; on an object
-store a single PUT (an object appears complete or not at all). Nothing here imports Ray or
-MLflow, and fsspec's backends (s3fs, gcsfs) are imported only when a URL is first used.
+store a single PUT (an object appears complete or not at all). Every call to an object store
+has a bounded time: a request the store does not answer is abandoned and retried a few times
+(S3: REMOTE_OPTIONS), and every operation ends by its deadline (`deadline_s`), whatever the
+backend; either way the error (a StorageError) names the URL and the operation. Nothing here
+imports Ray or MLflow, and fsspec's backends (s3fs, gcsfs) are imported only when a URL is
+first used.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import posixpath
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator
@@ -34,6 +39,23 @@ CHECK_TIMEOUT_S = 20.0  # a reachability check that takes longer reports the sto
 # Settings of the quick reachability check only: fail in seconds, not after minutes of retries.
 QUICK = {"s3": {"config_kwargs": {"connect_timeout": 5, "read_timeout": 10,
                                   "retries": {"max_attempts": 2}}}}
+# Settings of every other call. botocore's defaults wait 60 s for each answer and retry on top
+# of s3fs's own 5 tries (25 minutes before a stalled store is reported): here a request with
+# no byte of answer for 10 s is retried by botocore (throttling and 5xx too), 3 attempts in
+# all, and s3fs (its `retries` attribute, not an option) adds none.
+REMOTE_OPTIONS = {"s3": {"config_kwargs": {"connect_timeout": 10, "read_timeout": 10,
+                                           "retries": {"total_max_attempts": 3,
+                                                       "mode": "standard"}}}}
+CLIENT_TRIES = {"s3": 1}
+# The deadline of one operation, retries included, over any backend: OPERATION_TIMEOUT_S plus
+# the time to move its bytes at MIN_RATE_BPS. It also covers what the client's own limits miss:
+# an upload waits for the store's "100 Continue" with no time limit, and gcsfs has no setting
+# for its retries. A read's size is not known beforehand: it is allowed a shard's default size.
+OPERATION_TIMEOUT_S = 45.0
+MIN_RATE_BPS = 2**20
+READ_ALLOWANCE_BYTES = 256 * 2**20
+
+T = TypeVar("T")
 
 
 class StorageError(OSError):
@@ -116,16 +138,62 @@ def name_of(location: str | os.PathLike) -> str:
 
 
 def filesystem(location: str | os.PathLike, **options: Any):
-    """(fsspec file system, path inside it) of a location."""
+    """(fsspec file system, path inside it) of a location; an object store's client with the
+    time limits of REMOTE_OPTIONS unless `options` say otherwise."""
     from fsspec.core import url_to_fs
 
-    return url_to_fs(os.fspath(location), **options)
+    fs, path = url_to_fs(os.fspath(location),
+                         **(REMOTE_OPTIONS.get(scheme(location), {}) | options))
+    if scheme(location) in CLIENT_TRIES:
+        fs.retries = CLIENT_TRIES[scheme(location)]
+    return fs, path
+
+
+def deadline_s(nbytes: int = 0) -> float:
+    """Seconds an operation that moves `nbytes` may take, retries included."""
+    return OPERATION_TIMEOUT_S + nbytes / MIN_RATE_BPS
+
+
+def bounded(operation: str, location: str | os.PathLike, call: Callable[[], T],
+            timeout_s: float | None = None) -> T:
+    """`call()` (one operation on `location`) within `timeout_s` (default: `deadline_s()`).
+
+    A local location is called as it is. For an object store, any error but "not there" and
+    "denied" becomes a StorageError naming the location and the operation, and so does no
+    answer within `timeout_s`: the call runs in a daemon thread that is left behind then (its
+    client gives up on its own, by its request time limits).
+    """
+    if not is_remote(location):
+        return call()
+    timeout_s = deadline_s() if timeout_s is None else timeout_s
+    outcome: list[tuple[bool, Any]] = []
+
+    def attempt() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=attempt, name=f"nfpipe-storage-{operation}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        raise StorageError(f"{location}: {operation}: no answer from the store within "
+                           f"{timeout_s:.0f}s ({endpoint_hint(location)})")
+    done, value = outcome[0]
+    if done:
+        return value
+    if isinstance(value, FileNotFoundError | PermissionError | StorageError):
+        raise value
+    raise StorageError(f"{location}: {operation} failed ({type(value).__name__}: {value}; "
+                       f"{endpoint_hint(location)})") from value
 
 
 def read_bytes(location: str | os.PathLike) -> bytes:
     """The whole file or object; FileNotFoundError when it is not there."""
     fs, path = filesystem(location)
-    return fs.cat_file(path)
+    return bounded("read", location, lambda: fs.cat_file(path),
+                   deadline_s(READ_ALLOWANCE_BYTES))
 
 
 def read_many(locations: list[str], batch: int = 256) -> Iterator[bytes]:
@@ -142,7 +210,8 @@ def read_many(locations: list[str], batch: int = 256) -> Iterator[bytes]:
             continue
         fs, _ = filesystem(chunk[0])
         paths = [filesystem(loc)[1] for loc in chunk]
-        found = fs.cat(paths, on_error="return")
+        found = bounded("read", chunk[0], partial(fs.cat, paths, on_error="return"),
+                        deadline_s(READ_ALLOWANCE_BYTES))
         for loc, path in zip(chunk, paths, strict=True):
             data = found.get(path)
             if isinstance(data, FileNotFoundError) or data is None:
@@ -155,7 +224,7 @@ def read_many(locations: list[str], batch: int = 256) -> Iterator[bytes]:
 def glob(pattern: str) -> list[str]:
     """Locations matching a glob pattern (a path or a URL with `*`), sorted."""
     fs, path = filesystem(pattern)
-    found = sorted(fs.glob(path))
+    found = sorted(bounded("list", pattern, lambda: fs.glob(path)))
     if not is_remote(pattern):
         return found
     prefix = scheme(pattern) + "://"
@@ -164,18 +233,18 @@ def glob(pattern: str) -> list[str]:
 
 def exists(location: str | os.PathLike) -> bool:
     fs, path = filesystem(location)
-    return fs.exists(path)
+    return bounded("look up", location, lambda: fs.exists(path))
 
 
 def is_file(location: str | os.PathLike) -> bool:
     fs, path = filesystem(location)
-    return fs.isfile(path)
+    return bounded("look up", location, lambda: fs.isfile(path))
 
 
 def is_dir(location: str | os.PathLike) -> bool:
     """A local folder, or a prefix holding at least one object."""
     fs, path = filesystem(location)
-    return fs.isdir(path)
+    return bounded("look up", location, lambda: fs.isdir(path))
 
 
 def write_bytes(location: str | os.PathLike, data: bytes) -> None:
@@ -192,7 +261,7 @@ def write_bytes(location: str | os.PathLike, data: bytes) -> None:
         return
     fs, path = filesystem(location)
     with _bucket_must_exist(location):
-        fs.pipe_file(path, data)
+        bounded("write", location, lambda: fs.pipe_file(path, data), deadline_s(len(data)))
 
 
 def put_file(local: Path, location: str | os.PathLike) -> None:
@@ -202,7 +271,8 @@ def put_file(local: Path, location: str | os.PathLike) -> None:
         return
     fs, path = filesystem(location)
     with _bucket_must_exist(location):
-        fs.put_file(str(local), path)
+        bounded("upload", location, lambda: fs.put_file(str(local), path),
+                deadline_s(local.stat().st_size))
     local.unlink()
 
 
@@ -221,7 +291,7 @@ def remove(location: str | os.PathLike) -> None:
     """Delete a file or object; nothing when it is not there."""
     fs, path = filesystem(location)
     try:
-        fs.rm_file(path)
+        bounded("delete", location, lambda: fs.rm_file(path))
     except FileNotFoundError:
         pass
 
@@ -230,7 +300,7 @@ def list_names(location: str | os.PathLike) -> list[str]:
     """Names of the files directly inside a folder or prefix ([] when there is none)."""
     fs, path = filesystem(location)
     try:
-        entries = fs.ls(path, detail=True)
+        entries = bounded("list", location, lambda: fs.ls(path, detail=True))
     except FileNotFoundError:
         return []
     return [posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "file"]
@@ -239,11 +309,15 @@ def list_names(location: str | os.PathLike) -> list[str]:
 def sha256_of(location: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """sha256 of a file's or object's bytes, streamed."""
     fs, path = filesystem(location)
-    digest = hashlib.sha256()
-    with fs.open(path, "rb", block_size=chunk) as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+
+    def digest() -> str:
+        hashing = hashlib.sha256()
+        with fs.open(path, "rb", block_size=chunk) as f:
+            while block := f.read(chunk):
+                hashing.update(block)
+        return hashing.hexdigest()
+
+    return bounded("read", location, digest, deadline_s(READ_ALLOWANCE_BYTES))
 
 
 def make_folder(location: str | os.PathLike) -> None:
@@ -262,7 +336,9 @@ def local_copy(location: str | os.PathLike) -> Iterator[Path]:
     fs, path = filesystem(location)
     tmp = Path(tempfile.mkdtemp(prefix="nfpipe-download-"))
     try:
-        fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+        bounded("download", location,
+                lambda: fs.get(path.rstrip("/") + "/", str(tmp), recursive=True),
+                deadline_s(READ_ALLOWANCE_BYTES))
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -272,29 +348,13 @@ def check_reachable(location: str | os.PathLike, timeout_s: float = CHECK_TIMEOU
     """Raise StorageError when the bucket (or the store) of a URL cannot be listed.
 
     Quick settings (few retries, short timeouts) and an overall time limit, so a wrong
-    endpoint or a missing bucket is reported in seconds. Local paths are not checked. The
-    listing runs in a daemon thread, left behind at the time limit: gcsfs has no setting for
-    its retries (about 30 s of back-off against a closed port).
+    endpoint or a missing bucket is reported in seconds. Local paths are not checked. gcsfs
+    has no setting for its retries (about 30 s of back-off against a closed port): the time
+    limit leaves its listing behind.
     """
     if not is_remote(location):
         return
-    outcome: list[BaseException | None] = []
-
-    def attempt() -> None:
-        try:
-            _list_bucket(os.fspath(location))
-            outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            outcome.append(exc)
-
-    worker = threading.Thread(target=attempt, name="nfpipe-storage-check", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if not outcome:
-        raise StorageError(f"{location}: no answer from the store within {timeout_s:.0f}s "
-                           f"({endpoint_hint(location)})")
-    if outcome[0] is not None:
-        raise outcome[0]
+    bounded("list", location, lambda: _list_bucket(os.fspath(location)), timeout_s)
 
 
 def _list_bucket(location: str) -> None:

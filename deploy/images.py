@@ -23,17 +23,33 @@ from data_prep.png import decode_png
 
 def read_images(paths: list[str | Path], warn: Callable[[str], None] = print,
                 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, levels [C, H, W]) for every PNG file and every `.png` member of each shard tar."""
+    """(name, levels [C, H, W]) for every PNG file, every `.png` member of each shard tar and
+    every image of each `.npy` array of levels (`deploy sample --out x.npy`)."""
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file")
         if path.suffix == ".tar":
             yield from read_shard(path, warn)
             continue
+        if path.suffix == ".npy":
+            yield from read_levels(path)
+            continue
         try:
             yield str(path), _channels_first(decode_png(path.read_bytes()))
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: not a readable PNG image or .tar shard ({err})") from None
+
+
+def read_levels(path: Path) -> list[tuple[str, np.ndarray]]:
+    """(`FILE.npy:INDEX`, levels [C, H, W]) of an unsigned-integer array [N, C, H, W]."""
+    try:
+        levels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable .npy array ({err})") from None
+    if levels.ndim != 4 or levels.dtype.kind != "u":
+        raise ValueError(f"{path}: expected unsigned integer levels [N, C, H, W], got "
+                         f"{levels.dtype} {tuple(levels.shape)}")
+    return [(f"{path.name}:{i}", image) for i, image in enumerate(levels)]
 
 
 def read_shard(path: Path, warn: Callable[[str], None] = print,

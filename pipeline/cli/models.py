@@ -51,10 +51,13 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     sample.add_argument("--scale", type=int, default=1,
                         help="enlarge every pixel to SCALE x SCALE (nearest neighbour; "
                         "default 1)")
-    sample.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG to write")
+    sample.add_argument("--out", type=Path, default=Path("samples.png"),
+                        help="PNG grid to write; a name ending in .npy gets the raw levels "
+                        "instead (uint8 [N, C, H, W], which `deploy score` reads back)")
     sample.set_defaults(func=cmd_sample)
 
-    score = deploy_sub.add_parser("score", help="bits/dim of images (PNG files or shard tars)")
+    score = deploy_sub.add_parser("score", help="bits/dim of images (PNG files, shard tars, "
+                                     ".npy level arrays)")
     _common(score, model=True)
     score.add_argument("paths", nargs="+", metavar="IMAGE_OR_SHARD",
                        help="PNG files of levels, or webdataset .tar shards")
@@ -175,10 +178,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model, info = _load(uri)
     levels = _request(model, None, {"mode": "sample", "n": args.n, "temperature": temperature,
                                      "seed": args.seed})
-    path = save_level_grid(levels, model.n_bins, args.out, args.nrow, args.scale)
+    if args.out.suffix == ".npy":
+        path = save_levels(levels, args.out)
+    else:
+        path = save_level_grid(levels, model.n_bins, args.out, args.nrow, args.scale)
     Console().print(f"{args.n} samples of {uri} (v{info['version']}) at T={temperature} "
                     f"-> {path}", highlight=False)
     return 0
+
+
+def save_levels(levels, out: Path) -> Path:
+    """The samples' integer levels as a .npy file (uint8 [N, C, H, W])."""
+    import numpy as np
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, np.asarray(levels).astype(np.uint8), allow_pickle=False)
+    return out
 
 
 def cmd_score(args: argparse.Namespace) -> int:

@@ -36,6 +36,22 @@ def test_sample_writes_a_grid_of_the_requested_size(uri, tmp_path, monkeypatch):
         assert image.mode == "L"
 
 
+def test_samples_written_as_levels_score_back(uri, tmp_path, capsys, monkeypatch):
+    """`deploy sample --out x.npy` writes the raw levels; `deploy score` reads them back."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "samples.npy"
+    code = cli.main(["deploy", "sample", *uri, "--model", f"{MODEL_NAME}@champion", "--n", "4",
+                     "--out", str(out)])
+    assert code == 0
+    levels = np.load(out)
+    assert levels.dtype == np.uint8 and levels.shape == (4, 1, 8, 8)
+    capsys.readouterr()
+    assert cli.main(["deploy", "score", *uri, "--model", MODEL_NAME, "--json", str(out)]) == 0
+    scores = json.loads(capsys.readouterr().out)["scores"]
+    assert [row["image"] for row in scores] == [f"samples.npy:{i}" for i in range(4)]
+    assert all(np.isfinite(row["bpd"]) and row["bpd"] > 0 for row in scores)
+
+
 def test_score_png_files_and_a_shard(uri, tmp_path, capsys, model, test_images, manifest):
     pngs = [_png(tmp_path / f"img{i}.png", test_images[i, 0]) for i in range(3)]
     shard = manifest.shard_paths("test")[0]

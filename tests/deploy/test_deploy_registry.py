@@ -184,10 +184,11 @@ def test_gate_without_finite_bpd_never_promotes(client, logged):
 
 
 @pytest.mark.slow
-def test_version_links_to_its_logged_model_with_the_final_metrics(registry, bundle):
+def test_version_links_to_its_logged_model_with_the_final_metrics(registry, bundle, capfd):
     """register_model: the logged model lists the version; its metrics are those of the
     epoch the weights come from (not epoch 0) plus the evaluated bpd; a re-run of the same
-    promotion reuses the version."""
+    promotion reuses the version. Registering a new model prints nothing of MLflow's
+    ("Registered model … already exists. Creating a new version")."""
     import json
 
     from deploy_helpers import new_run
@@ -201,8 +202,12 @@ def test_version_links_to_its_logged_model_with_the_final_metrics(registry, bund
         client.log_metric(run_id, "test_bpd", bpd, step=epoch)
     candidate = Candidate(3.1, 3.0, "digits", "fp-link", run_id, "glow", epoch=2,
                           final_metrics=(("eval_test_bpd", 3.1),))
+    capfd.readouterr()
     decision, model_uri = reg.register_and_promote(uri, "linked", bundle, candidate,
                                                    PromoteConfig())
+    printed = capfd.readouterr()
+    assert "Registered model" not in printed.out + printed.err
+    assert "Created version" not in printed.out + printed.err
     version = client.get_model_version("linked", decision.version)
     model_id = version.source.removeprefix("models:/")
     logged_model = client.get_logged_model(model_id)
