@@ -1,6 +1,6 @@
 """The MLflow Model Registry as the hand-off: register versions, gate the `champion` alias.
 
-A new version is registered (through the client, from the logged model, so the version and
+A new version is registered (`mlflow.register_model` on the logged model, so the version and
 the logged model link to each other) with tags (val bpd, test bpd, dataset, manifest
 fingerprint, git commit, training run id, the bundle's sha256 that every load checks) and the
 alias `challenger`. It takes `champion` only if its val bpd beats the champion's by `margin`
@@ -25,6 +25,8 @@ duplicate.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import time
@@ -100,9 +102,12 @@ def register_version(client, name: str, model_uri: str, candidate: Candidate,
 def create_version(client, name: str, model_uri: str, candidate: Candidate,
                    model_id: str | None = None):
     """A version of `name` from a logged model, tagged (pending) in the one call that creates
-    it; no alias yet. With `model_id` the version is linked to the logged model. Made
-    through `client`, not `mlflow.register_model`, which prints "Registered model … already
-    exists" to stderr even on a fresh store (the registered model is created first, here)."""
+    it; no alias yet. With `model_id`, `mlflow.register_model` links the version and the
+    logged model (MLflow's fluent registry URI must point at `client`'s store). Its progress
+    lines ("Registered model … already exists", printed even on a fresh store since the
+    registered model is created first, here; "Created version …") are not shown: the stage
+    says what happened in its own words."""
+    import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
@@ -113,8 +118,8 @@ def create_version(client, name: str, model_uri: str, candidate: Candidate,
         if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
     source = f"models:/{model_id}" if model_id else model_uri
-    version = client.create_model_version(name, source, tags=candidate.tags(),
-                                          model_id=model_id)
+    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints with print(file=stderr)
+        version = mlflow.register_model(source, name, tags=candidate.tags())
     client.update_model_version(name, version.version, description=(
         f"test bpd {candidate.test_bpd:.4f} (chosen on val {candidate.val_bpd:.4f}) on "
         f"{candidate.dataset} ({candidate.manifest_fingerprint[:12]})"))

@@ -18,7 +18,7 @@ def _on_ray(task, groups):
 
 
 def test_ray_tasks_write_the_same_bytes_as_one_process(tmp_path):
-    source = write_celeba(tmp_path / "celeba", [0] * 40 + [2] * 12)
+    source = write_celeba(tmp_path / "celeba", [0] * 40 + [1] * 6 + [2] * 12)
     base = {"dataset": "celeba", "source": str(source), "shard_max_count": 8}
     alone = Manifest.load(prepare(DataPrepConfig(**base, output_root=tmp_path / "a")))
     progress = []

@@ -127,7 +127,7 @@ def test_cifar_source_in_a_bucket(bucket, tmp_path):
 
 
 def test_celeba_source_in_a_bucket(bucket, tmp_path):
-    folder = write_celeba(tmp_path / "celeba", [0, 0, 0, 2, 2])
+    folder = write_celeba(tmp_path / "celeba", [0, 0, 0, 1, 2, 2])
     _fs(bucket).put(str(folder) + "/", f"{bucket}/raw/celeba", recursive=True)
     remote = prepare(DataPrepConfig(dataset="celeba", source=f"{bucket}/raw/celeba",
                                     output_root=tmp_path / "a"))
@@ -136,7 +136,7 @@ def test_celeba_source_in_a_bucket(bucket, tmp_path):
     assert Manifest.load(remote).fingerprint == Manifest.load(from_disk).fingerprint
     with pytest.raises(DataPrepError, match="celeba/img_align_celeba/000009.jpg: image listed"):
         _fs(bucket).pipe_file(f"{bucket}/raw/celeba/list_eval_partition.txt",
-                        b"000001.jpg 0\n000009.jpg 2\n")
+                        b"000001.jpg 0\n000002.jpg 1\n000009.jpg 2\n")
         prepare(DataPrepConfig(dataset="celeba", source=f"{bucket}/raw/celeba",
                                output_root=tmp_path / "c"))
 

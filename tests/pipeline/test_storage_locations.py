@@ -57,7 +57,7 @@ def test_unreachable_endpoint_fails_in_seconds_naming_the_key(tmp_path, url, var
         cwd=REPO, env=subprocess_env(**{variable: "http://127.0.0.1:9"}),
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert re.search(f"config error: data_prep.output_root: {url}: {says} the store "
+    assert re.search(f"config error: data_prep.output_root: {url}: (list: )?{says} the store "
                      f".*endpoint http://127.0.0.1:9 from {variable}",
                      " ".join(proc.stderr.split())), proc.stderr
     assert time.monotonic() - start < 60
