@@ -8,6 +8,7 @@ import socket
 import sys
 
 from pipeline.config import RayConfig
+from pipeline.ray_logging import quiet_sigterm_exit
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def ensure_ray(cfg: RayConfig) -> None:
         ray.init(address=cfg.address, log_to_driver=True, logging_config=quiet)
         return
     log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus or "all")
+    quiet_sigterm_exit()  # this driver is stopped by Ray's SIGTERM handler too
     # One machine has no spot instances to watch; the watcher only adds a startup error line.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     dashboard = embedded_dashboard(cfg.dashboard)

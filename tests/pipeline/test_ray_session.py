@@ -39,3 +39,26 @@ def test_every_worker_process_of_the_embedded_ray_quiets_rays_internal_warnings(
     assert proc.returncode == 0, proc.stderr[-3000:]
     task_level, actor_level = proc.stdout.split()[-2:]
     assert (task_level, actor_level) == ("40", "40")  # logging.ERROR in a task and an actor
+
+
+UNRAISABLE = """
+import sys
+from pipeline.ray_logging import quiet_sigterm_exit
+class Dies:
+    def __init__(self, error): self.error = error
+    def __del__(self): raise self.error
+if sys.argv[1] == "quiet":
+    quiet_sigterm_exit()
+Dies(SystemExit(1))
+Dies(ValueError("a real error"))
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "default"])
+def test_a_sigterm_exit_in_a_gc_callback_prints_no_traceback(mode):
+    """Ray's SIGTERM handler raises SystemExit; landing in a finaliser, Python would print it
+    as "Exception ignored … Traceback". Quieted, it prints nothing; other errors still show."""
+    proc = subprocess.run([sys.executable, "-c", UNRAISABLE, mode], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert "ValueError: a real error" in proc.stderr
+    assert ("SystemExit" in proc.stderr) is (mode == "default"), proc.stderr
