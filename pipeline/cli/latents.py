@@ -22,6 +22,7 @@ from pipeline.cli.models import (
     _setup,
     _stack,
     check_scale,
+    images_arg,
     save_levels,
     score_images,
 )
@@ -36,8 +37,7 @@ def register_latent_commands(deploy_sub: argparse._SubParsersAction,
     encode = deploy_sub.add_parser("encode", help="latents of images (one array per level; "
                                    "the posterior mean for VAE / f-VAE)")
     common(encode, model=True)
-    encode.add_argument("paths", nargs="+", metavar="IMAGE_OR_SHARD",
-                        help="PNG files of levels, webdataset .tar shards or .npy levels")
+    images_arg(encode)
     encode.add_argument("--out", type=Path, required=True,
                         help="latents file to write: .safetensors or .npz")
     encode.add_argument("--batch-size", type=int, default=256, help="images per pass")
@@ -52,8 +52,7 @@ def register_latent_commands(deploy_sub: argparse._SubParsersAction,
     rec = deploy_sub.add_parser("reconstruct", help="decode(encode(x)): exact for the flows, "
                                 "the posterior-mean reconstruction for VAE / f-VAE")
     common(rec, model=True)
-    rec.add_argument("paths", nargs="+", metavar="IMAGE_OR_SHARD",
-                     help="PNG files of levels, webdataset .tar shards or .npy levels")
+    images_arg(rec)
     _picture_args(rec, "reconstruct.png", grid="inputs above, reconstructions below")
     rec.add_argument("--seed", type=int, default=0, help="seed of the bits/dim (default 0)")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a line")

@@ -61,8 +61,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     score = deploy_sub.add_parser("score", help="bits/dim of images (PNG files, shard tars, "
                                      ".npy level arrays)")
     _common(score, model=True)
-    score.add_argument("paths", nargs="+", metavar="IMAGE_OR_SHARD",
-                       help="PNG files of levels, or webdataset .tar shards")
+    images_arg(score)
     score.add_argument("--k", type=int, default=1,
                        help="also the importance-weighted bound with k draws per image "
                        "(noise, and latents for VAE / f-VAE), beside k=1 (default 1)")
@@ -97,6 +96,11 @@ def _common(parser: argparse.ArgumentParser, model: bool = False) -> None:
         parser.add_argument("--model", default=None,
                             help="NAME@ALIAS, NAME/VERSION, NAME or a model URI (default: the "
                             "pipeline's model at deploy.alias)")
+
+
+def images_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="IMAGE_OR_SHARD",
+                        help="PNG files of levels, webdataset .tar shards or .npy level arrays")
 
 
 # --- configuration -----------------------------------------------------------------------
