@@ -17,6 +17,9 @@ _EXPORTS = {
     "initialize_from_batch": "flows.data_init",
     "build_model": "flows.build",
     "ModelConfig": "flows.config",
+    "encode_levels": "flows.latents",
+    "decode_levels": "flows.latents",
+    "interpolate": "flows.latents",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""Pictures: sample grids as PNG, and interpolation between two images in latent space.
+"""Pictures: sample grids as PNG (interpolation strips: `flows.latents.interpolate`).
 
 `save_level_grid` is nfpipe's one grid writer (training checkpoints, the evaluate stage and
 the deploy commands all write through it): levels, the model's integers in [0, n_bins), are
@@ -64,25 +64,3 @@ def save_sample_grid(model: DensityModel, path: str | os.PathLike, n: int = 64,
     stream) and write them as one PNG grid; returns its path."""
     levels = sample_levels(model, n, temperature, generator)
     return save_level_grid(levels, model.n_bins, path, nrow)
-
-
-def _as_batch(x: torch.Tensor, model: DensityModel) -> torch.Tensor:
-    x = x if x.dim() == 4 else x.unsqueeze(0)
-    # the centre of each bin: a deterministic dequantisation
-    return ((x.to(model.device).float() + 0.5) / model.n_bins - 0.5)
-
-
-@torch.no_grad()
-def interpolate(model: DensityModel, x_a: torch.Tensor, x_b: torch.Tensor,
-                n: int = 8) -> torch.Tensor:
-    """n images (endpoints included) along the straight line between the latents of x_a, x_b.
-
-    x_a, x_b: integer levels [C, H, W] or [1, C, H, W]. Exact flows use z = encode(y); the
-    variational models their posterior mean. Returns levels uint8 [n, C, H, W].
-    """
-    if n < 2:
-        raise ValueError(f"Expected n >= 2 interpolation points, got {n}.")
-    y = torch.cat([_as_batch(x_a, model), _as_batch(x_b, model)])
-    z = model.encode(y)[0] if model.exact else model.encode_mean(y)
-    t = torch.linspace(0, 1, n, device=z.device)[:, None]
-    return model.to_levels(model.decode((1 - t) * z[:1] + t * z[1:]))

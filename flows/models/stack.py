@@ -58,15 +58,26 @@ class MultiScaleStack(nn.Module):
         if tuple(h.shape[1:]) != self.input_shape:
             raise ValueError(f"Expected input shape {self.input_shape}, got {tuple(h.shape[1:])}.")
         _, logdet, parts = self._encode_parts(h)
-        return torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1), logdet
+        return self.join_latent(parts), logdet
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, D] -> [B, *input_shape], the exact inverse of `encode`."""
+    def split_latent(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """z [B, D] -> one latent per level, [B, *latent_shapes[i]], in `encode`'s order."""
         if z.dim() != 2 or z.shape[1] != sum(self.latent_sizes):
             raise ValueError(f"Expected z of shape [B, {sum(self.latent_sizes)}], got "
                              f"{tuple(z.shape)}.")
-        parts = [p.reshape(z.shape[0], *s) for p, s in
-                 zip(z.split(self.latent_sizes, 1), self.latent_shapes, strict=True)]
+        return [p.reshape(z.shape[0], *s) for p, s in
+                zip(z.split(self.latent_sizes, 1), self.latent_shapes, strict=True)]
+
+    def join_latent(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The inverse of `split_latent`: per-level latents -> z [B, D]."""
+        shapes = [tuple(p.shape[1:]) for p in parts]
+        if shapes != self.latent_shapes:
+            raise ValueError(f"Expected latents of shapes {self.latent_shapes}, got {shapes}.")
+        return torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, D] -> [B, *input_shape], the exact inverse of `encode`."""
+        parts = self.split_latent(z)
         h = parts.pop()
         for layers, keep in zip(reversed(self.scales), reversed(self.keeps), strict=True):
             if keep is not None:

@@ -1,4 +1,5 @@
-"""`nfpipe models list` and `nfpipe deploy sample|score|serve`.
+"""`nfpipe models list` and `nfpipe deploy sample|score|serve` (encode, decode, reconstruct,
+interpolate: `pipeline/cli/latents.py`).
 
 The tracking URI is `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else the pipeline config's
 `mlflow.tracking_uri` (`--pipeline`, default ./pipeline.yaml). `--model` takes `NAME@ALIAS`,
@@ -38,7 +39,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=cmd_models_list)
 
-    deploy = sub.add_parser("deploy", help="sample, score or serve a registered model")
+    deploy = sub.add_parser("deploy", help="sample, score, serve, encode, decode, reconstruct or "
+                                 "interpolate with a registered model")
     needs_action(deploy)
     deploy_sub = deploy.add_subparsers(metavar="ACTION")
     sample = deploy_sub.add_parser("sample", help="draw samples and write a PNG grid")
@@ -59,8 +61,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     score = deploy_sub.add_parser("score", help="bits/dim of images (PNG files, shard tars, "
                                      ".npy level arrays)")
     _common(score, model=True)
-    score.add_argument("paths", nargs="+", metavar="IMAGE_OR_SHARD",
-                       help="PNG files of levels, or webdataset .tar shards")
+    images_arg(score)
     score.add_argument("--k", type=int, default=1,
                        help="also the importance-weighted bound with k draws per image "
                        "(noise, and latents for VAE / f-VAE), beside k=1 (default 1)")
@@ -79,6 +80,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                        help="seconds a request may take (default deploy.request_timeout_s, 60)")
     serve.set_defaults(func=cmd_serve)
 
+    from pipeline.cli.latents import register_latent_commands
+
+    register_latent_commands(deploy_sub, _common)
+
 
 def _common(parser: argparse.ArgumentParser, model: bool = False) -> None:
     parser.add_argument("--tracking-uri", default=None,
@@ -91,6 +96,11 @@ def _common(parser: argparse.ArgumentParser, model: bool = False) -> None:
         parser.add_argument("--model", default=None,
                             help="NAME@ALIAS, NAME/VERSION, NAME or a model URI (default: the "
                             "pipeline's model at deploy.alias)")
+
+
+def images_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="IMAGE_OR_SHARD",
+                        help="PNG files of levels, webdataset .tar shards or .npy level arrays")
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -171,8 +181,7 @@ def table_console() -> Console:
 def cmd_sample(args: argparse.Namespace) -> int:
     from flows.viz import save_level_grid
 
-    if not 1 <= args.scale <= 64:
-        raise UsageError(f"--scale must be between 1 and 64, got {args.scale}")
+    check_scale(args.scale)
     uri, cfg = _setup(args)
     temperature = cfg.deploy.temperature if args.temperature is None else args.temperature
     model, info = _load(uri)
@@ -187,6 +196,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_scale(scale: int) -> None:
+    if not 1 <= scale <= 64:
+        raise UsageError(f"--scale must be between 1 and 64, got {scale}")
+
+
 def save_levels(levels, out: Path) -> Path:
     """The samples' integer levels as a .npy file (uint8 [N, C, H, W])."""
     import numpy as np
@@ -197,8 +211,6 @@ def save_levels(levels, out: Path) -> Path:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from deploy.images import read_images
 
     uri, _ = _setup(args)
@@ -207,15 +219,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     model, info = _load(uri)
     _check_shapes(names, images, model.image_shape)
 
-    def score(k: int):
-        step = request_size(args.batch_size, k, model.limits)
-        return np.concatenate([
-            _request(model, np.stack(images[i:i + step]), {"k": k, "seed": args.seed})
-            for i in range(0, len(images), step)
-        ])
-
-    bpd = score(1)
-    at_k = score(args.k) if args.k > 1 else None  # the k-draw bound, beside k = 1
+    bpd = score_images(model, images, 1, args.seed, args.batch_size)
+    at_k = (score_images(model, images, args.k, args.seed, args.batch_size)
+            if args.k > 1 else None)  # the k-draw bound, beside k = 1
     rows = [{"image": n, "bpd": float(b)} for n, b in zip(names, bpd, strict=True)]
     result = {"model_uri": uri, "version": info["version"], "k": args.k, "seed": args.seed,
               "mean_bpd": float(bpd.mean()), "scores": rows}
@@ -237,6 +243,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     table.add_row("[bold]mean[/]", *[f"[bold]{m:.4f}[/]" for m in means])
     table_console().print(table)
     return 0
+
+
+def score_images(model, images: list, k: int, seed: int, batch_size: int):
+    """Bits/dim [N] of levels [C, H, W] each, in requests of `request_size` images."""
+    import numpy as np
+
+    step = request_size(batch_size, k, model.limits)
+    return np.concatenate([
+        _request(model, np.stack(images[i:i + step]), {"k": k, "seed": seed})
+        for i in range(0, len(images), step)
+    ])
 
 
 def request_size(batch_size: int, k: int, limits) -> int:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from flows import build_model, initialize_from_batch
 from flows.io import load_config, load_meta, load_model, save_model
 from flows.scoring import sample_levels
-from flows.viz import GRID_PAD, interpolate, level_grid, save_sample_grid
+from flows.viz import GRID_PAD, level_grid, save_sample_grid
 
 
 @pytest.mark.parametrize("key", ["glow-affine-lu", "realnvp-affine", "nice", "vae", "fvae"])
@@ -54,20 +54,6 @@ def test_sample_grid_is_written(tmp_path):
         pixels = np.asarray(image)
     levels = sample_levels(model, 6, 0.7, generator=0)  # the same CPU stream
     assert np.array_equal(pixels, level_grid(levels, 17, nrow=3)[:, :, 0])
-
-
-@pytest.mark.parametrize("key", ["glow-affine-lu", "nice", "vae", "fvae"])
-def test_interpolation_shapes_and_endpoints(key):
-    cfg = ALL_CONFIGS[key]
-    model = build_model(cfg)
-    x = torch.randint(0, cfg.n_bins, (2, *cfg.image_shape), dtype=torch.uint8)
-    initialize_from_batch(model, x)
-    path = interpolate(model, x[0], x[1], n=5)
-    assert path.shape == (5, *cfg.image_shape) and path.dtype == torch.uint8
-    if model.exact:  # bin centres, exact inverse: the endpoints come back
-        assert torch.equal(path[0], x[0]) and torch.equal(path[-1], x[1])
-    with pytest.raises(ValueError, match="n >= 2"):
-        interpolate(model, x[0], x[1], n=1)
 
 
 def test_load_refuses_weights_that_do_not_match_the_config(tmp_path):
