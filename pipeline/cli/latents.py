@@ -17,14 +17,14 @@ from rich.console import Console
 
 from pipeline.cli.args import UsageError
 from pipeline.cli.models import (
-    _check_shapes,
-    _load,
-    _setup,
-    _stack,
     check_scale,
+    check_shapes,
     images_arg,
+    load_scorer,
     save_levels,
     score_images,
+    stack_images,
+    store_and_config,
 )
 
 MAX_STEPS = 256  # frames between the two images of an interpolation strip
@@ -83,8 +83,8 @@ def _read(paths: list, scorer) -> tuple[list[str], list]:
     from deploy.images import read_images
 
     warnings = Console(stderr=True, highlight=False, soft_wrap=True)
-    names, images = _stack(read_images(paths, warn=warnings.print))
-    _check_shapes(names, images, scorer.image_shape)
+    names, images = stack_images(read_images(paths, warn=warnings.print))
+    check_shapes(names, images, scorer.image_shape)
     for name, image in zip(names, images, strict=True):
         if image.max() >= scorer.n_bins:
             raise UsageError(f"{name}: level {int(image.max())} is not below the model's "
@@ -122,8 +122,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     if args.out.suffix not in LATENT_SUFFIXES:
         raise UsageError(f"--out {args.out}: latents are written as .safetensors or .npz")
-    uri, _ = _setup(args)
-    scorer, info = _load(uri)
+    uri, _ = store_and_config(args)
+    scorer, info = load_scorer(uri)
     names, images = _read(args.paths, scorer)
     latents = encode_all(scorer.model, images, args.batch_size)
     path = save_latents(latents, args.out)
@@ -138,8 +138,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     check_scale(args.scale)
     if not args.latents.is_file():
         raise FileNotFoundError(f"{args.latents}: no such file")
-    uri, _ = _setup(args)
-    scorer, info = _load(uri)
+    uri, _ = store_and_config(args)
+    scorer, info = load_scorer(uri)
     levels = decode_levels(scorer.model, load_latents(args.latents))
     path = _write_picture(levels, scorer.n_bins, args, None)
     _say(f"{len(levels)} images decoded by {uri} (v{info['version']}) -> {path}")
@@ -152,8 +152,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from flows.latents import decode_levels
 
     check_scale(args.scale)
-    uri, _ = _setup(args)
-    scorer, info = _load(uri)
+    uri, _ = store_and_config(args)
+    scorer, info = load_scorer(uri)
     names, images = _read(args.paths, scorer)
     x = np.stack(images)
     recon = decode_levels(scorer.model, encode_all(scorer.model, images, 256))
@@ -183,8 +183,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     check_scale(args.scale)
     if not 0 <= args.steps <= MAX_STEPS:
         raise UsageError(f"--steps must be between 0 and {MAX_STEPS}, got {args.steps}")
-    uri, _ = _setup(args)
-    scorer, info = _load(uri)
+    uri, _ = store_and_config(args)
+    scorer, info = load_scorer(uri)
     ends = [_one_image(path, scorer) for path in (args.image_a, args.image_b)]
     frames = interpolate(scorer.model, *ends, steps=args.steps)
     path = _write_picture(frames, scorer.n_bins, args, len(frames))

@@ -124,7 +124,7 @@ def tracking_uri(args: argparse.Namespace, cfg: PipelineConfig | None = None) ->
     return uri
 
 
-def _setup(args: argparse.Namespace) -> tuple[str, PipelineConfig]:
+def store_and_config(args: argparse.Namespace) -> tuple[str, PipelineConfig]:
     from deploy.load import model_uri
     from pipeline.config import registered_model_name
     from tracking import use_store
@@ -182,9 +182,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from flows.viz import save_level_grid
 
     check_scale(args.scale)
-    uri, cfg = _setup(args)
+    uri, cfg = store_and_config(args)
     temperature = cfg.deploy.temperature if args.temperature is None else args.temperature
-    model, info = _load(uri)
+    model, info = load_scorer(uri)
     levels = _request(model, None, {"mode": "sample", "n": args.n, "temperature": temperature,
                                      "seed": args.seed})
     if args.out.suffix == ".npy":
@@ -213,11 +213,11 @@ def save_levels(levels, out: Path) -> Path:
 def cmd_score(args: argparse.Namespace) -> int:
     from deploy.images import read_images
 
-    uri, _ = _setup(args)
+    uri, _ = store_and_config(args)
     warnings = Console(stderr=True, highlight=False, soft_wrap=True)
-    names, images = _stack(read_images(args.paths, warn=warnings.print))
-    model, info = _load(uri)
-    _check_shapes(names, images, model.image_shape)
+    names, images = stack_images(read_images(args.paths, warn=warnings.print))
+    model, info = load_scorer(uri)
+    check_shapes(names, images, model.image_shape)
 
     bpd = score_images(model, images, 1, args.seed, args.batch_size)
     at_k = (score_images(model, images, args.k, args.seed, args.batch_size)
@@ -272,7 +272,7 @@ def request_size(batch_size: int, k: int, limits) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from deploy.serve import ServeOptions, bind_listener, reachable_from_network, serve
 
-    uri, cfg = _setup(args)
+    uri, cfg = store_and_config(args)
     host = args.host or cfg.deploy.host
     port = cfg.deploy.port if args.port is None else args.port
     timeout = cfg.deploy.request_timeout_s if args.timeout is None else args.timeout
@@ -284,7 +284,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         err.print(f"[yellow]warning:[/] listening on {host}: the server is reachable from the "
                   "network, with no authentication; use --host 127.0.0.1 to keep it local")
     try:
-        model, info = _load(uri)
+        model, info = load_scorer(uri)
     except BaseException:
         listener.close()
         raise
@@ -294,7 +294,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(uri: str):
+def load_scorer(uri: str):
     from deploy.load import load_served
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line, no bars
@@ -315,7 +315,7 @@ def _request(model, x, params: dict[str, Any]):
         raise UsageError(str(err)) from None
 
 
-def _stack(found) -> tuple[list[str], list]:
+def stack_images(found) -> tuple[list[str], list]:
     names, images = [], []
     for name, image in found:
         names.append(name)
@@ -325,7 +325,7 @@ def _stack(found) -> tuple[list[str], list]:
     return names, images
 
 
-def _check_shapes(names: list[str], images: list, shape: tuple[int, int, int]) -> None:
+def check_shapes(names: list[str], images: list, shape: tuple[int, int, int]) -> None:
     for name, image in zip(names, images, strict=True):
         if tuple(image.shape) != tuple(shape):
             raise UsageError(f"{name}: image of shape {list(image.shape)} (C, H, W), but the "
