@@ -41,8 +41,9 @@ def run_readme_requests(url: str, folder: Path) -> tuple[np.ndarray, np.ndarray]
     (folder / ".venv").symlink_to(VENV_BIN.parent)
     done = subprocess.run(["bash", "-e", "-c", block.replace(README_SERVER, url)], cwd=folder,
                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    sampled = json.loads((folder / "samples.json").read_text())
+    answer = folder / "samples.json"
+    assert done.returncode == 0, (done.stderr[-3000:], answer.exists() and answer.read_text())
+    sampled = json.loads(answer.read_text())
     scored = json.loads(done.stdout)
     assert "predictions" in sampled and "predictions" in scored, (sampled, scored)
     return np.asarray(sampled["predictions"]), np.asarray(scored["predictions"])
