@@ -11,10 +11,15 @@ Request forms of `predict(model_input, params)` (and of `/invocations` on any se
 * score (default): `model_input` uint8 levels, shape [B, C, H, W], values in [0, n_bins);
   params `{"k": 1, "seed": 0}` -> float64 [B], bits/dim per image: the importance-weighted
   bound over k draws (dequantisation noise, and latents for VAE / f-VAE), seeded, so the same
-  request gives the same numbers. Over HTTP: `{"inputs": [[[[...]]]]}`.
+  request gives the same numbers.
 * sample: params `{"mode": "sample", "n": 16, "temperature": 0.7, "seed": 0}` -> uint8 levels
-  [n, C, H, W]; `model_input` is ignored (the MLflow scoring protocol requires one, so send
-  any valid batch, e.g. the input example: one image of zeros).
+  [n, C, H, W]; `model_input` is ignored, but MLflow's scoring server requires an input field,
+  so a request sends the placeholder `[[[[0]]]]`.
+
+Over HTTP both servers (`mlflow models serve` and `nfpipe deploy serve`) take one JSON form,
+`{"inputs": <levels or the placeholder>, "params": {...}}`; the signature's input is any
+4-D uint8 batch so that the placeholder passes MLflow's schema check, and the model checks a
+scoring batch against its own image shape (the same 400 message from both servers).
 
 Work is bounded per request: images x k <= `max_work` (and n <= `max_samples`). A request is
 computed in units of at most `SLICE_IMAGES` images and one noise draw (`FlowScorer.plan`), so a
@@ -278,12 +283,15 @@ class FlowPyfunc(PythonModel):
             raise MlflowException.invalid_parameter_value(str(err)) from None
 
 
-def signature_for(image_shape: tuple[int, int, int]):
-    """Input: uint8 [-1, C, H, W]; params: mode, k, seed, n, temperature."""
+def signature_for():
+    """Input: uint8 levels, any 4-D batch [-1, -1, -1, -1] (MLflow's server checks the shape
+    before `predict`: a fixed [-1, C, H, W] would refuse a sample request's placeholder
+    `[[[[0]]]]`; `check_images` checks a scoring batch against the image shape); params:
+    mode, k, seed, n, temperature. The image shape is in the model's metadata."""
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape))])
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))])
     params = ParamSchema([
         ParamSpec("mode", "string", "score"),
         ParamSpec("k", "long", 1),
@@ -369,7 +377,7 @@ def log_bundle(bundle_dir: str | Path, limits: Limits = Limits(), name: str = AR
             artifacts={"bundle": str(bundle)},
             code_paths=stage_code(Path(tmp)),
             model_config=limits.as_config(),
-            signature=signature_for(image_shape),
+            signature=signature_for(),
             input_example=example,
             pip_requirements=pip_requirements(),
             step=step,
@@ -381,5 +389,5 @@ def log_bundle(bundle_dir: str | Path, limits: Limits = Limits(), name: str = AR
 REQUEST_FORMS = {
     "score": "inputs: uint8 levels [B, C, H, W]; params {k, seed} -> bits/dim [B]",
     "sample": "params {mode: 'sample', n, temperature, seed} -> uint8 levels [n, C, H, W]; "
-    "inputs ignored (send the input example)",
+    "inputs ignored (send the placeholder [[[[0]]]])",
 }

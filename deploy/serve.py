@@ -1,16 +1,17 @@
 """`nfpipe deploy serve`: a registered model over HTTP (FastAPI app run by uvicorn).
 
-It speaks MLflow's scoring protocol, so the same client code works against this server and
-`mlflow models serve`:
+It speaks MLflow's scoring protocol: one request form works on this server and on
+`mlflow models serve` alike, with the same answers (`deploy/pyfunc.py` has the forms):
 
 * `GET /health` (also `/ping`): liveness, always 200 while the process answers: the model URI,
   version, image shape, n_bins, limits and the requests in progress.
 * `GET /ready`: readiness, 200 while the server takes work, 503 while its queue is full (a
   load balancer sends traffic elsewhere) or its worker has stopped.
 * `POST /invocations` with JSON `{"inputs": [[[[levels]]]], "params": {"k": 1, "seed": 0}}`
-  -> `{"predictions": [bpd, ...]}`; with `"params": {"mode": "sample", "n": 16,
-  "temperature": 0.7, "seed": 0}` (no `inputs` needed) -> `{"predictions": uint8 levels
-  [n, C, H, W]}`.
+  -> `{"predictions": [bpd, ...]}`; with `{"inputs": [[[[0]]]], "params": {"mode": "sample",
+  "n": 16, "temperature": 0.7, "seed": 0}}` -> `{"predictions": uint8 levels [n, C, H, W]}`.
+  As in MLflow, the images may come as `instances` instead (one of the two, not both); a sample
+  request ignores them, and here (not in MLflow) it may leave them out.
 
 Bounded work: a request may ask for images x k <= `max_work` (400 above it); requests share the
 model fairly in units of work (`deploy/scheduler.py`), so small ones are not starved by a big
@@ -37,6 +38,7 @@ from deploy.pyfunc import BadRequest, FlowScorer
 from deploy.scheduler import DeadlineExceeded, FairScheduler, Overloaded
 
 PARAMS = ("mode", "k", "seed", "n", "temperature")
+INPUT_KEYS = ("inputs", "instances")  # MLflow's tensor input fields
 
 
 class BodyTooLarge(ValueError):
@@ -161,9 +163,11 @@ def parse_request(body: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:
                          "levels, \"params\": {...}}.") from None
     if not isinstance(payload, dict):
         raise BadRequest('Expected a JSON object {"inputs": [...], "params": {...}}.')
-    unknown = set(payload) - {"inputs", "instances", "params"}
+    unknown = set(payload) - {*INPUT_KEYS, "params"}
     if unknown:
         raise BadRequest(f"Unknown keys {sorted(unknown)}; expected 'inputs' and 'params'.")
+    if set(INPUT_KEYS) <= set(payload):  # MLflow's server refuses this too
+        raise BadRequest("Send the images as 'inputs' or as 'instances', not both.")
     params = payload.get("params") or {}
     if not isinstance(params, dict):
         raise BadRequest("'params' must be an object.")

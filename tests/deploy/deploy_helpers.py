@@ -2,15 +2,51 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import time
 from pathlib import Path
 
-from helpers import REPO, free_port, stop_process_group, subprocess_env
+import numpy as np
+from helpers import REPO, VENV_BIN, free_port, stop_process_group, subprocess_env
 
 from tracking import use_store as use_tracking  # noqa: F401 - the tests' name for it
 
 MODEL_NAME = "digits-glow"
+README_SERVER = "http://127.0.0.1:5001"  # where README's request lines send them
+
+
+def readme_bash_block(marker: str) -> str:
+    """The one bash block of README.md that holds `marker`."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    found = [block for block in blocks if marker in block]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def readme_sample_request() -> bytes:
+    """The JSON body of README's sample request (its `curl -d '...'`)."""
+    bodies = re.findall(r"-d '(\{.*?\})'", readme_bash_block("/invocations"))
+    assert len(bodies) == 1, bodies
+    return bodies[0].encode()
+
+
+def run_readme_requests(url: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """README's request lines run by bash as written in `folder` (given a `.venv`), sent to
+    `url` instead of README_SERVER: (the samples, the bits/dim of scoring them back)."""
+    block = readme_bash_block("/invocations")
+    assert README_SERVER in block
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".venv").symlink_to(VENV_BIN.parent)
+    done = subprocess.run(["bash", "-e", "-c", block.replace(README_SERVER, url)], cwd=folder,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    answer = folder / "samples.json"
+    assert done.returncode == 0, (done.stderr[-3000:], answer.exists() and answer.read_text())
+    sampled = json.loads(answer.read_text())
+    scored = json.loads(done.stdout)
+    assert "predictions" in sampled and "predictions" in scored, (sampled, scored)
+    return np.asarray(sampled["predictions"]), np.asarray(scored["predictions"])
 
 
 def make_registry(directory: Path) -> tuple[str, str]:

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from deploy_helpers import MODEL_NAME, use_tracking
+from deploy_helpers import MODEL_NAME, readme_sample_request, use_tracking
 from helpers import subprocess_env
 
 from flows.scoring import score_levels
@@ -57,7 +57,10 @@ def test_model_has_signature_example_and_no_pickle(champion, registry):
     info = mlflow.models.get_model_info(f"models:/{MODEL_NAME}/{champion.version}")
     inputs = info.signature.inputs.to_dict()
     spec = inputs[0]["tensor-spec"]
-    assert spec["dtype"] == "uint8" and list(spec["shape"]) == [-1, 1, 8, 8]
+    # any 4-D batch, so MLflow's server lets a sample request's placeholder through; the
+    # image shape is the model's metadata (and `check_images` enforces it)
+    assert spec["dtype"] == "uint8" and list(spec["shape"]) == [-1, -1, -1, -1]
+    assert info.metadata["image_shape"] == [1, 8, 8] and info.metadata["n_bins"] == 17
     assert {p.name for p in info.signature.params} == {"mode", "k", "seed", "n", "temperature"}
     assert info.saved_input_example_info is not None
     flavor = info.flavors["python_function"]
@@ -66,6 +69,23 @@ def test_model_has_signature_example_and_no_pickle(champion, registry):
     files = {p.name for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
     assert {"model.safetensors", "model_config.json", "meta.json"} <= files
     assert not any(name.endswith((".pkl", ".pt", ".pth")) for name in files)
+
+
+def test_mlflows_scoring_server_takes_the_readme_request_as_nfpipes_does(pulled, model):
+    """README's sample request through MLflow's own request handling (what its `/invocations`
+    runs: JSON parsing, the signature's schema, `predict`) and through nfpipe's server's: the
+    same samples."""
+    from mlflow.pyfunc import scoring_server
+
+    from deploy.pyfunc import FlowScorer, run_to_end
+    from deploy.serve import plan_request
+
+    body = readme_sample_request()
+    answer = scoring_server.invocations(body, "application/json", pulled,
+                                        pulled.metadata.get_input_schema())
+    assert answer.status == 200, answer.response
+    nfpipe = run_to_end(plan_request(FlowScorer(model), body))
+    np.testing.assert_array_equal(json.loads(answer.response)["predictions"], nfpipe)
 
 
 @pytest.mark.parametrize("x, params, message", [

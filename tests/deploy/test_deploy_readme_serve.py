@@ -3,22 +3,22 @@
 The block is taken from README.md and run by bash in a folder laid out like the project after
 `make run`: `.venv` (this test's virtualenv), `mlflow.db` holding `quickstart-realnvp@champion`.
 PATH does not hold the venv (nothing activated), no PYTHONPATH. Only the port is changed to a
-free one. The server must answer `/invocations` with the bpd `nfpipe deploy score` gives.
+free one. The server must answer `/invocations` with the bpd `nfpipe deploy score` gives, and
+README's request lines (the one form both servers take) must run against it as written.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 
 import numpy as np
 import pytest
 import requests
-from deploy_helpers import use_tracking
-from helpers import REPO, VENV_BIN, free_port, stop_process_group
+from deploy_helpers import readme_bash_block, run_readme_requests, use_tracking
+from helpers import VENV_BIN, free_port, stop_process_group
 from PIL import Image
 
 from pipeline import cli
@@ -31,10 +31,7 @@ README_PORT = "--port 5002"
 
 def readme_block() -> str:
     """The bash block of README.md that runs `mlflow models serve`."""
-    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
-    found = [block for block in blocks if "mlflow models serve" in block]
-    assert len(found) == 1, found
-    return found[0]
+    return readme_bash_block("mlflow models serve")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +75,8 @@ def run_block(block: str, folder, log) -> tuple[subprocess.Popen, int]:
 
 def test_readme_mlflow_models_serve_gives_the_bpd_of_deploy_score(project, test_images,
                                                                   tmp_path, capsys):
+    """Test images posted, and README's request lines run as written (only the port changed):
+    the bpd `nfpipe deploy score` gives, for the test images and for README's samples."""
     folder, uri = project
     proc, port = run_block(readme_block(), folder, tmp_path / "serve.log")
     try:
@@ -91,9 +90,12 @@ def test_readme_mlflow_models_serve_gives_the_bpd_of_deploy_score(project, test_
                 time.sleep(0.5)
         served = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
                                json={"inputs": test_images.tolist(), "params": {"seed": 3}})
+        samples, scored_back = run_readme_requests(f"http://127.0.0.1:{port}",
+                                                   tmp_path / "requests")
     finally:
         stop_process_group(proc)
     assert served.status_code == 200, served.text
+    assert samples.shape == (4, 1, 8, 8) and samples.max() < 17
 
     pngs = []
     for i, image in enumerate(test_images):
@@ -104,6 +106,12 @@ def test_readme_mlflow_models_serve_gives_the_bpd_of_deploy_score(project, test_
     scored = json.loads(capsys.readouterr().out)["scores"]
     np.testing.assert_allclose(served.json()["predictions"], [row["bpd"] for row in scored],
                                rtol=0, atol=1e-6)
+    # README's samples, scored back over HTTP: the bpd `deploy score` gives their .npy
+    np.save(tmp_path / "samples.npy", samples.astype(np.uint8))
+    assert cli.main(["deploy", "score", "--tracking-uri", uri, "--model", f"{NAME}@champion",
+                     "--seed", "0", "--json", str(tmp_path / "samples.npy")]) == 0
+    scored = json.loads(capsys.readouterr().out)["scores"]
+    np.testing.assert_allclose(scored_back, [row["bpd"] for row in scored], rtol=0, atol=1e-6)
 
 
 def test_without_the_activation_line_uvicorn_is_not_found(project, tmp_path):

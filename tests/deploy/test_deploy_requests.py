@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from deploy_helpers import readme_sample_request
 
-from deploy.pyfunc import SLICE_IMAGES, BadRequest, FlowScorer, Limits
+from deploy.pyfunc import SLICE_IMAGES, BadRequest, FlowScorer, Limits, run_to_end
 from deploy.serve import parse_request, plan_request, reachable_from_network
 from flows.scoring import score_levels
 
@@ -104,6 +107,19 @@ def test_parse_request_keeps_its_checks():
         parse_request(b'{"inputs": [], "params": {"K": 1}}')
     x, params = parse_request(b'{"params": {"mode": "sample", "n": 2}}')
     assert x is None and params["n"] == 2
+    with pytest.raises(BadRequest, match="'inputs' or as 'instances', not both"):
+        parse_request(b'{"inputs": [[[[0]]]], "instances": [[[[0]]]]}')
+
+
+def test_the_readme_sample_request_samples_with_its_seed(scorer):
+    """README's request body (the form `mlflow models serve` takes too): its placeholder
+    input is ignored and its params are the samples'."""
+    body = readme_sample_request()
+    assert json.loads(body)["inputs"] == [[[[0]]]]
+    levels = run_to_end(plan_request(scorer, body))
+    expected = scorer.run_request(None, {"mode": "sample", "n": 4, "temperature": 0.7,
+                                         "seed": 0})
+    np.testing.assert_array_equal(levels, expected)
 
 
 @pytest.mark.parametrize("host, exposed", [

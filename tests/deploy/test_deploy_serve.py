@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 import requests
-from deploy_helpers import MODEL_NAME, Server
+from deploy_helpers import MODEL_NAME, Server, run_readme_requests
 
+from deploy.pyfunc import FlowScorer
 from flows.scoring import score_levels
 
 pytestmark = pytest.mark.slow
@@ -86,6 +87,7 @@ ZEROS = np.zeros((2, 1, 8, 8), dtype=int).tolist()
     ({"params": {"mode": "sample", "n": 2, "temperature": True}}, 400,
      "'temperature' must be a number"),
     ({"params": {"mode": "sample", "n": True}}, 400, "'n' must be an integer"),
+    ({"inputs": ZEROS, "instances": ZEROS}, 400, "not both"),
 ])
 def test_bad_requests_get_4xx_and_server_keeps_serving(deploy_server, payload, status, message):
     response = _post(deploy_server, payload)
@@ -136,4 +138,27 @@ def test_mlflow_models_serve_speaks_the_same_protocol(mlflow_server, model, test
     bad = _post(mlflow_server, {"inputs": np.full((1, 1, 8, 8), 16).tolist(),
                                 "params": {"mode": "sample", "n": 99}})
     assert bad.status_code == 400 and "between 1 and 8" in bad.text
+    # any 4-D batch passes MLflow's schema check (the sample placeholder); the model itself
+    # refuses a scoring batch of the wrong shape, with the message nfpipe's server gives
+    wrong = _post(mlflow_server, {"inputs": np.zeros((2, 1, 8, 7), int).tolist()})
+    assert wrong.status_code == 400 and "Expected shape [B, 1, 8, 8]" in wrong.text
+    both = _post(mlflow_server, {"inputs": ZEROS, "instances": ZEROS})
+    assert both.status_code == 400, both.text
     assert requests.get(mlflow_server.url + "/ping", timeout=5).status_code == 200
+
+
+def test_the_readme_requests_give_the_same_answers_on_both_servers(deploy_server, mlflow_server,
+                                                                   model, tmp_path):
+    """README's request lines, run by bash as written (only the address changed), against
+    `nfpipe deploy serve` and `mlflow models serve`: the same samples (seed 0) from both, and
+    scoring them back the same bpd, the in-memory model's."""
+    samples, bpd = run_readme_requests(deploy_server.url, tmp_path / "nfpipe")
+    mlflow_samples, mlflow_bpd = run_readme_requests(mlflow_server.url, tmp_path / "mlflow")
+    assert samples.shape == (4, 1, 8, 8) and samples.min() >= 0 and samples.max() < 17
+    np.testing.assert_array_equal(samples, mlflow_samples)
+    in_memory = FlowScorer(model).run_request(
+        None, {"mode": "sample", "n": 4, "temperature": 0.7, "seed": 0})
+    np.testing.assert_array_equal(samples, in_memory)
+    np.testing.assert_allclose(bpd, mlflow_bpd, rtol=0, atol=1e-6)
+    expected = score_levels(model, samples.astype(np.uint8), k=1, generator=0)
+    np.testing.assert_allclose(bpd, expected, rtol=0, atol=1e-5)
