@@ -59,10 +59,11 @@ def check_cluster_python(client, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
         client.stop_job(job_id)
         status = f"no answer in {timeout_s:.0f} s"
     logs = client.get_job_logs(job_id)
-    problem = python_problem(parse_report(logs), logs, status)
-    if problem:
+    report = parse_report(logs)
+    problem = python_problem(report, logs, status)
+    if problem or report is None:
         raise ClusterPythonError(problem)
-    return parse_report(logs) or {}
+    return report
 
 
 def parse_report(logs: str) -> dict | None:
