@@ -85,7 +85,7 @@ def dequantize(x: torch.Tensor, n_bins: int, generator: torch.Generator | None =
     elif noise.shape != x.shape:
         raise ValueError(f"Expected noise of shape {list(x.shape)}, got {list(noise.shape)}.")
     y = (x.to(dtype) + noise.to(x.device, dtype)) / n_bins - 0.5
-    return y.contiguous(memory_format=_memory_format(x))
+    return _laid_out_like(y, x)
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -93,6 +93,27 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     if channels_last and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def _laid_out_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`t` in x's memory format (`exact_layout`): one-channel levels give contiguous y."""
+    return exact_layout(t, _memory_format(x))
+
+
+def exact_layout(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """`t` with exactly the strides of memory format `fmt` (a copy only where they differ).
+
+    A tensor of one channel is contiguous in both formats whatever its channel stride, so
+    `.contiguous()` keeps the stride it came with (a loader's HWC -> CHW view has 1). A conv
+    lays out its weight's gradient by its input's strides: the first conv of a one-channel
+    model would get a gradient strided unlike its weight, which DDP then copies on every step
+    ("Grad strides do not match bucket view strides").
+    """
+    order = (1, 3, 2, 0) if fmt == torch.channels_last else range(t.dim() - 1, -1, -1)
+    exact, step = [0] * t.dim(), 1
+    for dim in order:  # innermost first, as torch computes a fresh tensor's strides
+        exact[dim], step = step, step * max(t.shape[dim], 1)
+    return t if t.stride() == tuple(exact) else t.clone(memory_format=fmt)
 
 
 def to_levels(y: torch.Tensor, n_bins: int) -> torch.Tensor:
@@ -104,7 +125,7 @@ def to_levels(y: torch.Tensor, n_bins: int) -> torch.Tensor:
 def bin_centres(x: torch.Tensor, n_bins: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The centre of each level's bin on the y scale: (x + 0.5) / n_bins - 0.5."""
     _check_levels(x, n_bins)
-    return ((x.to(dtype) + 0.5) / n_bins - 0.5).contiguous(memory_format=_memory_format(x))
+    return _laid_out_like((x.to(dtype) + 0.5) / n_bins - 0.5, x)
 
 
 def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,

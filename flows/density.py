@@ -42,6 +42,18 @@ class DensityModel(nn.Module):
                                                       config.dequant_hidden, config.dequant_steps)
         self._init_checked = False  # whether the ActNorm-initialisation check has run
 
+    def _apply(self, fn, recurse=True):
+        """Every `.to(...)`, `.double()`…, then the weights of convs that read one channel back
+        in exactly contiguous strides (`bpd.exact_layout`): `.to(memory_format=channels_last)`
+        gives them a channel stride of 1, but the one-channel images they read are laid out
+        contiguous, and their gradients with them (DDP: "Grad strides do not match bucket
+        view strides")."""
+        super()._apply(fn, recurse)
+        for param in self.parameters():
+            if param.dim() == 4 and param.shape[1] == 1:
+                param.data = bpd.exact_layout(param.data, torch.contiguous_format)
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

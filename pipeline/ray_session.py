@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 from pipeline.config import RayConfig
 from pipeline.ray_logging import quiet_sigterm_exit
@@ -15,6 +16,7 @@ log = logging.getLogger(__name__)
 # Where Ray's state API (used inside Ray Train's controller) finds the dashboard; Ray reads it
 # before RAY_ADDRESS and before any `ray start` address file or running GCS on this machine.
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -26,6 +28,7 @@ def ensure_ray(cfg: RayConfig) -> None:
     if not sys.stdout.isatty():  # a log: worker lines without Ray's colour codes (read per line)
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     quiet = ray.LoggingConfig(log_level=cfg.log_level)  # Ray's own INFO chatter off by default
+    use_token_auth(new_cluster=not cfg.address)
     if cfg.address:
         log.info("connecting to Ray at %s", cfg.address)
         ray.init(address=cfg.address, log_to_driver=True, logging_config=quiet)
@@ -45,6 +48,28 @@ def ensure_ray(cfg: RayConfig) -> None:
         runtime_env={"worker_process_setup_hook": "pipeline.ray_logging.quiet_ray_internals"},
         **dashboard,
     )
+
+
+def use_token_auth(new_cluster: bool) -> None:
+    """Choose token auth where Ray would, so that Ray does not warn that it chose.
+
+    Ray (>= 2.5x) enables token auth on a new local cluster, and on joining one when this
+    machine has a token (`~/.ray/auth_token`, $RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN), and
+    each time logs "Token authentication is enabled for this Ray cluster" unless
+    RAY_AUTH_MODE is set; its clients (the job client) send the token only when it is. An
+    explicit RAY_AUTH_MODE wins.
+    """
+    if AUTH_MODE_ENV in os.environ or not (new_cluster or _has_local_token()):
+        return
+    os.environ[AUTH_MODE_ENV] = "token"
+    from ray._raylet import Config
+
+    Config.initialize("")  # Ray caches the mode at import: refresh it, as ray.init does
+
+
+def _has_local_token() -> bool:
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    return "RAY_AUTH_TOKEN" in os.environ or token_file.exists()
 
 
 def disconnect_ray() -> None:

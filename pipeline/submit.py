@@ -54,20 +54,11 @@ def job_client(address: str):
 
 
 def use_local_auth_token() -> None:
-    """Send this machine's Ray auth token when there is one.
+    """Send this machine's Ray auth token when there is one: clusters started here enable token
+    auth once `~/.ray/auth_token` exists, but Ray's clients send it only when told to."""
+    from pipeline.ray_session import use_token_auth
 
-    Clusters started here enable token auth once `~/.ray/auth_token` exists (Ray >= 2.5x), but
-    Ray's clients only send the token when RAY_AUTH_MODE=token; an explicit setting wins.
-    """
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if "RAY_AUTH_MODE" in os.environ or not (
-        "RAY_AUTH_TOKEN" in os.environ or token_file.exists()
-    ):
-        return
-    os.environ["RAY_AUTH_MODE"] = "token"
-    from ray._raylet import Config
-
-    Config.initialize("")  # Ray caches the mode at import: refresh it, as ray.init does
+    use_token_auth(new_cluster=False)
 
 
 def job_payload(cfg: PipelineConfig, stages: list[str] | None,

@@ -64,6 +64,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     stages = parse_stages(args.stages)
     entrypoint, runtime_env = job_payload(cfg, stages, forwarded_env(args.env_names))
     client = job_client(args.address)
+    _check_cluster_python(client)
     metadata = {"nfpipe.pipeline": cfg.name, "nfpipe.profile": cfg.profile or ""}
     job_id = submit_job(client, entrypoint, runtime_env, metadata)
     print(job_id)  # alone on stdout, for scripts; the rest goes to stderr
@@ -79,6 +80,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         print_block(err, submitted_next_steps(cfg, stages or cfg.stages, invocation_of(args)))
     return 0 if status == "SUCCEEDED" else 1
+
+
+def _check_cluster_python(client) -> None:
+    """Refuse (ClusterPythonError, one line) a cluster whose Python lacks what the job imports;
+    note versions that differ from requirements.lock."""
+    from pipeline.cluster_python import check_cluster_python, pinned_versions, version_differences
+
+    differ = version_differences(check_cluster_python(client), pinned_versions())
+    if differ:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"note: the cluster's Python has {', '.join(differ)}; the job may behave differently")
 
 
 def _print_destinations(cfg, env_names: list[str]) -> None:

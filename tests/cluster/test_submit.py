@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -66,3 +67,32 @@ def test_stop_stops_a_running_job(head, tmp_path):
     stop = nfpipe("stop", job_id, "--address", head.dashboard)
     assert stop.returncode == 0 and "stop requested" in stop.stdout
     wait_until(lambda: job_status(head, job_id)["status"] == "STOPPED", 120, "job stopped")
+
+
+def test_submit_to_a_head_whose_python_lacks_a_module_refuses_in_one_line(tmp_path, monkeypatch):
+    """A head whose Python cannot import `rich` (a `rich.py` that raises ImportError first on
+    the PYTHONPATH of its `ray start`, which its jobs inherit): `submit` sends only its probe
+    and stops with one line that says what to do; no pipeline job runs."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "rich.py").write_text("raise ImportError('No module named rich (test head)')\n")
+    broken = LocalRayCluster(tmp_path / "ray-head")
+    (tmp_path / "ray-head").mkdir()
+    try:
+        with monkeypatch.context() as env:  # read by the head's subprocess_env only
+            env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
+                str(shadow), os.environ.get("PYTHONPATH")])))
+            broken.start_head(num_cpus=1)
+        proc = nfpipe("submit", "--address", broken.dashboard, "--stages", "data_prep",
+                      *cluster_local_settings(tmp_path))
+        from ray.job_submission import JobSubmissionClient
+
+        jobs = JobSubmissionClient(broken.dashboard).list_jobs()
+    finally:
+        broken.stop()
+    assert proc.returncode == 1 and proc.stdout == "", proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "cannot import rich (ImportError: No module named rich (test head))" in line
+    assert "source .venv/bin/activate" in line
+    assert not [job for job in jobs if "pipeline.cli" in job.entrypoint]
+    assert not (tmp_path / "shards").exists()

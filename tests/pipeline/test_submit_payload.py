@@ -4,11 +4,14 @@ only, validated and quoted stages, forwarded variables whose values are never pr
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
+from helpers import REPO
 
-from pipeline.cli import main
+from pipeline.cli import build_parser, main
+from pipeline.cli.args import config_from_args
 from pipeline.config import ConfigError, load_config
 from pipeline.submit import RESOLVED_CONFIG_ENV, forwarded_env, job_payload, parse_stages
 
@@ -103,3 +106,23 @@ def test_credentials_in_a_url_are_not_submitted():
     text = str(err.value)
     assert "mlflow.tracking_uri=http://***@mlflow:5000" in text
     assert "pw-never-shown" not in text and "MLFLOW_TRACKING_PASSWORD" in text
+
+
+def readme_cluster_block() -> str:
+    """The bash block of README.md's "Running on a Ray cluster", continued lines joined."""
+    section = (REPO / "README.md").read_text().split("## Running on a Ray cluster\n")[1]
+    return re.search(r"```bash\n(.*?)```", section, re.S)[1].replace("\\\n", " ")
+
+
+def test_readmes_cluster_block_starts_ray_from_the_venv_and_submits_durable_locations():
+    """As written: the venv is activated before `ray start`, and its `submit` line passes every
+    check `submit` makes before contacting the cluster (stages, locations, credentials)."""
+    lines = readme_cluster_block().splitlines()
+    activate = lines.index("source .venv/bin/activate")
+    assert all(i > activate for i, line in enumerate(lines) if line.startswith("ray start"))
+    (submit,) = [line for line in lines if line.startswith("nfpipe submit")]
+    args = build_parser().parse_args(shlex.split(submit)[1:])
+    _, env = job_payload(config_from_args(args), parse_stages(args.stages))
+    shipped = json.loads(env["env_vars"][RESOLVED_CONFIG_ENV])
+    assert shipped["workdir"] == "/srv/nfpipe/work"
+    assert args.address == "http://HEAD:8265" and args.wait
