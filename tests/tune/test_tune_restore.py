@@ -44,7 +44,8 @@ from tune_helpers import recording_starts
 cfg = validate(json.loads(os.environ["SWEEP_CFG"]))
 ray.init(address=os.environ["SWEEP_GCS"], log_to_driver=False)
 spec = sweep_spec(cfg, sys.argv[1], Path(sys.argv[2]), sys.argv[3])
-run_sweep(recording_starts(spec), Console(quiet=True))
+# each epoch's state lasts >= SWEEP_PAUSE_S, so the test sees it however fast trials train
+run_sweep(recording_starts(spec, float(os.environ["SWEEP_PAUSE_S"])), Console(quiet=True))
 """
 
 
@@ -85,6 +86,7 @@ def test_killed_sweep_resumes_and_does_not_rerun_finished_trials(
         SWEEP_GCS=ray_local.get_runtime_context().gcs_address,
         SWEEP_HELPERS=str(Path(__file__).parent),
         TUNE_GLOBAL_CHECKPOINT_S="0",  # save the experiment state at every step
+        SWEEP_PAUSE_S="2",  # > the 0.5 s poll below: the state to kill in cannot be missed
     )
     driver = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(manifest_path), str(out), NAME],

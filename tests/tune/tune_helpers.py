@@ -3,6 +3,7 @@ training function that records each start of a trial."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -55,24 +56,31 @@ def write_pipeline(workdir: Path, shards_root: Path, tune: dict[str, Any]) -> Pa
     return path
 
 
-def recording_starts(spec: SweepSpec) -> SweepSpec:
-    """`spec` whose in-process trials record every start (`train_recording_starts`).
+def recording_starts(spec: SweepSpec, pause_s: float = 0.0) -> SweepSpec:
+    """`spec` whose in-process trials record every start (`train_recording_starts`) and wait
+    `pause_s` after each report (so a test sees each state for that long on any machine).
 
     The function travels to the trial processes by value: they cannot import this module
     (tests/tune is not on their path)."""
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    return replace(spec, train_fn=train_recording_starts)
+    return replace(spec, train_fn=functools.partial(train_recording_starts, pause_s=pause_s))
 
 
-def train_recording_starts(cfg, job, world, report, resume=None) -> dict[str, Any]:
+def train_recording_starts(cfg, job, world, report, resume=None, *,
+                           pause_s: float = 0.0) -> dict[str, Any]:
     """`train.loop.train`, after appending this start to the trial folder: the epoch it resumes
-    from (0 when it starts afresh)."""
+    from (0 when it starts afresh); each report is followed by `pause_s` of waiting."""
     start_epoch = int(resume["counters"]["epoch"]) if resume else 0
     path = Path(job.run_dir) / STARTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         handle.write(json.dumps({"start_epoch": start_epoch, "time": time.time()}) + "\n")
-    return train(cfg, job, world, report, resume)
+
+    def paced(metrics, checkpoint_dir) -> None:
+        report(metrics, checkpoint_dir)
+        time.sleep(pause_s)
+
+    return train(cfg, job, world, paced, resume)
 
 
 def read_starts(trial_dir: str | Path) -> list[dict[str, Any]]:
