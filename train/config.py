@@ -144,6 +144,11 @@ class TrainConfig(_Section):
         "log-dets and priors stay float32). GPU; on CPU it works but rarely pays.",
     )
     compile: bool = Field(False, description="torch.compile the training objective.")
+    cuda_graphs: bool = Field(
+        False,
+        description="Capture the whole training step (forward, backward, optimiser, EMA) in a "
+        "CUDA graph and replay it (GPU only; the step must make no host sync).",
+    )
     channels_last: bool = Field(False, description="channels_last memory format (GPU convs).")
     tf32: bool = Field(True, description="Allow TF32 matmuls/convs on Ampere+ GPUs.")
     loader_workers: int = Field(
