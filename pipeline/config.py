@@ -20,13 +20,18 @@ from data_prep.config import DataPrepConfig
 from data_prep.storage import Location
 from deploy.config import DeployConfig, PromoteConfig
 from tracking.store import mask_url_credentials
-from train.config import TrainConfig
+from train.config import OPTIM_ALTERNATIVES, TrainConfig
 from train.evaluate_config import EvaluateConfig
 from train.typed import model_type, suggest
-from tune.config import TuneConfig
+from tune.config import WARMUPS, TuneConfig
 
 # one name for a Ray run folder, an MLflow run and model, and a file: no path, no quote
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# pairs of settings that say one thing in two units: a layer that gives one replaces the other
+ALTERNATIVES: tuple[tuple[str, str], ...] = (
+    *((f"train.optim.{steps}", f"train.optim.{images}") for steps, images in OPTIM_ALTERNATIVES),
+    tuple(f"tune.{name}" for name in WARMUPS),
+)
 StageName = Literal["data_prep", "train", "tune", "evaluate", "promote", "deploy"]
 ALL_STAGES: tuple[str, ...] = get_args(StageName)
 
@@ -134,11 +139,41 @@ def load_config(
                 f"unknown profile {profile!r}{suggest(profile, profiles)}; "
                 f"profiles in {path}: {', '.join(sorted(profiles)) or '(none)'}"
             )
-        raw = deep_merge(raw, profiles[profile] or {})
+        raw = settle_alternatives(raw, deep_merge(raw, profiles[profile] or {}))
         raw["profile"] = profile
     for assignment in sets:
-        raw = apply_set(raw, assignment)
+        raw = settle_alternatives(raw, apply_set(raw, assignment))
     return validate(raw)
+
+
+def settle_alternatives(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """`after` (a profile or a --set applied to `before`) without the settings it replaced:
+    where it set one of a pair of alternatives (`train.optim.warmup_steps` or
+    `…warmup_images`, …) and left the other as it was, that other one is cleared. A layer that
+    sets both keeps both, and validation says to give one."""
+    for pair in ALTERNATIVES:
+        for given, other in (pair, pair[::-1]):
+            changed = _get(after, given) != _get(before, given)
+            if changed and _get(after, given) is not None and \
+                    _get(after, other) == _get(before, other):
+                _clear(after, other)
+    return after
+
+
+def _get(raw: Any, path: str) -> Any:
+    for part in path.split("."):
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def _clear(raw: dict[str, Any], path: str) -> None:
+    *parents, leaf = path.split(".")
+    for part in parents:
+        raw = raw.get(part)
+        if not isinstance(raw, dict):
+            return
+    if leaf in raw:
+        raw[leaf] = None
 
 
 def _profiles(profiles: Any, path: Path | None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ re-validate it with `TrainConfig.model_validate`, so code below sees only typed 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -14,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from data_prep.storage import Location
 from flows.config import ModelConfig
 from train.typed import model_type
+
+#: Pairs of alternative settings in `optim`: a count in optimiser steps (or a per-step decay)
+#: and the same quantity in images, which survives a change of batch size or worker count.
+OPTIM_ALTERNATIVES = (("warmup_steps", "warmup_images"), ("ema_decay", "ema_images"))
 
 
 class _Section(BaseModel):
@@ -31,8 +36,19 @@ class OptimConfig(_Section):
     betas: tuple[float, float] = Field(
         (0.9, 0.999), description="Adam/Adamax (beta1, beta2), each in [0, 1)."
     )
-    warmup_steps: int = Field(
-        200, ge=0, description="Optimiser steps of linear LR warmup from 0 to `lr` (0: none)."
+    warmup_steps: int | None = Field(
+        200,
+        ge=0,
+        description="Linear LR warm-up in optimiser steps (0: none). Tied to the batch: prefer "
+        "warmup_images. Give warmup_steps or warmup_images, not both (a profile or --set that "
+        "gives one replaces the other).",
+    )
+    warmup_images: int | None = Field(
+        None,
+        ge=0,
+        description="Linear LR warm-up in images (summed over workers): the step that brings the "
+        "images seen to N runs at lr·min(1, N / warmup_images), the same schedule at any global "
+        "batch or worker count (Glow: 10 epochs of 50,000 = 500000). Replaces warmup_steps.",
     )
     grad_clip: float | None = Field(
         50.0, gt=0, description="Clip the global gradient norm to this value (null: no clip)."
@@ -41,9 +57,18 @@ class OptimConfig(_Section):
         None,
         gt=0,
         lt=1,
-        description="Keep an exponential moving average of the weights with this decay and "
-        "evaluate/export it (Polyak averaging; null: evaluate the raw weights). Glow's code "
-        "uses 1 - 1/(steps per epoch).",
+        description="Keep an exponential moving average of the weights with this decay per "
+        "optimiser step and evaluate/export it (Polyak averaging; null, and no ema_images: "
+        "evaluate the raw weights). Tied to the batch: prefer ema_images. Give ema_decay or "
+        "ema_images, not both.",
+    )
+    ema_images: int | None = Field(
+        None,
+        gt=0,
+        description="The weight EMA's horizon in images: decay per step d = 1 - batch_size / "
+        "ema_images, so the average spans the same images at any global batch or worker count "
+        "(Glow: polyak_epochs=1, one epoch of train images). Must exceed batch_size. Replaces "
+        "ema_decay.",
     )
     ema_debias: bool = Field(
         True,
@@ -52,11 +77,44 @@ class OptimConfig(_Section):
         "so early evaluations are not dominated by the initial weights.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _images_replace_steps(cls, data: Any) -> Any:
+        """warmup_images given alone replaces the default warmup_steps."""
+        if isinstance(data, Mapping) and data.get("warmup_images") is not None:
+            return {"warmup_steps": None, **data}
+        return data
+
     @model_validator(mode="after")
-    def _betas_in_range(self) -> OptimConfig:
+    def _check(self) -> OptimConfig:
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
+        for steps, images in OPTIM_ALTERNATIVES:
+            if getattr(self, steps) is not None and getattr(self, images) is not None:
+                raise ValueError(
+                    f"give optim.{steps} or optim.{images}, not both (got {getattr(self, steps)} "
+                    f"and {getattr(self, images)}); set the other to null"
+                )
         return self
+
+    def warmup_images_at(self, global_batch: int) -> int:
+        """Images of the LR warm-up at this global batch (0: none); warmup_steps count
+        `global_batch` images each."""
+        if self.warmup_images is not None:
+            return self.warmup_images
+        return (self.warmup_steps or 0) * global_batch
+
+    def warmup_steps_at(self, global_batch: int) -> int:
+        """Optimiser steps until the LR reaches `lr`: ceil(warm-up images / global batch)."""
+        return -(-self.warmup_images_at(global_batch) // global_batch)
+
+    def ema_decay_at(self, global_batch: int) -> float | None:
+        """The EMA's decay per optimiser step: ema_decay, or 1 - global_batch / ema_images
+        (after N images the initial average weighs (1 - B/H)^(N/B) ≈ exp(-N/H) at any batch
+        B); None: no EMA."""
+        if self.ema_images is not None:
+            return 1.0 - global_batch / self.ema_images
+        return self.ema_decay
 
 
 class ScalingSpec(_Section):
@@ -170,17 +228,35 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        workers = self.scaling.num_workers
         for name in ("batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value % workers:
-                raise ValueError(
-                    f"{name}={value} is the global batch and must be divisible by "
-                    f"scaling.num_workers={workers}"
-                )
+            if getattr(self, name) is not None:
+                per_worker_batch(getattr(self, name), self.scaling.num_workers, name)
+        ema_images = self.optim.ema_images
+        if ema_images is not None and ema_images <= self.batch_size:
+            raise ValueError(
+                f"optim.ema_images={ema_images} must exceed batch_size={self.batch_size}: the "
+                f"EMA's decay per step is 1 - batch_size/ema_images "
+                f"= {1 - self.batch_size / ema_images:g}"
+            )
         if any(t <= 0 for t in self.sample_temperatures):
             raise ValueError(f"sample_temperatures must be > 0, got {self.sample_temperatures}")
         return self
+
+
+def per_worker_batch(global_batch: int, workers: int, name: str = "batch_size",
+                     workers_name: str = "scaling.num_workers") -> int:
+    """Each worker's share of the global batch; ValueError naming both numbers (and the
+    nearest global batches that split evenly) when `workers` does not divide it."""
+    if global_batch % workers == 0:
+        return global_batch // workers
+    lower, upper = global_batch // workers * workers, -(-global_batch // workers) * workers
+    choices = " or ".join(str(b) for b in (lower, upper) if b > 0)
+    raise ValueError(
+        f"{name}={global_batch} is the global batch, split over {workers_name}={workers} "
+        f"workers: {global_batch} / {workers} = {global_batch / workers:.4g} images per worker "
+        f"is not whole; set {name} to a multiple of {workers} (e.g. {choices}) or change "
+        f"{workers_name}"
+    )
 
 
 def leaf_paths(model: type[BaseModel] = TrainConfig, prefix: str = "") -> dict[str, Any]:

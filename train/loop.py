@@ -30,7 +30,7 @@ from flows.config import ModelConfig
 from flows.io import save_model
 from tracking import MlflowTracker, epoch_metrics
 from train import checkpoint
-from train.config import TrainConfig
+from train.config import TrainConfig, per_worker_batch
 from train.ddp import WorkerInfo, all_gather_cat, all_reduce_sum, gather_digests
 from train.evaluation import evaluate, save_samples
 from train.guard import NonFiniteLossError as NonFiniteLossError  # raised by the guard
@@ -176,11 +176,8 @@ def configure_torch(cfg: TrainConfig, world: WorkerInfo) -> None:
 
 def train_loader(cfg: TrainConfig, manifest: Manifest, world: WorkerInfo, epoch: int):
     """This rank's shuffled batches of the train split (batch_size is the global batch)."""
-    if cfg.batch_size % world.world_size:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} (global) is not divisible by {world.world_size} workers"
-        )
-    return make_loader(manifest, "train", cfg.batch_size // world.world_size, rank=world.rank,
+    batch = per_worker_batch(cfg.batch_size, world.world_size, workers_name="world size")
+    return make_loader(manifest, "train", batch, rank=world.rank,
                        world_size=world.world_size, num_workers=cfg.loader_workers,
                        seed=cfg.seed, epoch=epoch, mode="train", prefetch=cfg.loader_prefetch,
                        pin_memory=torch.device(world.device).type == "cuda")

@@ -1,4 +1,4 @@
-"""Optimiser, LR warmup and weight EMA, built from `OptimConfig`."""
+"""Optimiser, LR warm-up and weight EMA, built from `OptimConfig`."""
 
 from __future__ import annotations
 
@@ -36,11 +36,20 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, global_batch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from lr/warmup_steps to lr over `warmup_steps` steps, then constant."""
-    warmup = max(cfg.warmup_steps, 1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    """Linear warm-up in images seen, then constant: optimiser step s (from 0) brings the
+    images seen to N = (s + 1)·global_batch and runs at lr·min(1, N / W), W the warm-up in
+    images (`OptimConfig.warmup_images_at`). The LR is a function of the images seen, so it is
+    the same for any worker count at one global batch, and the warm-up ends at the same image
+    count at any global batch dividing W (with warmup_steps: (s + 1) / warmup_steps, as ever).
+    """
+    warmup = cfg.warmup_images_at(global_batch)
+    if warmup == 0:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) * global_batch / warmup)
+    )
 
 
 class Ema:

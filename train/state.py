@@ -111,13 +111,13 @@ def build_state(
         initialize_from_batch(model, init_x.to(device), noise)
     broadcast_module(model, world)
     optimizer = build_optimizer(model, cfg.optim)
+    ema_decay = cfg.optim.ema_decay_at(cfg.batch_size)  # per step, from images if so given
     state = TrainState(
         model=model,
         objective=wrap_for_training(model, world, cfg.compile),
         optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.optim),
-        ema=Ema(model, cfg.optim.ema_decay, cfg.optim.ema_debias) if cfg.optim.ema_decay
-        else None,
+        scheduler=build_scheduler(optimizer, cfg.optim, cfg.batch_size),
+        ema=Ema(model, ema_decay, cfg.optim.ema_debias) if ema_decay else None,
         guard=NonFiniteGuard(device, cfg.max_nonfinite_steps),
     )
     if resume is not None:

@@ -35,6 +35,7 @@ from train.config import leaf_paths
 from train.typed import suggest
 
 DISTRIBUTIONS = ("choice", "loguniform", "uniform", "randint")
+WARMUPS = ("warmup_steps", "warmup_images")  # the trials' own warm-up: one of them at most
 # Paths a sweep may not vary, and why (the tune section or the dataset owns them).
 RESERVED_PATHS = {
     "epochs": "a trial trains tune.max_t epochs; set tune.max_t",
@@ -172,9 +173,16 @@ class TuneConfig(BaseModel):
     warmup_steps: int | None = Field(
         None,
         ge=0,
-        description="Learning-rate warmup of every trial, in optimiser steps (null: "
-        "train.optim.warmup_steps). It must end before the trials are first compared "
+        description="Learning-rate warm-up of every trial, in optimiser steps (null: "
+        "warmup_images, else train.optim's). It must end before the trials are first compared "
         "(grace_period epochs with asha, max_t with fifo), or the sweep is rejected.",
+    )
+    warmup_images: int | None = Field(
+        None,
+        ge=0,
+        description="Learning-rate warm-up of every trial, in images (as "
+        "train.optim.warmup_images; null: warmup_steps, else train.optim's). Give "
+        "warmup_steps or warmup_images, not both.",
     )
     search: Literal["random", "optuna"] = Field(
         "random", description="random: independent samples; optuna: Optuna's TPE sampler."
@@ -192,6 +200,14 @@ class TuneConfig(BaseModel):
         ">1: each trial runs a data-parallel TorchTrainer with this many workers of "
         "train.scaling.cpus_per_worker CPUs; needs max_concurrent_trials x "
         "(cpus_per_trial + workers x cpus_per_worker) CPUs.",
+    )
+    gpus_per_trial: float | None = Field(
+        None,
+        gt=0,
+        description="GPUs each in-process trial (workers_per_trial 1) reserves, as Ray Tune's "
+        "fractional GPUs: 0.25 lets 4 trials share one GPU (they share its memory too); "
+        "above 1 a whole number. null: train.scaling.gpus_per_worker. Needs "
+        "train.scaling.use_gpu=true.",
     )
     max_concurrent_trials: int | None = Field(
         None,
@@ -228,9 +244,29 @@ class TuneConfig(BaseModel):
             raise ValueError(
                 f"grace_period={self.grace_period} must be <= max_t={self.max_t} epochs"
             )
-        if self.warmup_steps is not None and "optim.warmup_steps" in self.space:
-            raise ValueError("set either tune.warmup_steps or tune.space.optim.warmup_steps")
+        given = [f"tune.{name}" for name in WARMUPS if getattr(self, name) is not None]
+        searched = [f"tune.space.optim.{name}" for name in WARMUPS
+                    if f"optim.{name}" in self.space]
+        if len(given) + len(searched) > 1:
+            raise ValueError(f"set one of tune.warmup_steps, tune.warmup_images or a searched "
+                             f"warm-up, not {' and '.join(given + searched)}")
+        self._check_gpus_per_trial()
         return self
+
+    def _check_gpus_per_trial(self) -> None:
+        gpus = self.gpus_per_trial
+        if gpus is None:
+            return
+        if gpus > 1 and not float(gpus).is_integer():
+            raise ValueError(f"gpus_per_trial={gpus:g}: Ray reserves fractions of one GPU or "
+                             f"whole GPUs; use a value <= 1 or a whole number ({int(gpus)} or "
+                             f"{int(gpus) + 1})")
+        if self.workers_per_trial > 1:
+            raise ValueError(f"gpus_per_trial={gpus:g} applies to in-process trials "
+                             f"(workers_per_trial=1); with workers_per_trial="
+                             f"{self.workers_per_trial} each worker reserves "
+                             "train.scaling.gpus_per_worker: set that instead and "
+                             "tune.gpus_per_trial to null")
 
     @property
     def first_rung_epochs(self) -> int:

@@ -24,7 +24,8 @@ from tune.trial_logger import (
     child_runs,
 )
 
-WARMUP_PARAM = "train.optim.warmup_steps"  # a child run's param: the trial's LR warmup in steps
+# a child run's params that give the trial's LR warm-up: in steps, or in images of its batch
+WARMUP_PARAMS = ("train.optim.warmup_steps", "train.optim.warmup_images", "train.batch_size")
 
 
 @dataclass
@@ -85,10 +86,18 @@ def collect_rows(
                 n_params=_int(params.get("model.n_params")),
                 curve=sorted((m.step, m.value) for m in history),
                 steps=_int(tags.get(STEPS_TAG)),
-                warmup_steps=_int(params.get(WARMUP_PARAM)),
+                warmup_steps=_warmup_steps(params),
             )
         )
     return sort_rows(rows, mode)
+
+
+def _warmup_steps(params: dict[str, str]) -> int | None:
+    """The trial's warm-up in optimiser steps: warmup_steps, or ceil(images / batch)."""
+    steps, images, batch = (_int(params.get(name)) for name in WARMUP_PARAMS)
+    if images is not None and batch:
+        return -(-images // batch)
+    return steps
 
 
 def _int(text: str | None) -> int | None:

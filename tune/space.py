@@ -14,10 +14,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from train.config import TrainConfig, leaf_paths
-from tune.config import ParamDistribution, TuneConfig, check_path
+from train.config import OPTIM_ALTERNATIVES, TrainConfig, leaf_paths, per_worker_batch
+from tune.config import WARMUPS, ParamDistribution, TuneConfig, check_path
 
 Overrides = dict[str, Any]  # dotted path inside train: -> value
+ALTERNATIVE_OF = {f"optim.{a}": f"optim.{b}"
+                  for pair in OPTIM_ALTERNATIVES for a, b in (pair, pair[::-1])}
 MAX_BUILDS = 64  # model corners built at most when checking a space
 
 
@@ -28,9 +30,13 @@ class SearchSpaceError(ValueError):
 
 
 def apply_overrides(base: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
-    """`base` with each dotted path set to its value, validated as a whole."""
+    """`base` with each dotted path set to its value, validated as a whole. Setting one of a
+    pair of alternatives (optim.warmup_steps or optim.warmup_images, …) clears the other."""
     raw = base.model_dump(mode="json")
     for path, value in overrides.items():
+        partner = ALTERNATIVE_OF.get(path)
+        if value is not None and partner is not None and partner not in overrides:
+            raw["optim"][partner.split(".")[1]] = None
         node = raw
         *parents, leaf = path.split(".")
         for part in parents:
@@ -47,9 +53,28 @@ def trial_train_config(base: TrainConfig, overrides: Mapping[str, Any], cfg: Tun
         "eval_at_start": False,  # epoch 0 is never reported to Tune
         "scaling.num_workers": cfg.workers_per_trial,
     }
-    if cfg.warmup_steps is not None:
-        shared["optim.warmup_steps"] = cfg.warmup_steps
+    for name in WARMUPS:
+        if getattr(cfg, name) is not None:
+            shared[f"optim.{name}"] = getattr(cfg, name)
     return apply_overrides(base, {**overrides, **shared})
+
+
+def trial_gpus(cfg: TuneConfig, train: TrainConfig) -> float:
+    """GPUs one trial's own process reserves: tune.gpus_per_trial (a fraction lets trials
+    share a GPU), else train.scaling.gpus_per_worker; none on CPU, and none for a trial that
+    drives a TorchTrainer (its workers reserve their own)."""
+    if not train.scaling.use_gpu:
+        if cfg.gpus_per_trial is not None:
+            raise SearchSpaceError(
+                f"tune.gpus_per_trial={cfg.gpus_per_trial:g} reserves GPUs but "
+                "train.scaling.use_gpu is false, so trials would train on the CPU; set "
+                "train.scaling.use_gpu=true or remove tune.gpus_per_trial"
+            )
+        return 0.0
+    if cfg.workers_per_trial > 1:
+        return 0.0
+    return cfg.gpus_per_trial if cfg.gpus_per_trial is not None else \
+        train.scaling.gpus_per_worker
 
 
 def to_tune_space(space: Mapping[str, ParamDistribution]) -> dict[str, Any]:
@@ -100,6 +125,14 @@ def validate_space(
 
 
 def _check_shared(cfg: TuneConfig, base: TrainConfig) -> None:
+    trial_gpus(cfg, base)
+    for name in ("batch_size", "eval_batch_size"):
+        if getattr(base, name) is not None and name not in cfg.space:
+            try:
+                per_worker_batch(getattr(base, name), cfg.workers_per_trial,
+                                 f"train.{name}", "tune.workers_per_trial")
+            except ValueError as err:
+                raise SearchSpaceError(f"tune: a trial cannot split its batch: {err}") from None
     try:
         trial_train_config(base, {}, cfg)
     except ValidationError as err:
@@ -142,28 +175,38 @@ def check_warmup(cfg: TuneConfig, base: TrainConfig, train_images: int) -> None:
     Rejected rather than scaled: the user's warmup is kept as written, and the message says
     the numbers and the settings that fix it. Checked at the corners of the space's batch
     size and warmup."""
-    for corner in _corners(cfg, ("batch_size", "optim.warmup_steps")):
+    searched = ("batch_size", *(f"optim.{name}" for name in WARMUPS))
+    for corner in _corners(cfg, searched):
         train = trial_train_config(base, corner, cfg)
         world = cfg.workers_per_trial
         steps_per_epoch = (train_images // world) // (train.batch_size // world)
         rung_steps = cfg.first_rung_epochs * steps_per_epoch
-        warmup = train.optim.warmup_steps
+        warmup = train.optim.warmup_steps_at(train.batch_size)
         if warmup == 0 or warmup < rung_steps:
             continue
         where = ("ASHA first compares trials after tune.grace_period="
                  f"{cfg.grace_period}" if cfg.scheduler == "asha"
                  else f"trials end after tune.max_t={cfg.max_t}")
-        source = ("tune.warmup_steps" if cfg.warmup_steps is not None
-                  else "tune.space.optim.warmup_steps" if "optim.warmup_steps" in corner
-                  else "train.optim.warmup_steps")
         epochs_needed = warmup // max(steps_per_epoch, 1) + 1
         raise SearchSpaceError(
-            f"tune: trials warm the learning rate up for {warmup} optimiser steps ({source}), "
-            f"but {where} epoch(s) = {rung_steps} steps ({train_images} train images / batch "
-            f"{train.batch_size}): every trial would be judged before it reached its own lr. "
-            f"Set tune.warmup_steps below {rung_steps} (e.g. {rung_steps // 2}), or raise "
-            f"tune.grace_period to {epochs_needed}"
+            f"tune: trials warm the learning rate up for {warmup} optimiser steps "
+            f"({_warmup_source(cfg, corner, train)}), but {where} epoch(s) = {rung_steps} steps "
+            f"({train_images} train images / batch {train.batch_size}): every trial would be "
+            f"judged before it reached its own lr. Set tune.warmup_steps below {rung_steps} "
+            f"(e.g. {rung_steps // 2}) or tune.warmup_images below "
+            f"{rung_steps * train.batch_size}, or raise tune.grace_period to {epochs_needed}"
         )
+
+
+def _warmup_source(cfg: TuneConfig, corner: Overrides, train: TrainConfig) -> str:
+    """The setting a trial's warm-up comes from, with its value."""
+    for name in WARMUPS:
+        if getattr(cfg, name) is not None:
+            return f"tune.{name}={getattr(cfg, name)}"
+        if f"optim.{name}" in corner:
+            return f"tune.space.optim.{name}={corner[f'optim.{name}']}"
+    name = "warmup_images" if train.optim.warmup_images is not None else "warmup_steps"
+    return f"train.optim.{name}={getattr(train.optim, name)}"
 
 
 def _corners(cfg: TuneConfig, paths: tuple[str, ...]) -> list[Overrides]:

@@ -14,6 +14,7 @@ trials are not run again, unfinished and errored ones resume from their last che
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,7 +26,13 @@ from data_prep import Manifest, storage
 from train.config import TrainConfig
 from tune.config import TuneConfig
 from tune.results import Sweep, SweepResult, summarize
-from tune.space import SearchSpaceError, check_warmup, to_tune_space, validate_space
+from tune.space import (
+    SearchSpaceError,
+    check_warmup,
+    to_tune_space,
+    trial_gpus,
+    validate_space,
+)
 from tune.spec import SweepSpec
 from tune.trial import TrialSetup, run_trial
 from tune.trial_logger import MlflowTrialLogger, open_parent
@@ -48,15 +55,20 @@ def trial_cpus(cfg: TuneConfig, train: TrainConfig) -> float:
     return cfg.cpus_per_trial + cfg.workers_per_trial * train.scaling.cpus_per_worker
 
 
-def plan_concurrency(cfg: TuneConfig, train: TrainConfig, cluster_cpus: float) -> int:
+def plan_concurrency(cfg: TuneConfig, train: TrainConfig, cluster_cpus: float,
+                     cluster_gpus: float = math.inf) -> int:
     """Trials at once, so that every running trial's driver AND workers fit on the cluster.
 
     A trial driving a TorchTrainer holds its CPU while its workers wait for theirs: if the
     drivers take the CPUs the workers need, nothing progresses. So concurrent trials x
-    (cpus_per_trial + workers x cpus_per_worker) must fit.
+    (cpus_per_trial + workers x cpus_per_worker) must fit. In-process trials on GPUs also
+    stop at the cluster's GPUs over each trial's share (4 at 0.25 per GPU).
     """
     per_trial = trial_cpus(cfg, train)
     fits = int(cluster_cpus // per_trial)
+    gpus = trial_gpus(cfg, train)
+    if gpus and math.isfinite(cluster_gpus):
+        fits = min(fits, int(round(cluster_gpus / gpus, 6)))
     need = (
         f"each trial needs {per_trial:g} CPUs (tune.cpus_per_trial={cfg.cpus_per_trial}"
         + (
@@ -82,22 +94,31 @@ def check_gpus(cfg: TuneConfig, train: TrainConfig, cluster_gpus: float) -> None
     """Fail before any trial when a trial asks for more GPUs than the whole Ray cluster has:
     Tune would keep such trials pending forever."""
     if not train.scaling.use_gpu:
+        trial_gpus(cfg, train)  # tune.gpus_per_trial without GPUs is an error
         return
-    need = cfg.workers_per_trial * train.scaling.gpus_per_worker
+    if cfg.workers_per_trial > 1:
+        need = cfg.workers_per_trial * train.scaling.gpus_per_worker
+        source = (f"tune.workers_per_trial={cfg.workers_per_trial} x "
+                  f"train.scaling.gpus_per_worker={train.scaling.gpus_per_worker:g}")
+    else:
+        need = trial_gpus(cfg, train)
+        source = (f"tune.gpus_per_trial={need:g}" if cfg.gpus_per_trial is not None
+                  else f"train.scaling.gpus_per_worker={need:g}")
     if need > cluster_gpus:
         raise SearchSpaceError(
-            f"tune: each trial needs {need:g} GPU(s) (train.scaling.use_gpu=true, "
-            f"tune.workers_per_trial={cfg.workers_per_trial} x train.scaling.gpus_per_worker="
-            f"{train.scaling.gpus_per_worker:g}) and the Ray cluster has {cluster_gpus:g}; "
-            "set train.scaling.use_gpu=false or add GPU nodes"
+            f"tune: each trial needs {need:g} GPU(s) (train.scaling.use_gpu=true, {source}) "
+            f"and the Ray cluster has {cluster_gpus:g}; lower them, set "
+            "train.scaling.use_gpu=false or add GPU nodes"
         )
 
 
 def trial_resources(cfg: TuneConfig, train: TrainConfig) -> dict[str, float]:
-    """What Tune reserves per trial (a TorchTrainer's workers reserve their own)."""
+    """What Tune reserves per trial: its CPUs, and the GPUs (or the fraction of one) an
+    in-process trial trains on (a TorchTrainer's workers reserve their own)."""
     resources: dict[str, float] = {"cpu": cfg.cpus_per_trial}
-    if cfg.workers_per_trial == 1 and train.scaling.use_gpu:
-        resources["gpu"] = train.scaling.gpus_per_worker
+    gpus = trial_gpus(cfg, train)
+    if gpus:
+        resources["gpu"] = gpus
     return resources
 
 
@@ -182,7 +203,8 @@ def run_sweep(spec: SweepSpec, console: Console | None = None,
     validate_space(spec.tune, spec.train, tuple(manifest.image_shape), manifest.n_bins)
     check_gpus(spec.tune, spec.train, _cluster_resource("GPU"))
     check_warmup(spec.tune, spec.train, manifest.split("train").count)
-    concurrency = plan_concurrency(spec.tune, spec.train, _cluster_resource("CPU"))
+    concurrency = plan_concurrency(spec.tune, spec.train, _cluster_resource("CPU"),
+                                   _cluster_resource("GPU"))
     experiment_id = tracking.ensure_experiment(spec.tracking_uri, spec.experiment,
                                                spec.artifact_root)
     parent = open_parent(spec.tracking_uri, experiment_id, spec.name, _parent_params(spec),

@@ -194,3 +194,25 @@ def test_empty_places_exit_2_naming_the_key(key, tmp_path, monkeypatch, capsys):
         assert f"  {key}: " in capsys.readouterr().err
     assert main(["run", "--set", f"{key}=", "--stages", "data_prep"]) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_later_layer_replaces_the_other_unit_and_one_layer_may_not_give_both(tmp_path):
+    """A profile or --set giving one of a pair (steps or images) clears the other."""
+    cfg = load_config(REPO / "pipeline.yaml", "cifar10", ["train.optim.warmup_steps=5"]).train
+    assert (cfg.optim.warmup_steps, cfg.optim.warmup_images) == (5, None)
+    cfg = load_config(REPO / "pipeline.yaml", None, ["train.optim.ema_decay=0.9"]).train
+    assert (cfg.optim.ema_decay, cfg.optim.ema_images) == (0.9, None)
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(REPO / "pipeline.yaml", "cifar10",
+                    ["train.optim={warmup_steps: 5, warmup_images: 640}"])
+    with pytest.raises(ConfigError, match=r"512 / 3 = 170.7 images per worker"):
+        load_config(REPO / "pipeline.yaml", "cifar10", ["train.scaling.num_workers=3"])
+    tune = load_config(REPO / "pipeline.yaml", "cifar10", ["tune.warmup_steps=50"]).tune
+    assert (tune.warmup_steps, tune.warmup_images) == (50, None)
+    # a profile in images over a base in steps
+    path = write(tmp_path, {"train": {"optim": {"warmup_steps": 200, "ema_decay": 0.99}},
+                            "profiles": {"big": {"train": {"optim": {"warmup_images": 6400,
+                                                                     "ema_images": 6400}}}}})
+    optim = load_config(path, "big").train.optim
+    assert (optim.warmup_steps, optim.warmup_images, optim.ema_decay, optim.ema_images) == (
+        None, 6400, None, 6400)

@@ -18,7 +18,7 @@ from train.loop import TrainJob, resolve_model_config
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"batch_size": 63}, "divisible by scaling.num_workers=2"),
+        ({"batch_size": 63}, "63 / 2 = 31.5 images per worker is not whole"),
         ({"optim": {"betas": [0.9, 1.0]}}, "betas must lie in"),
         ({"optim": {"name": "sgd"}}, "'adam' or 'adamax'"),
         ({"sample_temperatures": [0.0]}, "sample_temperatures must be > 0"),

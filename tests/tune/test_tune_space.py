@@ -75,7 +75,7 @@ def test_values_and_models_checked_against_train_and_image():
         validate_space(tune_cfg({"model.coupling": ["affine", "bogus"]}), base, DIGITS, 17)
     with pytest.raises(SearchSpaceError, match=r"model\.steps.*integer"):
         validate_space(tune_cfg({"model.steps": {"uniform": [1, 3]}}), base, DIGITS, 17)
-    with pytest.raises(SearchSpaceError, match=r"workers_per_trial=3.*batch_size=64"):
+    with pytest.raises(SearchSpaceError, match=r"batch_size=64.*tune.workers_per_trial=3"):
         validate_space(tune_cfg({"optim.lr": [1e-3]}, workers_per_trial=3), base, DIGITS, 17)
     # realnvp halves one time fewer than glow but must keep more than 1x1 at its last scale
     with pytest.raises(SearchSpaceError, match=r"model\.name='realnvp', model\.levels=4"):
@@ -113,6 +113,15 @@ def test_trial_config_shares_the_sweep_settings():
     train = trial_train_config(base, {"optim.lr": 3e-3}, cfg)
     assert (train.epochs, train.eval_every, train.scaling.num_workers) == (5, 1, 1)
     assert train.optim.lr == 3e-3 and not train.eval_at_start
+
+
+def test_a_trial_whose_workers_do_not_divide_the_global_batch_is_refused_naming_both():
+    base = TrainConfig.model_validate({"batch_size": 64, "scaling": {"num_workers": 2}})
+    with pytest.raises(SearchSpaceError, match=r"tune: a trial cannot split its batch: "
+                       r"train.batch_size=64 is the global batch, split over "
+                       r"tune.workers_per_trial=3 workers: 64 / 3 = 21.33 images per worker"):
+        validate_space(tune_cfg({"optim.lr": [1e-3]}, workers_per_trial=3), base)
+    validate_space(tune_cfg({"optim.lr": [1e-3]}, workers_per_trial=4), base)  # 16 each
 
 
 def test_cpu_budget_of_trainer_trials_is_checked():
