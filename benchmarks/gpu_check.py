@@ -312,6 +312,7 @@ def pipeline_check(args, device: torch.device, workdir: Path) -> dict:
     if args.smoke:
         sets["train.model"] = json.dumps(SMOKE_MODELS["glow"] | {"levels": 1})
         sets["train.optim.warmup_steps"] = 5
+        sets["train.batch_size"] = 64  # the profile's global 512 exceeds the 288 train images
         sets["evaluate.k"] = 2  # the default 64 draws per image cost a minute on a CPU
     start = time.perf_counter()
     argv = ["run", str(REPO / "pipeline.yaml"), "--profile", "cifar10",
