@@ -117,6 +117,10 @@ def test_mlflows_scoring_server_round_trips_encode_and_decode(pulled, test_image
     np.testing.assert_array_equal(json.loads(decoded.response)["predictions"], test_images)
     with pytest.raises(MlflowException, match="got dtype float64"):
         post({"inputs": np.full((1, 1, 8, 8), 0.5).tolist()})
+    # alphas are a JSON list of numbers: MLflow's param schema refuses the CLI's string form
+    with pytest.raises(MlflowException, match="'alphas'"):
+        post({"inputs": test_images[:1].tolist(),
+              "params": {"mode": "manipulate", "attribute": "x", "alphas": "-1,0,1"}})
 
 
 @pytest.mark.parametrize("x, params, message", [

@@ -298,3 +298,26 @@ def test_a_model_without_directions_says_so(scorer):
 def test_a_latent_request_without_inputs_says_what_they_must_be(mode, message):
     with pytest.raises(BadRequest, match=message):
         parse_request(json.dumps({"params": {"mode": mode}}).encode())
+
+
+def test_the_readme_manipulate_request_moves_the_image(model, images):
+    """README's manipulate body, with one real image for its placeholder, against a model
+    holding a `Smiling` direction: len(alphas) frames, alpha 0 the image itself."""
+    import re
+
+    from helpers import REPO
+
+    from flows.attributes import Directions
+    from flows.latents import latent_shapes
+
+    text = (REPO / "README.md").read_text().replace("\n", " ")
+    found = re.findall(r'`(\{"inputs": \[<one image[^`]*)`', text)
+    assert len(found) == 1 and '"mode": "manipulate"' in found[0], found
+    body = re.sub(r"<one image[^>]*>", json.dumps(images[0].tolist()), found[0])
+    vectors = {name: np.full(shape, 0.3, np.float32)
+               for name, shape in latent_shapes(model).items()}
+    scorer = FlowScorer(model, directions=Directions({"Smiling": vectors}))
+    row = run_to_end(plan_request(scorer, body.encode()))
+    alphas = json.loads(body)["params"]["alphas"]
+    assert row.shape == (len(alphas), 1, 8, 8)
+    np.testing.assert_array_equal(row[alphas.index(0)], images[0])

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import requests
-from deploy_helpers import MODEL_NAME, Server, run_readme_requests
+from deploy_helpers import MODEL_NAME, Server, run_readme_latent_requests, run_readme_requests
 
 from deploy.pyfunc import FlowScorer
 from flows.scoring import score_levels
@@ -211,3 +211,13 @@ def test_the_readme_requests_give_the_same_answers_on_both_servers(deploy_server
     np.testing.assert_allclose(bpd, mlflow_bpd, rtol=0, atol=1e-6)
     expected = score_levels(model, samples.astype(np.uint8), k=1, generator=0)
     np.testing.assert_allclose(bpd, expected, rtol=0, atol=1e-5)
+    # README's latent lines, after those: encode -> decode gives the two samples back, the
+    # strip runs from one to the other, and both servers answer the same
+    latent = run_readme_latent_requests(deploy_server.url, tmp_path / "nfpipe")
+    mlflow_latent = run_readme_latent_requests(mlflow_server.url, tmp_path / "mlflow")
+    assert latent["latents"].shape == (2, 64)
+    np.testing.assert_array_equal(latent["decoded"], samples[:2])
+    assert latent["strip"].shape == (8, 1, 8, 8)
+    np.testing.assert_array_equal(latent["strip"][[0, -1]], samples[:2])
+    for name, answer in latent.items():
+        np.testing.assert_array_equal(answer, mlflow_latent[name], err_msg=name)
