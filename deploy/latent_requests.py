@@ -31,10 +31,11 @@ from deploy.request_checks import (
     check_latents,
     check_steps,
 )
-from flows.latents import decode_levels, encode_levels, latent_shapes
+from flows.latents import decode_levels, encode_levels
 
 if TYPE_CHECKING:
     from deploy.pyfunc import FlowScorer
+    from flows.attributes import Directions
 
 LATENT_MODES = ("encode", "decode", "interpolate", "manipulate")
 DEFAULT_STEPS = 8  # interpolate: frames between the two images
@@ -59,6 +60,17 @@ def unflatten(z: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> dict[str,
             for (name, shape), part in zip(shapes.items(), parts, strict=True)}
 
 
+def check_directions(directions: Directions, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Every attribute's direction has the model's latents, shape for shape (ValueError if
+    not: the directions were computed for another model)."""
+    expected = {name: tuple(shape) for name, shape in shapes.items()}
+    for attribute, vectors in directions.vectors.items():
+        found = {name: tuple(np.shape(v)) for name, v in vectors.items()}
+        if found != expected:
+            raise ValueError(f"attribute direction {attribute!r} has latents {found}, but this "
+                             f"model's are {expected}: the directions belong to another model")
+
+
 def plan_latent(scorer: FlowScorer, mode: str, model_input: Any,
                 params: Mapping[str, Any]) -> Steps:
     """Validate a latent-mode request now (raising `BadRequest`); the generator of its units."""
@@ -75,7 +87,7 @@ def _plan_encode(scorer: FlowScorer, model_input: Any, params: Mapping[str, Any]
 
 
 def _plan_decode(scorer: FlowScorer, model_input: Any, params: Mapping[str, Any]) -> Steps:
-    shapes = latent_shapes(scorer.model)
+    shapes = scorer.latent_shapes
     size = sum(int(np.prod(shape)) for shape in shapes.values())
     z = check_latents(model_input, size, scorer.limits.max_batch)
     check_evaluations(len(z), f"decoding {len(z)} latents", scorer.limits.max_work)
@@ -102,7 +114,7 @@ def _plan_manipulate(scorer: FlowScorer, model_input: Any, params: Mapping[str, 
     check_evaluations(1 + len(alphas), f"encoding 1 image and decoding {len(alphas)} frames",
                       scorer.limits.max_work)
     direction = flatten({name: v[None] for name, v in directions.get(attribute).items()},
-                        latent_shapes(scorer.model))[0]
+                        scorer.latent_shapes)[0]
     return _manipulate_units(scorer, x, direction, alphas)
 
 
@@ -124,13 +136,13 @@ def _in_units(scorer: FlowScorer, rows: np.ndarray,
 
 def _encode_units(scorer: FlowScorer, x: np.ndarray) -> Steps:
     """Levels [B, C, H, W] -> flat float32 latents [B, D], from the bins' centres."""
-    shapes = latent_shapes(scorer.model)
+    shapes = scorer.latent_shapes
     return _in_units(scorer, x, lambda part: flatten(encode_levels(scorer.model, part), shapes))
 
 
 def _decode_units(scorer: FlowScorer, z: np.ndarray) -> Steps:
     """Flat latents [B, D] -> uint8 levels [B, C, H, W]."""
-    shapes = latent_shapes(scorer.model)
+    shapes = scorer.latent_shapes
     return _in_units(scorer, z, lambda part: decode_levels(scorer.model, unflatten(part, shapes)))
 
 

@@ -68,8 +68,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-from deploy.latent_requests import DEFAULT_ALPHAS, DEFAULT_STEPS, LATENT_MODES, plan_latent
-from deploy.request_checks import (  # noqa: F401 - BadRequest and SLICE_IMAGES: their old home
+from deploy.latent_requests import (
+    DEFAULT_ALPHAS,
+    DEFAULT_STEPS,
+    LATENT_MODES,
+    check_directions,
+    plan_latent,
+)
+from deploy.request_checks import (
     SLICE_IMAGES,
     BadRequest,
     check_images,
@@ -78,6 +84,7 @@ from deploy.request_checks import (  # noqa: F401 - BadRequest and SLICE_IMAGES:
     check_work,
     shown,
 )
+from flows.latents import latent_shapes
 from flows.scoring import sample_levels, score_levels
 
 if TYPE_CHECKING:
@@ -146,6 +153,11 @@ class FlowScorer:
         self.limits = limits
         self.directions = directions
         self.lock = threading.Lock()
+        # {name: shape} of one image's latents, found once: for VAE / f-VAE it takes a forward
+        # pass, which must not run beside a unit's outside the lock
+        self.latent_shapes = latent_shapes(self.model)
+        if directions is not None:
+            check_directions(directions, self.latent_shapes)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -40,7 +40,6 @@ from fastapi import Request  # at module level: FastAPI resolves the annotation 
 
 from deploy.pyfunc import MODES, BadRequest, FlowScorer
 from deploy.scheduler import DeadlineExceeded, FairScheduler, Overloaded
-from flows.latents import latent_shapes
 
 PARAMS = ("mode", "k", "seed", "n", "temperature", "steps", "attribute", "alphas")
 INPUT_KEYS = ("inputs", "instances")  # MLflow's tensor input fields
@@ -78,7 +77,7 @@ def create_app(model: FlowScorer, info: dict[str, Any] | None = None,
     from fastapi.responses import JSONResponse
 
     scheduler = FairScheduler(options.max_queue, options.request_timeout_s)
-    shapes = latent_shapes(model.model)
+    shapes = model.latent_shapes
     max_body = body_limit(model, sum(math.prod(shape) for shape in shapes.values()))
 
     @asynccontextmanager

@@ -284,6 +284,16 @@ def test_latent_work_counts_every_image_encoded_and_frame_decoded(model, images)
     assert tight.run_request(images[:2], {"mode": "interpolate", "steps": 5}).shape[0] == 7
 
 
+def test_directions_of_another_model_are_refused_at_load(model):
+    from flows.attributes import Directions
+
+    other = Directions({"bright": {"level0": np.zeros((2, 4, 4), np.float32),
+                                   "level1": np.zeros((4, 2, 2), np.float32)}})
+    with pytest.raises(ValueError, match="'bright' has latents .* the directions belong to "
+                                         "another model"):
+        FlowScorer(model, directions=other)
+
+
 def test_a_model_without_directions_says_so(scorer):
     with pytest.raises(BadRequest, match="This model has no attribute directions"):
         scorer.plan(ONE, {"mode": "manipulate", "attribute": "bright"})
