@@ -2,34 +2,52 @@
 
 The model is logged "from code" (`deploy/pyfunc_model.py` is executed at load time), its
 artifacts are the bundle files (safetensors weights, `model_config.json`, `meta.json`: no
-pickle), and the `flows` package and this module travel with it as `code_paths`, so any
-process with MLflow, torch, safetensors and pydantic can
+pickle), and the `flows` package and this module (with the two it imports) travel with it as
+`code_paths`, so any process with MLflow, torch, safetensors and pydantic can
 `mlflow.pyfunc.load_model("models:/NAME@champion")`.
 
-Request forms of `predict(model_input, params)` (and of `/invocations` on any server):
+Request forms of `predict(model_input, params)` (and of `/invocations` on any server); levels
+are uint8 [B, C, H, W] with values in [0, n_bins), checked against the model's image shape:
 
-* score (default): `model_input` uint8 levels, shape [B, C, H, W], values in [0, n_bins);
-  params `{"k": 1, "seed": 0}` -> float64 [B], bits/dim per image: the importance-weighted
-  bound over k draws (dequantisation noise, and latents for VAE / f-VAE), seeded, so the same
-  request gives the same numbers.
+* score (default): `model_input` levels; params `{"k": 1, "seed": 0}` -> float64 [B],
+  bits/dim per image: the importance-weighted bound over k draws (dequantisation noise, and
+  latents for VAE / f-VAE), seeded, so the same request gives the same numbers.
 * sample: params `{"mode": "sample", "n": 16, "temperature": 0.7, "seed": 0}` -> uint8 levels
   [n, C, H, W]; `model_input` is ignored, but MLflow's scoring server requires an input field,
   so a request sends the placeholder `[[[[0]]]]`.
+* encode: `model_input` levels; params `{"mode": "encode"}` -> float32 latents [B, D], one flat
+  row per image: the latents of every level (flows, D = C·H·W) or the posterior mean (VAE,
+  f-VAE), flattened and concatenated in order (`deploy/latent_requests.py`), encoded from the
+  bins' centres, so for a flow decode returns the levels exactly.
+* decode: `model_input` latents [B, D] in encode's form (any numbers, finite in float32);
+  params `{"mode": "decode"}` -> uint8 levels [B, C, H, W].
+* interpolate (Glow, Fig. 5): `model_input` levels of two images [2, C, H, W]; params
+  `{"mode": "interpolate", "steps": 8}` -> uint8 levels [steps + 2, C, H, W] from A to B, the
+  ends equal to A and B (`flows.latents.interpolate`).
+* manipulate (Glow, Fig. 6): `model_input` levels of one image [1, C, H, W]; params
+  `{"mode": "manipulate", "attribute": "Smiling", "alphas": [-1, -0.5, 0, 0.5, 1]}` -> uint8
+  levels [len(alphas), C, H, W], the image moved by alpha times the attribute's direction
+  (`flows.attributes.manipulate`; alpha 0 is the image). Needs the model's directions
+  (`FlowScorer.directions`); an unknown attribute is a 400 listing the known ones.
 
 Over HTTP both servers (`mlflow models serve` and `nfpipe deploy serve`) take one JSON form,
-`{"inputs": <levels or the placeholder>, "params": {...}}`; the signature's input is any
-4-D uint8 batch so that the placeholder passes MLflow's schema check, and the model checks a
-scoring batch against its own image shape (the same 400 message from both servers).
+`{"inputs": <levels, latents or the placeholder>, "params": {...}}`, and answer
+`{"predictions": ...}`: an encode answer's predictions are a decode request's inputs. The
+signature lists the params and declares no input schema (`signature_for`): the model checks
+every input itself, with the same 400 message from both servers.
 
-Work is bounded per request: images x k <= `max_work` (and n <= `max_samples`). A request is
-computed in units of at most `SLICE_IMAGES` images and one noise draw (`FlowScorer.plan`), so a
-server can interleave the units of several requests; each run of `SLICE_IMAGES` images is scored
-with its own noise stream seeded by `seed`, so the same images in the same order give the same
-numbers whether they come in one request or in several of a multiple of `SLICE_IMAGES`.
+Work is bounded per request: images x k <= `max_work` for a score; images encoded plus frames
+decoded <= `max_work` for the latent modes; frames out (n, steps + 2, len(alphas)) <=
+`max_samples`; images in <= `max_batch`. A request is computed in units of at most
+`SLICE_IMAGES` images and one noise draw (`FlowScorer.plan`), so a server can interleave the
+units of several requests; each run of `SLICE_IMAGES` images is scored with its own noise
+stream seeded by `seed`, so the same images in the same order give the same numbers whether
+they come in one request or in several of a multiple of `SLICE_IMAGES`.
 
-Bad requests (shape, dtype, levels >= n_bins, too many images or samples, over the work budget)
-raise `MlflowException` with INVALID_PARAMETER_VALUE, which MLflow's scoring server answers
-with 400.
+Bad requests (shape, dtype, levels >= n_bins, latents of the wrong size or not finite, too many
+images, samples or frames, over the work budget, a missing or unknown attribute, alphas that
+are not a list of numbers) raise `MlflowException` with INVALID_PARAMETER_VALUE, which MLflow's
+scoring server answers with 400; the checks are in `deploy/request_checks.py`.
 
 MLflow executes the model's copies of `pyfunc_model.py`, this module and `flows` when it loads
 the model; nfpipe's own load path (`deploy/load.py`) executes nothing from the artifact: it
@@ -39,34 +57,49 @@ reads the bundle's weights and config and builds a `FlowScorer` with the install
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import threading
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
+from deploy.latent_requests import (
+    DEFAULT_ALPHAS,
+    DEFAULT_STEPS,
+    LATENT_MODES,
+    check_directions,
+    plan_latent,
+)
+from deploy.request_checks import (
+    SLICE_IMAGES,
+    BadRequest,
+    check_images,
+    check_int,
+    check_sample_request,
+    check_work,
+    shown,
+)
+from flows.latents import latent_shapes
 from flows.scoring import sample_levels, score_levels
+
+if TYPE_CHECKING:
+    from flows.attributes import Directions
 
 BUNDLE_FILES = ("model.safetensors", "model_config.json", "meta.json")
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 ARTIFACT_PATH = "model"  # name of the logged model inside its run
 MAX_K = 1000  # importance-weighted draws per image in one request
-SLICE_IMAGES = 64  # image evaluations per unit of work: the grain of interleaving
+MODES = ("score", "sample", *LATENT_MODES)
 # The shipped code's third-party imports, pinned to what is installed here (the model's
 # requirements.txt); flows/viz.py (PIL) is not shipped: the model never draws grids.
 REQUIREMENTS = ("mlflow-skinny", "torch", "safetensors", "pydantic", "numpy", "pandas")
 # PyPI's Linux torch wheels pull in CUDA; this index holds the CPU builds of the same versions.
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
-
-
-class BadRequest(ValueError):
-    """A request the model cannot serve; the message says what was expected."""
 
 
 @dataclass(frozen=True)
@@ -89,81 +122,6 @@ class Limits:
                 "max_work": self.max_work}
 
 
-def check_images(x: Any, image_shape: tuple[int, int, int], n_bins: int, max_batch: int) -> Any:
-    """Validate a batch of levels and return it as a uint8 ndarray [B, C, H, W]."""
-    if isinstance(x, dict) and len(x) == 1:  # a single named tensor
-        x = next(iter(x.values()))
-    if hasattr(x, "to_numpy") and not isinstance(x, np.ndarray):  # pandas
-        raise BadRequest("Expected a uint8 array [B, C, H, W] of levels, got a DataFrame.")
-    array = x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else x
-    array = np.asarray(array)
-    if array.dtype == object:
-        raise BadRequest("Expected a rectangular array of integer levels (ragged or mixed input).")
-    if array.dtype.kind not in "ui":
-        raise BadRequest(
-            f"Expected integer levels (uint8) in [0, {n_bins}), got dtype {array.dtype}."
-        )
-    if array.ndim != 4 or tuple(array.shape[1:]) != tuple(image_shape):
-        raise BadRequest(f"Expected shape [B, {', '.join(map(str, image_shape))}] "
-                         f"(B, C, H, W), got {list(array.shape)}.")
-    if not 1 <= array.shape[0] <= max_batch:
-        raise BadRequest(f"Expected 1 to {max_batch} images per request, got {array.shape[0]}.")
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high >= n_bins:
-        raise BadRequest(
-            f"Levels must lie in [0, {n_bins}) for this model (n_bins={n_bins}); got values "
-            f"in [{low}, {high}]. Send the dataset's levels, not 8-bit pixel values."
-        )
-    return array.astype(np.uint8, copy=False)
-
-
-def check_sample_request(n: Any, temperature: Any, max_samples: int) -> tuple[int, float]:
-    if not is_number(n, integer=True):
-        raise BadRequest(f"'n' must be an integer number of samples, got {shown(n)}.")
-    if not 1 <= int(n) <= max_samples:
-        raise BadRequest(f"'n' must be between 1 and {max_samples} samples, got {shown(n)}.")
-    if not is_number(temperature):
-        raise BadRequest(f"'temperature' must be a number, got {shown(temperature)}.")
-    try:
-        t = float(temperature)
-    except OverflowError:  # an integer too large for a float
-        t = float("inf")
-    if not 0.0 < t <= 10.0 or not np.isfinite(t):
-        raise BadRequest(f"'temperature' must be in (0, 10], got {shown(temperature)}.")
-    return int(n), t
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> int:
-    if not is_number(value, integer=True):
-        raise BadRequest(f"'{name}' must be an integer, got {shown(value)}.")
-    if not low <= int(value) <= high:
-        raise BadRequest(f"'{name}' must be between {low} and {high}, got {shown(value)}.")
-    return int(value)
-
-
-def is_number(value: Any, integer: bool = False) -> bool:
-    """One rule for every numeric param: a JSON number, never a bool (`true` is not 1) nor a
-    string; `integer` also refuses fractions."""
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    return isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
-
-
-def shown(value: Any, limit: int = 40) -> str:
-    """`value` for an error message, cut short (a param may be a 4,000-digit integer)."""
-    if isinstance(value, int) and value.bit_length() > 128:
-        return f"an integer of about {round(value.bit_length() * math.log10(2))} digits"
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def check_work(images: int, k: int, max_work: int) -> None:
-    """The per-request budget: images x k forward passes at most."""
-    if images * k > max_work:
-        raise BadRequest(f"{images} images x k={k} = {images * k} image evaluations is over "
-                         f"this model's budget of {max_work} per request; send fewer images "
-                         "per request or a smaller k.")
-
-
 Steps = Generator[None, None, np.ndarray]
 
 
@@ -177,21 +135,29 @@ def run_to_end(steps: Steps) -> np.ndarray:
 
 
 class FlowScorer:
-    """A loaded `flows.DensityModel` behind the request forms (score or sample), in units.
+    """A loaded `flows.DensityModel` behind the request forms (`MODES`, module doc), in units.
 
     `plan(x, params)` validates a request at once (raising `BadRequest`) and returns a
     generator that computes one unit per `next()` (about `SLICE_IMAGES` image evaluations:
-    images x k draws) and returns the result [B] float64 bits/dim or uint8 levels
-    [n, C, H, W]. A server interleaves the units of several requests; `run_request` runs one
-    request to the end. Each unit holds a lock: the forward passes share one model instance.
+    images x k draws, or images encoded / frames decoded) and returns the result: [B] float64
+    bits/dim, float32 latents [B, D] or uint8 levels. A server interleaves the units of several
+    requests; `run_request` runs one request to the end. Each unit holds `lock`: the forward
+    passes share one model instance. `directions` (attribute directions, `flows.attributes`)
+    serve the manipulate mode; None where the model has none.
     """
 
     def __init__(self, model: Any, meta: Mapping[str, Any] | None = None,
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), directions: Directions | None = None) -> None:
         self.model = model.eval()
         self.meta = dict(meta or {})
         self.limits = limits
-        self._lock = threading.Lock()
+        self.directions = directions
+        self.lock = threading.Lock()
+        # {name: shape} of one image's latents, found once: for VAE / f-VAE it takes a forward
+        # pass, which must not run beside a unit's outside the lock
+        self.latent_shapes = latent_shapes(self.model)
+        if directions is not None:
+            check_directions(directions, self.latent_shapes)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -208,15 +174,17 @@ class FlowScorer:
     def plan(self, model_input: Any, params: Mapping[str, Any]) -> Steps:
         """Validate a request now; return the generator of its units (see the class)."""
         mode = params.get("mode", "score") or "score"
-        seed = _check_int("seed", params.get("seed", 0), 0, 2**63 - 1)
+        seed = check_int("seed", params.get("seed", 0), 0, 2**63 - 1)
         if mode == "sample":
             n, temperature = check_sample_request(
                 params.get("n", 16), params.get("temperature", 1.0), self.limits.max_samples
             )
             return self._sample_units(n, temperature, seed)
+        if mode in LATENT_MODES:
+            return plan_latent(self, mode, model_input, params)
         if mode != "score":
-            raise BadRequest(f"'mode' must be 'score' or 'sample', got {mode!r}.")
-        k = _check_int("k", params.get("k", 1), 1, MAX_K)
+            raise BadRequest(f"'mode' must be one of {', '.join(MODES)}; got {shown(mode)}.")
+        k = check_int("k", params.get("k", 1), 1, MAX_K)
         x = check_images(model_input, self.image_shape, self.n_bins, self.limits.max_batch)
         check_work(len(x), k, self.limits.max_work)
         return self._score_units(x, k, seed)
@@ -228,7 +196,7 @@ class FlowScorer:
         width = max(1, SLICE_IMAGES // k)
         slices = []
         for start in range(0, len(x), width):
-            with self._lock:
+            with self.lock:
                 slices.append(score_levels(self.model, x[start:start + width], k=k,
                                            generator=seed))
             yield
@@ -240,7 +208,7 @@ class FlowScorer:
         generator = torch.Generator().manual_seed(seed)
         parts = []
         for start in range(0, n, SLICE_IMAGES):
-            with self._lock:
+            with self.lock:
                 parts.append(sample_levels(self.model, min(SLICE_IMAGES, n - start),
                                            temperature, generator=generator))
             yield
@@ -270,7 +238,7 @@ class FlowPyfunc(PythonModel):
 
     def predict(self, context: Any, model_input: np.ndarray,
                 params: dict[str, Any] | None = None) -> np.ndarray:
-        """Score (default) or sample; see the module docstring for the request forms.
+        """One request of any mode (score by default); the module docstring has the forms.
 
         (`np.ndarray` is a hint MLflow takes as is: no conversion; the explicit signature,
         `signature_for`, describes the input.)
@@ -284,22 +252,26 @@ class FlowPyfunc(PythonModel):
 
 
 def signature_for():
-    """Input: uint8 levels, any 4-D batch [-1, -1, -1, -1] (MLflow's server checks the shape
-    before `predict`: a fixed [-1, C, H, W] would refuse a sample request's placeholder
-    `[[[[0]]]]`; `check_images` checks a scoring batch against the image shape); params:
-    mode, k, seed, n, temperature. The image shape is in the model's metadata."""
+    """Params only: mode, k, seed, n, temperature, steps, attribute, alphas (a list of
+    numbers), with the defaults `FlowScorer.plan` applies. No input schema: the inputs are
+    uint8 levels [B, C, H, W] for most modes but float latents [B, D] for decode, which no
+    one MLflow tensor spec covers (and a uint8 spec would make MLflow's server cast latents,
+    or float levels, to uint8 silently); the model checks every input itself, with the same
+    400 from both servers. The image shape is in the model's metadata."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.types import ParamSchema, ParamSpec
 
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))])
     params = ParamSchema([
         ParamSpec("mode", "string", "score"),
         ParamSpec("k", "long", 1),
         ParamSpec("seed", "long", 0),
         ParamSpec("n", "long", 16),
         ParamSpec("temperature", "double", 1.0),
+        ParamSpec("steps", "long", DEFAULT_STEPS),
+        ParamSpec("attribute", "string", ""),
+        ParamSpec("alphas", "double", list(DEFAULT_ALPHAS), shape=(-1,)),
     ])
-    return ModelSignature(inputs=inputs, params=params)
+    return ModelSignature(inputs=None, params=params)
 
 
 def pip_requirements() -> list[str]:
@@ -352,7 +324,7 @@ def stage_code(into: Path) -> list[str]:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "viz.py"))
     package = into / "code" / "deploy"
     package.mkdir(parents=True)
-    for name in ("__init__.py", "pyfunc.py"):
+    for name in ("__init__.py", "pyfunc.py", "request_checks.py", "latent_requests.py"):
         shutil.copy2(Path(__file__).with_name(name), package / name)
     return [str(into / "code" / "flows"), str(package)]
 
@@ -390,4 +362,12 @@ REQUEST_FORMS = {
     "score": "inputs: uint8 levels [B, C, H, W]; params {k, seed} -> bits/dim [B]",
     "sample": "params {mode: 'sample', n, temperature, seed} -> uint8 levels [n, C, H, W]; "
     "inputs ignored (send the placeholder [[[[0]]]])",
+    "encode": "inputs: uint8 levels [B, C, H, W]; params {mode: 'encode'} -> float32 latents "
+    "[B, D] (the levels' latents flattened and concatenated in order)",
+    "decode": "inputs: latents [B, D] as encode returns them; params {mode: 'decode'} -> "
+    "uint8 levels [B, C, H, W]",
+    "interpolate": "inputs: uint8 levels [2, C, H, W] (A, B); params {mode: 'interpolate', "
+    "steps} -> uint8 levels [steps + 2, C, H, W], A to B",
+    "manipulate": "inputs: uint8 levels [1, C, H, W]; params {mode: 'manipulate', attribute, "
+    "alphas: [numbers]} -> uint8 levels [len(alphas), C, H, W]",
 }

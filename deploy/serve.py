@@ -9,16 +9,19 @@ It speaks MLflow's scoring protocol: one request form works on this server and o
   load balancer sends traffic elsewhere) or its worker has stopped.
 * `POST /invocations` with JSON `{"inputs": [[[[levels]]]], "params": {"k": 1, "seed": 0}}`
   -> `{"predictions": [bpd, ...]}`; with `{"inputs": [[[[0]]]], "params": {"mode": "sample",
-  "n": 16, "temperature": 0.7, "seed": 0}}` -> `{"predictions": uint8 levels [n, C, H, W]}`.
-  As in MLflow, the images may come as `instances` instead (one of the two, not both); a sample
-  request ignores them, and here (not in MLflow) it may leave them out.
+  "n": 16, "temperature": 0.7, "seed": 0}}` -> `{"predictions": uint8 levels [n, C, H, W]}`;
+  the modes encode, decode, interpolate and manipulate likewise (`deploy/pyfunc.py`; /health
+  lists the modes, the latents' shapes and the model's attributes). As in MLflow, the inputs
+  may come as `instances` instead (one of the two, not both); a sample request ignores them,
+  and here (not in MLflow) it may leave them out.
 
-Bounded work: a request may ask for images x k <= `max_work` (400 above it); requests share the
-model fairly in units of work (`deploy/scheduler.py`), so small ones are not starved by a big
-one; one still unfinished after `request_timeout_s` gets 503, as does one that finds
-`max_queue` requests in progress. Bad requests get a 4xx with `{"error_code": ..., "message":
-...}`: 400 for wrong shape, dtype, levels >= n_bins, unknown params, too many images, samples
-or work, or JSON nested too deeply; 413 for a body over the limit (counted while it is read,
+Bounded work: a request may ask for images x k <= `max_work` (images encoded plus frames
+decoded for the latent modes; 400 above it); requests share the model fairly in units of work
+(`deploy/scheduler.py`), so small ones are not starved by a big one; one still unfinished after
+`request_timeout_s` gets 503, as does one that finds `max_queue` requests in progress. Bad
+requests get a 4xx with `{"error_code": ..., "message": ...}`: 400 for wrong shape, dtype,
+levels >= n_bins, bad latents, unknown params or attribute, too many images, samples, frames or
+work, or JSON nested too deeply; 413 for a body over the limit (counted while it is read,
 chunked or not); 415 for a body that is not JSON. The server never crashes on a request.
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import socket
 import sys
 from dataclasses import dataclass
@@ -34,11 +38,17 @@ from typing import Any
 import numpy as np
 from fastapi import Request  # at module level: FastAPI resolves the annotation by name
 
-from deploy.pyfunc import BadRequest, FlowScorer
+from deploy.pyfunc import MODES, BadRequest, FlowScorer
 from deploy.scheduler import DeadlineExceeded, FairScheduler, Overloaded
 
-PARAMS = ("mode", "k", "seed", "n", "temperature")
+PARAMS = ("mode", "k", "seed", "n", "temperature", "steps", "attribute", "alphas")
 INPUT_KEYS = ("inputs", "instances")  # MLflow's tensor input fields
+# what each mode that reads its inputs needs there (sample ignores them)
+INPUTS_NEEDED = {"score": "uint8 levels [B, C, H, W]", "encode": "uint8 levels [B, C, H, W]",
+                 "decode": "latents [B, D] as an encode request returns them",
+                 "interpolate": "uint8 levels of two images [2, C, H, W]",
+                 "manipulate": "uint8 levels of one image [1, C, H, W]"}
+MAX_CHARS_PER_VALUE = 26  # JSON of one float32 latent: up to 23 characters and ", "
 
 
 class BodyTooLarge(ValueError):
@@ -67,7 +77,8 @@ def create_app(model: FlowScorer, info: dict[str, Any] | None = None,
     from fastapi.responses import JSONResponse
 
     scheduler = FairScheduler(options.max_queue, options.request_timeout_s)
-    max_body = body_limit(model)
+    shapes = model.latent_shapes
+    max_body = body_limit(model, sum(math.prod(shape) for shape in shapes.values()))
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -79,7 +90,9 @@ def create_app(model: FlowScorer, info: dict[str, Any] | None = None,
     health = {"status": "ok", **(info or {}), "image_shape": list(model.image_shape),
               "n_bins": model.n_bins, "max_batch": model.limits.max_batch,
               "max_samples": model.limits.max_samples, "max_work": model.limits.max_work,
-              "max_body_bytes": max_body}
+              "max_body_bytes": max_body, "modes": list(MODES),
+              "latent_shapes": {name: list(shape) for name, shape in shapes.items()},
+              "attributes": model.directions.names if model.directions is not None else []}
 
     def error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
         return JSONResponse({"error_code": code, "message": message}, status_code=status,
@@ -118,10 +131,12 @@ def create_app(model: FlowScorer, info: dict[str, Any] | None = None,
     return app
 
 
-def body_limit(model: FlowScorer) -> int:
-    """Bytes a maximal valid request can take: up to 4 characters per level, plus slack."""
+def body_limit(model: FlowScorer, latent_size: int) -> int:
+    """Bytes a maximal valid request can take, plus slack: max_batch images of levels (up to 4
+    characters each) or of latents (`latent_size` floats of up to 26 characters each)."""
     c, h, w = model.image_shape
-    return model.limits.max_batch * c * h * w * 4 + (1 << 20)
+    per_image = max(c * h * w * 4, latent_size * MAX_CHARS_PER_VALUE)
+    return model.limits.max_batch * per_image + (1 << 20)
 
 
 async def read_body(request: Any, limit: int) -> bytes:
@@ -176,13 +191,16 @@ def parse_request(body: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:
                          f"expected some of {list(PARAMS)}.")
     inputs = payload.get("inputs", payload.get("instances"))
     if inputs is None:
-        if params.get("mode", "score") == "score":
-            raise BadRequest("Scoring needs 'inputs': uint8 levels [B, C, H, W].")
-        return None, params
+        mode = params.get("mode") or "score"
+        if mode == "score":
+            raise BadRequest(f"Scoring needs 'inputs': {INPUTS_NEEDED['score']}.")
+        if isinstance(mode, str) and mode in INPUTS_NEEDED:
+            raise BadRequest(f"'{mode}' needs 'inputs': {INPUTS_NEEDED[mode]}.")
+        return None, params  # a sample request, or an unknown mode `plan` refuses
     try:
         return np.asarray(inputs), params
     except (ValueError, OverflowError, TypeError, RecursionError) as err:
-        raise BadRequest(f"'inputs' is not a rectangular array of integers: "
+        raise BadRequest(f"'inputs' is not a rectangular array of numbers: "
                          f"{type(err).__name__}: {str(err)[:200]}.") from None
 
 

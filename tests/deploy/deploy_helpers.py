@@ -25,9 +25,13 @@ def readme_bash_block(marker: str) -> str:
     return found[0]
 
 
+SAMPLE_BLOCK = '"mode": "sample"'  # README's request lines: sample, then score
+LATENT_BLOCK = '"mode": "encode"'  # README's latent request lines, after those
+
+
 def readme_sample_request() -> bytes:
     """The JSON body of README's sample request (its `curl -d '...'`)."""
-    bodies = re.findall(r"-d '(\{.*?\})'", readme_bash_block("/invocations"))
+    bodies = re.findall(r"-d '(\{.*?\})'", readme_bash_block(SAMPLE_BLOCK))
     assert len(bodies) == 1, bodies
     return bodies[0].encode()
 
@@ -35,18 +39,38 @@ def readme_sample_request() -> bytes:
 def run_readme_requests(url: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """README's request lines run by bash as written in `folder` (given a `.venv`), sent to
     `url` instead of README_SERVER: (the samples, the bits/dim of scoring them back)."""
-    block = readme_bash_block("/invocations")
+    block = readme_bash_block(SAMPLE_BLOCK)
     assert README_SERVER in block
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ".venv").symlink_to(VENV_BIN.parent)
-    done = subprocess.run(["bash", "-e", "-c", block.replace(README_SERVER, url)], cwd=folder,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    done = _run_block(block, url, folder)
     answer = folder / "samples.json"
     assert done.returncode == 0, (done.stderr[-3000:], answer.exists() and answer.read_text())
     sampled = json.loads(answer.read_text())
     scored = json.loads(done.stdout)
     assert "predictions" in sampled and "predictions" in scored, (sampled, scored)
     return np.asarray(sampled["predictions"]), np.asarray(scored["predictions"])
+
+
+def run_readme_latent_requests(url: str, folder: Path) -> dict[str, np.ndarray]:
+    """README's latent request lines, run by bash as written in `folder` after
+    `run_readme_requests` (they read its samples.json), sent to `url`: each answer's
+    predictions, by the file it was written to."""
+    block = readme_bash_block(LATENT_BLOCK)
+    assert README_SERVER in block
+    done = _run_block(block, url, folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = {}
+    for name in ("latents", "decoded", "strip"):
+        answer = json.loads((folder / f"{name}.json").read_text())
+        assert "predictions" in answer, (name, answer)
+        answers[name] = np.asarray(answer["predictions"])
+    return answers
+
+
+def _run_block(block: str, url: str, folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-e", "-c", block.replace(README_SERVER, url)], cwd=folder,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
 
 
 def make_registry(directory: Path) -> tuple[str, str]:

@@ -20,9 +20,13 @@ x = np.load(sys.argv[1])
 model = mlflow.pyfunc.load_model("models:/%s@champion")
 bpd = model.predict(x, params={"seed": 7})
 samples = model.predict(x[:1], params={"mode": "sample", "n": 3, "temperature": 0.7})
+z = model.predict(x, params={"mode": "encode"})
+back = model.predict(z, params={"mode": "decode"})
 print(json.dumps({"bpd": bpd.tolist(), "samples": list(samples.shape),
                   "dtype": str(samples.dtype), "max": int(samples.max()),
-                  "flows_from": sys.modules["flows"].__file__}))
+                  "round_trip": bool((back == x).all()), "z": list(z.shape),
+                  "flows_from": sys.modules["flows"].__file__,
+                  "deploy_from": sys.modules["deploy.latent_requests"].__file__}))
 """
 
 
@@ -48,20 +52,26 @@ def test_fresh_process_pulls_champion_with_same_bpd(champion, registry, model, t
     expected = score_levels(model, test_images, generator=7)
     np.testing.assert_allclose(out["bpd"], expected, rtol=0, atol=1e-5)
     assert out["samples"] == [3, 1, 8, 8] and out["dtype"] == "uint8" and out["max"] < 17
+    assert out["round_trip"] and out["z"] == [16, 64]  # encode, then decode: the images
     assert "/code/flows/" in out["flows_from"], out["flows_from"]
+    assert "/code/deploy/" in out["deploy_from"], out["deploy_from"]  # shipped, not the repo's
 
 
 def test_model_has_signature_example_and_no_pickle(champion, registry):
     import mlflow
 
     info = mlflow.models.get_model_info(f"models:/{MODEL_NAME}/{champion.version}")
-    inputs = info.signature.inputs.to_dict()
-    spec = inputs[0]["tensor-spec"]
-    # any 4-D batch, so MLflow's server lets a sample request's placeholder through; the
-    # image shape is the model's metadata (and `check_images` enforces it)
-    assert spec["dtype"] == "uint8" and list(spec["shape"]) == [-1, -1, -1, -1]
+    # no input schema: levels [B, C, H, W] for most modes, float latents [B, D] for decode;
+    # the image shape is the model's metadata (and the model checks every input itself)
+    assert info.signature.inputs is None
     assert info.metadata["image_shape"] == [1, 8, 8] and info.metadata["n_bins"] == 17
-    assert {p.name for p in info.signature.params} == {"mode", "k", "seed", "n", "temperature"}
+    params = {p.name: p for p in info.signature.params}
+    assert set(params) == {"mode", "k", "seed", "n", "temperature", "steps", "attribute",
+                           "alphas"}
+    assert params["alphas"].shape == (-1,) and params["alphas"].dtype.name == "double"
+    assert params["steps"].default == 8 and params["attribute"].default == ""
+    assert set(info.metadata["request_forms"]) == {"score", "sample", "encode", "decode",
+                                                   "interpolate", "manipulate"}
     assert info.saved_input_example_info is not None
     flavor = info.flavors["python_function"]
     assert "model_code_path" in flavor and "python_model" not in flavor  # models from code
@@ -88,6 +98,31 @@ def test_mlflows_scoring_server_takes_the_readme_request_as_nfpipes_does(pulled,
     np.testing.assert_array_equal(json.loads(answer.response)["predictions"], nfpipe)
 
 
+def test_mlflows_scoring_server_round_trips_encode_and_decode(pulled, test_images):
+    """MLflow's request handling (no input schema: JSON numbers stay numbers): an encode
+    answer's predictions, posted back as a decode request's inputs, give the images exactly;
+    float levels are refused by the model, not cast to uint8 by MLflow."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    def post(body):
+        return scoring_server.invocations(json.dumps(body), "application/json", pulled,
+                                          pulled.metadata.get_input_schema())
+
+    encoded = post({"inputs": test_images.tolist(), "params": {"mode": "encode"}})
+    assert encoded.status == 200, encoded.response
+    z = json.loads(encoded.response)["predictions"]
+    decoded = post({"inputs": z, "params": {"mode": "decode"}})
+    assert decoded.status == 200, decoded.response
+    np.testing.assert_array_equal(json.loads(decoded.response)["predictions"], test_images)
+    with pytest.raises(MlflowException, match="got dtype float64"):
+        post({"inputs": np.full((1, 1, 8, 8), 0.5).tolist()})
+    # alphas are a JSON list of numbers: MLflow's param schema refuses the CLI's string form
+    with pytest.raises(MlflowException, match="'alphas'"):
+        post({"inputs": test_images[:1].tolist(),
+              "params": {"mode": "manipulate", "attribute": "x", "alphas": "-1,0,1"}})
+
+
 @pytest.mark.parametrize("x, params, message", [
     (np.full((2, 1, 8, 8), 17, np.uint8), {}, "Levels must lie in [0, 17)"),
     (np.zeros((2, 1, 8, 8), np.float32), {}, "dtype"),
@@ -96,7 +131,11 @@ def test_mlflows_scoring_server_takes_the_readme_request_as_nfpipes_does(pulled,
     (np.zeros((1, 1, 8, 8), np.uint8), {"mode": "sample", "n": 9}, "between 1 and 8"),
     (np.zeros((1, 1, 8, 8), np.uint8), {"mode": "sample", "n": 2, "temperature": -1.0},
      "temperature"),
-    (np.zeros((1, 1, 8, 8), np.uint8), {"mode": "encode"}, "'mode'"),
+    (np.zeros((1, 1, 8, 8), np.uint8), {"mode": "encoding"}, "'mode' must be one of"),
+    (np.zeros((2, 63), np.float32), {"mode": "decode"}, "Expected latents of shape [B, 64]"),
+    (np.zeros((2, 1, 8, 8), np.uint8), {"mode": "interpolate", "steps": 9}, "'steps'"),
+    (np.zeros((1, 1, 8, 8), np.uint8), {"mode": "manipulate", "attribute": "Smiling"},
+     "no attribute directions"),
     (np.zeros((1, 1, 8, 8), np.uint8), {"k": 0}, "'k'"),
 ])
 def test_bad_requests_are_invalid_parameter_errors(pulled, x, params, message):

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import requests
-from deploy_helpers import MODEL_NAME, Server, run_readme_requests
+from deploy_helpers import MODEL_NAME, Server, run_readme_latent_requests, run_readme_requests
 
 from deploy.pyfunc import FlowScorer
 from flows.scoring import score_levels
@@ -52,6 +52,9 @@ def test_health_names_the_model(deploy_server, champion):
     assert health["status"] == "ok" and str(health["version"]) == str(champion.version)
     assert health["image_shape"] == [1, 8, 8] and health["n_bins"] == 17
     assert health["max_samples"] == 8
+    assert health["modes"] == ["score", "sample", "encode", "decode", "interpolate", "manipulate"]
+    assert health["latent_shapes"] == {"level0": [2, 4, 4], "level1": [8, 2, 2]}
+    assert health["attributes"] == []  # the bundle holds no directions
 
 
 def test_scores_a_batch_like_the_in_memory_model(deploy_server, model, test_images):
@@ -66,6 +69,28 @@ def test_samples(deploy_server):
     assert response.status_code == 200, response.text
     levels = np.asarray(response.json()["predictions"])
     assert levels.shape == (4, 1, 8, 8) and levels.min() >= 0 and levels.max() < 17
+
+
+def test_latent_modes_over_http(deploy_server, model, test_images):
+    """encode -> decode gives the images exactly; interpolate is `flows.latents.interpolate`'s
+    strip; this model has no directions, so manipulate is a 400 that says so."""
+    from flows.latents import interpolate
+
+    encoded = _post(deploy_server, {"inputs": test_images.tolist(), "params": {"mode": "encode"}})
+    assert encoded.status_code == 200, encoded.text
+    z = encoded.json()["predictions"]
+    assert np.shape(z) == (16, 64)
+    decoded = _post(deploy_server, {"inputs": z, "params": {"mode": "decode"}})
+    assert decoded.status_code == 200, decoded.text
+    np.testing.assert_array_equal(decoded.json()["predictions"], test_images)
+    strip = _post(deploy_server, {"inputs": test_images[:2].tolist(),
+                                  "params": {"mode": "interpolate", "steps": 4}})
+    assert strip.status_code == 200, strip.text
+    np.testing.assert_array_equal(strip.json()["predictions"],
+                                  interpolate(model, test_images[0], test_images[1], 4))
+    row = _post(deploy_server, {"inputs": test_images[:1].tolist(), "params": {
+        "mode": "manipulate", "attribute": "Smiling", "alphas": [-1, 0, 1]}})
+    assert row.status_code == 400 and "no attribute directions" in row.json()["message"]
 
 
 ZEROS = np.zeros((2, 1, 8, 8), dtype=int).tolist()
@@ -88,6 +113,16 @@ ZEROS = np.zeros((2, 1, 8, 8), dtype=int).tolist()
      "'temperature' must be a number"),
     ({"params": {"mode": "sample", "n": True}}, 400, "'n' must be an integer"),
     ({"inputs": ZEROS, "instances": ZEROS}, 400, "not both"),
+    ({"inputs": np.full((2, 1, 8, 8), 17).tolist(), "params": {"mode": "encode"}}, 400,
+     "Levels must lie in [0, 17)"),
+    ({"inputs": np.zeros((2, 60)).tolist(), "params": {"mode": "decode"}}, 400,
+     "Expected latents of shape [B, 64]"),
+    ({"params": {"mode": "decode"}}, 400, "'decode' needs 'inputs': latents [B, D]"),
+    ({"inputs": ZEROS, "params": {"mode": "interpolate", "steps": 50}}, 400,
+     "'steps' must be an integer between 0 and 6"),
+    ({"inputs": ZEROS[:1], "params": {"mode": "interpolate"}}, 400, "exactly 2 images"),
+    ({"inputs": ZEROS, "params": {"mode": "manipulate", "attribute": "Smiling"}}, 400,
+     "'manipulate' takes exactly 1 image [1, C, H, W]"),
 ])
 def test_bad_requests_get_4xx_and_server_keeps_serving(deploy_server, payload, status, message):
     response = _post(deploy_server, payload)
@@ -144,6 +179,20 @@ def test_mlflow_models_serve_speaks_the_same_protocol(mlflow_server, model, test
     assert wrong.status_code == 400 and "Expected shape [B, 1, 8, 8]" in wrong.text
     both = _post(mlflow_server, {"inputs": ZEROS, "instances": ZEROS})
     assert both.status_code == 400, both.text
+    # the latent modes: an encode answer decodes to the images; the model's own 400s
+    encoded = _post(mlflow_server, {"inputs": test_images.tolist(), "params": {"mode": "encode"}})
+    assert encoded.status_code == 200, encoded.text
+    decoded = _post(mlflow_server, {"inputs": encoded.json()["predictions"],
+                                    "params": {"mode": "decode"}})
+    assert decoded.status_code == 200, decoded.text
+    np.testing.assert_array_equal(decoded.json()["predictions"], test_images)
+    strip = _post(mlflow_server, {"inputs": test_images[:2].tolist(),
+                                  "params": {"mode": "interpolate", "steps": 4}})
+    assert strip.status_code == 200, strip.text
+    assert np.asarray(strip.json()["predictions"]).shape == (6, 1, 8, 8)
+    short = _post(mlflow_server, {"inputs": np.zeros((1, 60)).tolist(),
+                                  "params": {"mode": "decode"}})
+    assert short.status_code == 400 and "Expected latents of shape [B, 64]" in short.text
     assert requests.get(mlflow_server.url + "/ping", timeout=5).status_code == 200
 
 
@@ -162,3 +211,13 @@ def test_the_readme_requests_give_the_same_answers_on_both_servers(deploy_server
     np.testing.assert_allclose(bpd, mlflow_bpd, rtol=0, atol=1e-6)
     expected = score_levels(model, samples.astype(np.uint8), k=1, generator=0)
     np.testing.assert_allclose(bpd, expected, rtol=0, atol=1e-5)
+    # README's latent lines, after those: encode -> decode gives the two samples back, the
+    # strip runs from one to the other, and both servers answer the same
+    latent = run_readme_latent_requests(deploy_server.url, tmp_path / "nfpipe")
+    mlflow_latent = run_readme_latent_requests(mlflow_server.url, tmp_path / "mlflow")
+    assert latent["latents"].shape == (2, 64)
+    np.testing.assert_array_equal(latent["decoded"], samples[:2])
+    assert latent["strip"].shape == (8, 1, 8, 8)
+    np.testing.assert_array_equal(latent["strip"][[0, -1]], samples[:2])
+    for name, answer in latent.items():
+        np.testing.assert_array_equal(answer, mlflow_latent[name], err_msg=name)
