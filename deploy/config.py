@@ -32,16 +32,18 @@ class PromoteConfig(_Section):
         "is marked abandoned (once) and never waited for again."
     )
     max_batch: int = Field(
-        1024, gt=0, description="Most images one `predict` call of the registered model "
-        "accepts (stored with the model, enforced by any server)."
+        1024, gt=0, description="Most images (or latent rows) one `predict` call of the "
+        "registered model accepts (stored with the model, enforced by any server)."
     )
     max_samples: int = Field(
-        256, gt=0, description="Most samples one `predict` call in sample mode may ask for "
-        "(stored with the model, enforced by any server)."
+        256, gt=0, description="Most images one `predict` call may return: samples, or "
+        "the frames of interpolate / manipulate (stored with the model, enforced by any "
+        "server)."
     )
     max_work: int = Field(
-        8192, gt=0, description="Work budget of one scoring request: images x k at most "
-        "(stored with the model, enforced by any server; over it: 400)."
+        8192, gt=0, description="Work budget of one request: images x k when scoring; "
+        "images encoded plus frames decoded in the latent modes (stored with the model, "
+        "enforced by any server; over it: 400)."
     )
 
 
