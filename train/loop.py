@@ -38,6 +38,7 @@ from train.hooks import NO_HOOKS, TrainHooks
 from train.reporting import Metrics, Reporter
 from train.seeding import derive_seed, seed_all
 from train.state import TrainState, build_state
+from train.step_graph import make_step
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def train(
     model_cfg = resolve_model_config(cfg, manifest)
     init_x = None if resume else init_batch(cfg, manifest, world)
     state = build_state(cfg, model_cfg, world, init_x, resume)
+    step = make_step(state, cfg, world, job.hooks, train_step)  # CUDA-graphed if configured
     tracker = open_tracker(job, world)
     try:
         if resume is None and cfg.eval_at_start:  # epoch 0: the initialised model
@@ -89,7 +91,7 @@ def train(
                 tally.waited()
                 job.hooks.before_step(state.step + 1, world, job.run_dir)
                 x = to_device(x, device, manifest.n_bins)
-                bpd, grad_norm = train_step(state, x, cfg, job.hooks)
+                bpd, grad_norm = step(x)
                 tally.add(bpd, grad_norm)
                 if state.step1_digests is None:
                     state.step1_digests = gather_digests(state.model, world)
