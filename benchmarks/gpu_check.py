@@ -19,9 +19,10 @@ Row (`--rows` name): what it runs; expected time on an H200 at the 2026-11-30 st
   row's compiled objective; ~20 s.
 
 Before the rows (~20 s): the environment (GPU, CUDA, cuDNN, NCCL, torch), the measured matmul
-peaks, and a same-weights bf16 vs fp32 check: one batch, one set of weights, one noise draw;
-the bf16 loss within 0.5% of the fp32 loss (TF32 off) and the gradients within 5% (relative
-L2 error over all parameters). About 8 minutes in all (estimated from the step times measured
+peaks, and a same-weights bf16 vs fp32 check: one batch, one set of weights (after 10 fp32
+steps, since Glow zero-initialises its nets' last convolutions), one noise draw; the bf16 loss
+within 0.5% of the fp32 loss (TF32 off) and the gradients within 5% (relative L2 error over
+all parameters). About 8 minutes in all (estimated from the step times measured
 on 2026-11-30; faster steps make it shorter).
 
 Each row reports images/s and ms per step (timed steps after untimed warm-up steps), MFU (model
@@ -92,6 +93,7 @@ RECIPE = {"name": "glow", "levels": 3, "steps": 32, "hidden": 512, "coupling": "
 SMOKE_RECIPE = {"name": "glow", "levels": 2, "steps": 2, "hidden": 16, "coupling": "affine"}
 OPTIM = {"name": "adamax", "lr": 1e-3, "warmup_steps": 50}  # Glow's optimiser, short warm-up
 LOSS_TOL, GRAD_TOL = 0.005, 0.05  # same-weights bf16 vs fp32: relative loss, relative L2 grads
+TRAINED_STEPS = 10  # fp32 steps before that check, so the nets' outputs are not all zero
 COMPILE_S = 200.0  # a cold inductor compile of the recipe on an H200 took 193 s (RESULTS.md)
 TRIAL_START_S = {"cuda": 20.0, "cpu": 2.0}  # a trial process: imports, CUDA, model, init
 SHARED_TRIALS = 4
@@ -269,7 +271,12 @@ def bf16_vs_fp32(run: Run, batch: int) -> dict:
     (TF32 off for the reference): a precision bug shows here, training noise does not."""
     device = run.device
     x = batches(1, batch, run.shape, device)[0]
-    fp32 = new_state(train_config(run.model, Row("fp32", batch), device), x, device).model
+    cfg = train_config(run.model, Row("fp32", batch), device)
+    cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"warmup_steps": 0})})
+    state = new_state(cfg, x, device)
+    for _ in range(TRAINED_STEPS):  # Glow's zero-initialised last convs: the nets output 0
+        train_step(state, x, cfg)
+    fp32 = state.model
     bf16 = build_model(run.model | {"image_shape": run.shape, "n_bins": 256,
                                     "net_dtype": "bfloat16"}).to(device)
     bf16.load_state_dict(fp32.state_dict())
@@ -303,12 +310,12 @@ def loss_and_grads(model: torch.nn.Module, x: torch.Tensor,
 # ----------------------------------------------------------------------- trials sharing a GPU
 
 def shared_trials(run: Run, row: Row, workdir: Path) -> dict:
-    """Aggregate images/s of SHARED_TRIALS trial processes training at once on the device,
-    against one alone (both started alike, timed from a common start signal)."""
+    """Aggregate images/s of `run.shared_trials` trial processes training at once on the
+    device, against the first of them training alone just before (all started together, so
+    their start-up is paid once; each phase timed from a common start signal)."""
     _, timed, _ = run.steps(row)
     trials = run.shared_trials
-    alone = trial_processes(run, row, 1, timed, workdir / "alone")
-    shared = trial_processes(run, row, trials, timed, workdir / "shared")
+    alone, shared = trial_processes(run, row, trials, timed, workdir / "share")
     peak, peak_source = run.peak(row)
     flops = run.flops_per_image or 0.0
     return {"images_per_s": shared["images_per_s"], "ms_per_step": shared["ms_per_step"],
@@ -320,8 +327,9 @@ def shared_trials(run: Run, row: Row, workdir: Path) -> dict:
             "peak_tflops": peak / 1e12, "peak_source": peak_source}
 
 
-def trial_processes(run: Run, row: Row, n: int, steps: int, folder: Path) -> dict:
-    """Start n trial workers, release them together once all are ready, collect timings."""
+def trial_processes(run: Run, row: Row, n: int, steps: int, folder: Path) -> tuple[dict, dict]:
+    """Start n trial workers; once all are ready, let worker 0 train alone ("alone"), then all
+    n at once ("go"); return the timings of both phases."""
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--trial-worker", str(folder),
            "--device", str(run.device), "--batch", str(row.batch), "--steps", str(steps)]
@@ -331,7 +339,9 @@ def trial_processes(run: Run, row: Row, n: int, steps: int, folder: Path) -> dic
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(n)]
     try:
-        wait_for(lambda: sum((folder / f"ready{i}").exists() for i in range(n)) == n, procs)
+        wait_for(lambda: all((folder / f"ready{i}").exists() for i in range(n)), procs)
+        (folder / "alone").touch()
+        wait_for(lambda: (folder / "alone.json").exists(), procs)
         (folder / "go").touch()
         for proc in procs:
             out, _ = proc.communicate(timeout=600)
@@ -341,10 +351,17 @@ def trial_processes(run: Run, row: Row, n: int, steps: int, folder: Path) -> dic
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    results = [json.loads((folder / f"trial{i}.json").read_text()) for i in range(n)]
+    alone = phase_rate([json.loads((folder / "alone.json").read_text())], steps)
+    shared = phase_rate([json.loads((folder / f"trial{i}.json").read_text())
+                         for i in range(n)], steps)
+    return alone, shared
+
+
+def phase_rate(results: list[dict], steps: int) -> dict:
+    """Images/s of trials timed together: all their images over first start to last end."""
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
-    images = sum(r["images"] for r in results)
-    return {"images_per_s": images / wall, "ms_per_step": 1e3 * wall / steps,
+    return {"images_per_s": sum(r["images"] for r in results) / wall,
+            "ms_per_step": 1e3 * wall / steps,
             "per_trial": [r["images"] / (r["end"] - r["start"]) for r in results]}
 
 
@@ -357,12 +374,13 @@ def wait_for(ready, procs: list[subprocess.Popen], timeout: float = 600.0) -> No
             raise RuntimeError(f"a trial worker exited early: {dead[0].stdout.read()[-800:]}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"trial workers not ready after {timeout:.0f}s")
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def trial_worker(args: argparse.Namespace) -> int:
-    """One trial (in its own process): build, warm up, wait for the go signal, time steps."""
-    folder, device = Path(args.trial_worker), torch.device(args.device)
+    """One trial (in its own process): build and warm up, say so, then train `args.steps`
+    steps at each signal it waits for (worker 0: alone first), timing each phase."""
+    folder, device, index = Path(args.trial_worker), torch.device(args.device), args.trial_index
     torch.set_num_threads(1 if device.type == "cpu" else 4)
     model, shape = (SMOKE_RECIPE, (3, 16, 16)) if args.smoke else (RECIPE, CIFAR)
     row = Row("share", args.batch, amp=True, channels_last=True)
@@ -372,16 +390,19 @@ def trial_worker(args: argparse.Namespace) -> int:
     for i in range(2):
         train_step(state, data[i % 2], cfg)
     synchronize(device)
-    (folder / f"ready{args.trial_index}").touch()
-    while not (folder / "go").exists():
-        time.sleep(0.01)
-    start = time.time()
-    for i in range(args.steps):
-        train_step(state, data[i % 2], cfg)
-    synchronize(device)
-    end = time.time()
-    write_json(folder / f"trial{args.trial_index}.json",
-               {"start": start, "end": end, "images": args.steps * args.batch})
+    (folder / f"ready{index}").touch()
+    phases = (["alone"] if index == 0 else []) + ["go"]
+    for phase in phases:
+        while not (folder / phase).exists():
+            time.sleep(0.005)
+        start = time.time()
+        for i in range(args.steps):
+            train_step(state, data[i % 2], cfg)
+        synchronize(device)
+        end = time.time()
+        name = "alone.json" if phase == "alone" else f"trial{index}.json"
+        write_json(folder / name, {"start": start, "end": end,
+                                   "images": args.steps * args.batch})
     return 0
 
 
@@ -398,7 +419,7 @@ def estimate_s(run: Run, row: Row) -> float:
         seconds += COMPILE_S
     if row.kind == "share":
         start = TRIAL_START_S[run.device.type]
-        seconds = 2 * start + (1 + run.shared_trials) * (timed + 2) * row.batch * per_image
+        seconds = start + (1 + run.shared_trials) * (timed + 2) * row.batch * per_image
     return seconds
 
 
