@@ -5,25 +5,30 @@ The recipe: the `cifar10` profile's model (pipeline.yaml: Glow, L=3, K=32, hidde
 couplings) on 3x32x32 images, Adamax (Glow's), the real training step (`train.state.build_state`
 and `train.step_graph.make_step` over `train.loop.train_step`), TF32 allowed, on smooth
 synthetic CIFAR-like images. Rows, in this order (compiles last), each at batch 64 (the
-per-GPU batch of openai/glow's 8-GPU run) and 512 (its global batch) unless said:
+per-GPU batch of openai/glow's 8-GPU run) and 512 (its global batch) unless said.
 
-Row (`--rows` name): what it runs; expected time on an H200 at the 2026-11-30 step times.
-- fp32: fp32 (TF32) eager; ~15 s at 64, ~25 s at 512.
-- bf16+cl: bf16 autocast of the coupling nets (`train.amp`) + channels_last, eager; ~15 s, ~25 s.
-- graph: bf16+cl eager captured in a CUDA graph (`train.cuda_graphs`); ~15 s, ~25 s.
-- share: 4 trials sharing the GPU (4 processes, as Tune's `gpus_per_trial: 0.25`) against 1
-  trial alone, aggregate images/s; bf16+cl eager, batch 64 only; ~60 s.
-- compile: bf16+cl + `torch.compile` (`train.compile`), batch 512 only; ~225 s (a cold
+Row (`--rows` name): what it runs; expected time on an H200 at the step times measured on
+2026-11-30 (0.3-0.4 s per step at batch 64; batch 512 not measured then, assumed 8x):
+- fp32: fp32 (TF32) eager; ~11 s at 64, ~30 s at 512.
+- bf16+cl: bf16 autocast of the coupling nets (`train.amp`) + channels_last, eager; ~13 s,
+  ~35 s.
+- graph: bf16+cl eager captured in a CUDA graph (`train.cuda_graphs`); ~13 s, ~35 s (an
+  instant "failed" row while the step still keeps its learning rate in a Python float).
+- share: 4 trials sharing the GPU (4 processes, as Tune's `gpus_per_trial: 0.25`) against the
+  first of them alone, aggregate images/s; bf16+cl eager, batch 64 only; ~55 s.
+- compile: bf16+cl + `torch.compile` (`train.compile`), batch 512 only; ~215 s (a cold
   inductor compile took 193 s).
 - compile+graph: the compiled step captured in a CUDA graph, batch 512, reusing the compile
-  row's compiled objective; ~20 s.
+  row's compiled objective; ~15 s.
+Timed steps: 1024 images per row, at least 6 (16 at batch 64, 6 at 512), after 3 warm-up
+steps (4 with a CUDA graph: 3 eager, then the capture); 2 profiled steps at 64, 1 at 512.
 
-Before the rows (~20 s): the environment (GPU, CUDA, cuDNN, NCCL, torch), the measured matmul
+Before the rows (~25 s): the environment (GPU, CUDA, cuDNN, NCCL, torch), the measured matmul
 peaks, and a same-weights bf16 vs fp32 check: one batch, one set of weights (after 10 fp32
 steps, since Glow zero-initialises its nets' last convolutions), one noise draw; the bf16 loss
 within 0.5% of the fp32 loss (TF32 off) and the gradients within 5% (relative L2 error over
-all parameters). About 8 minutes in all (estimated from the step times measured
-on 2026-11-30; faster steps make it shorter).
+all parameters). About 7.5 minutes in all (estimated, not yet timed on a GPU; faster steps
+make it shorter).
 
 Each row reports images/s and ms per step (timed steps after untimed warm-up steps), MFU (model
 FLOPs per image, counted by `torch.utils.flop_counter` from the conv/matmul shapes of one
@@ -37,14 +42,16 @@ the unprofiled step time.
 The JSON is rewritten (atomically) after every row, so a run cut off by its time limit still
 reports what it measured. `--time-limit` (seconds from the start; 450 by default) skips rows
 whose estimated time (steps at the per-image time already measured, plus 200 s for a cold
-compile) would not fit, marked "skipped (time limit)". `--pipeline` adds issue 11's one-epoch
+compile) would not fit, marked "skipped (time limit)"; a row already running is not cut, so
+leave the outer limit a minute above it. `--pipeline` adds issue 11's one-epoch
 `nfpipe run --profile cifar10` on the GPU and CPU scoring of its champion (about 2 minutes,
 after the rows, if it fits).
 
 `--device cpu --smoke` runs the same code on a tiny Glow (L=2, K=2, hidden 16; 3x16x16; batches
 16 and 64) in seconds: the rows that need CUDA say "not run on cpu", torch.compile is not run
 (minutes of C++ compiling on a CPU; tests/train/test_compile.py covers it), and the sharing row
-runs 2 trial processes against 1 (each costs seconds of imports on a small CI box).
+runs 2 trial processes together against the first alone (each process costs seconds of
+imports on a small CI box).
 
     .venv/bin/python benchmarks/gpu_check.py [--device cuda] [--time-limit 450] [--json PATH]
     .venv/bin/python benchmarks/gpu_check.py --device cpu --smoke
@@ -216,7 +223,7 @@ class Run:
     def steps(self, row: Row) -> tuple[int, int, int]:
         """(warm-up, timed, profiled) steps of a row."""
         args = self.args
-        timed = args.steps or (max(6, 2048 // row.batch) if not args.smoke else 8)
+        timed = args.steps or (max(6, 1024 // row.batch) if not args.smoke else 8)
         warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
         if row.cuda_graphs:
             warmup = max(warmup, WARMUP_STEPS + 1)  # the eager warm-up and the capture
@@ -593,7 +600,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--smoke", action="store_true", help="tiny model and steps (CI)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per row (default: 2048 images, at least 6 steps)")
+                        help="timed steps per row (default: 1024 images, at least 6 steps)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds from the start; rows that would not fit are skipped "
