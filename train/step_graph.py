@@ -28,7 +28,10 @@ What the step may do, so that its replay equals the eager step (the contract wit
   value. `make_step` refuses a Python-float learning rate, and `GraphedStep` checks after the
   capture that the step left the tensors it holds (`held`) the same objects;
 - the optimiser is `capturable` (its step counts on the device): `make_step` sets it, as the
-  graph-capture health check of torch.optim requires (also for fused Adam).
+  graph-capture health check of torch.optim requires (also for fused Adam);
+- a torch LR scheduler (host-side: it `fill_`s the learning-rate tensor with the next value)
+  is stepped on the host after every replay, as the eager step does; `make_step` refuses a
+  debiased EMA whose weight is a Python float (it changes every step).
 
 Not supported (a clear error at run start, in `make_step`): a non-CUDA device; DDP (PyTorch's
 recipe builds DDP on a side stream and warms up 11 steps before capture: not done here); loss
@@ -82,7 +85,9 @@ class CudaGraphs:
 
     def capture(self, run: Callable[[], Outputs]) -> tuple[Callable[[], None], Outputs]:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # captured on the warm-up's stream: whatever a library set up lazily per stream
+        # (cuBLAS workspaces) was set up there before the capture
+        with torch.cuda.graph(graph, stream=self._side):
             outputs = run()
         return graph.replay, outputs
 
@@ -93,7 +98,8 @@ class GraphedStep:
     fn: the step, reading its input from `x` and its noise from `noise` (same shape as x, of
         `noise_dtype`); it must satisfy the module's contract.
     on_replay: the host bookkeeping of one step that a replay does not run (Python code runs
-        only at capture), e.g. the host step counter.
+        only at capture), called after each replay but the capture batch's: the host step
+        counter, a host-side LR scheduler.
     held: the tensors the step keeps between steps (guard counters, optimiser state); the
         capture must leave them the same objects, else a replay would read stale ones.
     """
@@ -123,12 +129,13 @@ class GraphedStep:
         if self.calls <= self.warmup:
             with self.backend.warmup_stream():
                 return self.fn(self.static_x, self.static_noise)
-        if self._replay is None:
+        captured_now = self._replay is None
+        if captured_now:
             self._capture()
-        else:
-            self.on_replay()
         self._replay()
         self.replays += 1
+        if not captured_now:  # the capture ran the step's Python once, for this batch
+            self.on_replay()
         return self._outputs
 
     def _capture(self) -> None:
@@ -157,8 +164,14 @@ def make_step(state: TrainState, cfg: TrainConfig, world: WorkerInfo, hooks: Tra
     def step(x: torch.Tensor, noise: torch.Tensor | None) -> Outputs:
         return train_step(state, x, cfg, hooks, noise=noise)
 
+    host_scheduler = type(state.scheduler).__module__.startswith("torch.optim")
+
     def count_step() -> None:
-        state.step += 1  # what train_step does on the host, which a replay skips
+        # what train_step does on the host, which a replay skips
+        state.step += 1
+        if host_scheduler:  # torch's schedulers compute the next LR on the host: fill_ it
+            state.scheduler.step()  # into the LR tensor for the next replay (the captured
+            # fill_ wrote the capture step's value, read by no later step)
 
     return GraphedStep(step, backend or CudaGraphs(device), state_dtype(state), count_step,
                        lambda: held_tensors(state))
@@ -178,6 +191,12 @@ def check_capturable(state: TrainState, device: torch.device, world: WorkerInfo,
     if type(hooks).loss is not TrainHooks.loss:
         raise ValueError("train.cuda_graphs cannot replay loss hooks (fault injection changes "
                          "the step by step number); run without them")
+    ema = state.ema
+    if ema is not None and ema.debias and not isinstance(ema.weight(2), torch.Tensor):
+        raise ValueError(
+            "train.cuda_graphs with optim.ema_debias: true needs the EMA weight (1-d)/(1-d^t) "
+            "on the device (issue 19, part 2): it is a Python float here, which a graph would "
+            "freeze; set optim.ema_debias: false or train.cuda_graphs: false")
     floats = [i for i, g in enumerate(state.optimizer.param_groups)
               if not isinstance(g["lr"], torch.Tensor)]
     if floats:

@@ -113,10 +113,15 @@ def test_cuda_graphs_on_a_cpu_worker_fails_at_run_start(digits_manifest):
               lambda metrics, ckpt: None)
 
 
-def test_ddp_loss_hooks_and_a_float_learning_rate_are_refused():
+def test_ddp_loss_hooks_a_host_ema_weight_and_a_float_learning_rate_are_refused():
+    fake = FakeGraphs([])
+    cfg = _cfg(optim={"name": "adam", "ema_decay": 0.9})
+    state, _ = _state(cfg)
+    state.ema.weight = lambda updates: 0.1  # a Python float: a graph would freeze it
+    with pytest.raises(ValueError, match="EMA weight"):
+        make_step(state, cfg, WorkerInfo(), NO_HOOKS, train_step, fake)
     cfg = _cfg()
     state, _ = _state(cfg)
-    fake = FakeGraphs([])
     with pytest.raises(ValueError, match="2 workers"):
         make_step(state, cfg, WorkerInfo(world_size=2), NO_HOOKS, train_step, fake)
     with pytest.raises(ValueError, match="loss hooks"):
