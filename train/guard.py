@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from train.optim import Adamax
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient stayed non-finite for `max_nonfinite_steps` steps in a row."""
@@ -14,9 +16,8 @@ class NonFiniteGuard:
 
     The decision is a bool tensor on the device. The gradient norm is computed from the
     gradients after DDP's all-reduce, the same on every rank, so every rank skips alike.
-    torch's fused Adam takes it as `found_inf` and skips inside its kernel (parameters,
-    moments and step count untouched): no host sync. Other optimisers (Adamax: torch has no
-    fused kernel) read the flag on the host, one sync per step, as torch's GradScaler does.
+    The optimiser takes it as `found_inf` and skips inside its kernels (parameters, moments
+    and step count untouched): torch's fused Adam and `train.optim.Adamax` do; no host sync.
 
     The counters live on the device; `check` (called at logging intervals and at epoch ends)
     brings them to the host and raises NonFiniteLossError when `max_in_row` non-finite steps
@@ -39,15 +40,16 @@ class NonFiniteGuard:
     def step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor,
              step: int) -> torch.Tensor:
         """`optimizer.step()` unless `grad_norm` is non-finite; returns that flag (device)."""
+        if not skips_on_device(optimizer):
+            raise TypeError(
+                f"{type(optimizer).__name__} cannot skip a step on the device; use "
+                "train.optim.build_optimizer (fused Adam or train.optim.Adamax)")
         skipped = ~torch.isfinite(grad_norm)
-        if all(group.get("fused") for group in optimizer.param_groups):
-            optimizer.found_inf = skipped.to(torch.float32)
-            try:
-                optimizer.step()
-            finally:
-                del optimizer.found_inf
-        elif not bool(skipped):  # the host sync of optimisers without a device-side skip
+        optimizer.found_inf = skipped.to(torch.float32)
+        try:
             optimizer.step()
+        finally:
+            del optimizer.found_inf
         self._skipped += skipped
         self._in_row = (self._in_row + 1) * skipped
         reached = (self._in_row >= self.max_in_row) & (self._stop_step == 0)
@@ -66,3 +68,9 @@ class NonFiniteGuard:
                 "so far; lower optim.lr, raise optim.warmup_steps or set optim.grad_clip"
             )
         return skipped, in_row
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step()` honours a `found_inf` flag on the device."""
+    fused = all(group.get("fused") for group in optimizer.param_groups)
+    return fused or isinstance(optimizer, Adamax)

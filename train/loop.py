@@ -139,10 +139,11 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig,
     max_norm = cfg.optim.grad_clip or math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm, foreach=True)
     skipped = state.guard.step(state.optimizer, grad_norm, state.step)
-    state.scheduler.step()  # warmup counts attempted steps: the host never reads `skipped`
+    # warmup counts attempted steps (the host never reads `skipped`); the lr is a device
+    # tensor that the scheduler fills without a sync
+    state.scheduler.step()
     if state.ema is not None:
-        # debiasing counts attempted steps (skipped ones are rare; counting them would sync)
-        state.ema.update(state.model, state.step, skipped)
+        state.ema.update(state.model, skipped)
     return loss.detach(), grad_norm.detach()
 
 
@@ -167,11 +168,14 @@ def resolve_model_config(cfg: TrainConfig, manifest: Manifest) -> ModelConfig:
 
 
 def configure_torch(cfg: TrainConfig, world: WorkerInfo) -> None:
+    """Threads; on a GPU: TF32 as configured, and cuDNN's autotuner (every step has the
+    same shapes, so the fastest convolution algorithms are found once and reused)."""
     if world.threads:
         torch.set_num_threads(world.threads)
     if torch.device(world.device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.benchmark = True
 
 
 def train_loader(cfg: TrainConfig, manifest: Manifest, world: WorkerInfo, epoch: int):
