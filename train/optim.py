@@ -101,10 +101,11 @@ class Adamax(torch.optim.Optimizer):
                 else (found_inf != 0).to(device, torch.float32))
         keep = 1.0 - skip
         grads = _zeroed_where(skip, [p.grad for p in params])
-        torch._foreach_add_(steps, keep)
+        # alpha picks the overload that takes a device tensor (without it, `.item()`)
+        torch._foreach_add_(steps, keep, alpha=1.0)
         if group["weight_decay"]:
             grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-        torch._foreach_lerp_(exp_avgs, grads, keep * (1.0 - beta1))
+        _lerp_(exp_avgs, grads, keep * (1.0 - beta1))
         torch._foreach_mul_(exp_infs, torch.where(skip > 0, 1.0, beta2))
         grads = torch._foreach_abs(grads)
         torch._foreach_add_(grads, group["eps"])
@@ -114,9 +115,18 @@ class Adamax(torch.optim.Optimizer):
         t = steps[0].clamp(min=1.0)
         step_size = keep * group["lr"] / (1.0 - torch.pow(beta1, t))
         update = torch._foreach_mul(exp_avgs, step_size.to(exp_avgs[0].dtype))
-        denom = torch._foreach_add(exp_infs, skip)  # u + 1 when skipped: never 0/0
+        denom = torch._foreach_add(exp_infs, skip, alpha=1.0)  # u + 1 when skipped: not 0/0
         torch._foreach_div_(update, denom)
         torch._foreach_sub_(params, update)
+
+
+def _lerp_(starts: list[torch.Tensor], ends: list[torch.Tensor],
+           weight: torch.Tensor) -> None:
+    """starts += weight · (ends − starts), weight a 0-dim device tensor. (torch's
+    `_foreach_lerp_` reads a tensor weight on the host: it only takes a Python number.)"""
+    steps = torch._foreach_sub(ends, starts)
+    torch._foreach_mul_(steps, weight)
+    torch._foreach_add_(starts, steps)
 
 
 def _zeroed_where(skip: torch.Tensor, grads: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -149,7 +159,7 @@ class Ema:
     zero-started EMA divided by 1 − d^t, i.e. θ̄_t = θ̄_{t-1} + (1 − d)/(1 − d^t)·(θ_t − θ̄_{t-1});
     θ̄_1 = θ_1, and the initial weights carry no weight at all.
 
-    One multi-tensor lerp over all parameters per update; t counts the updates folded in
+    Three multi-tensor kernels over all parameters per update; t counts the updates folded in
     (skipped optimiser steps are not) in a tensor on the device, so an update never waits for
     the host. Buffers (ActNorm's initialised flag, running statistics) are copied, not
     averaged. `module` is a full copy of the model that evaluation and export use.
@@ -182,7 +192,7 @@ class Ema:
         weight = keep * self.weight(self.updates)
         ema_params = list(self.module.parameters())
         params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, weight.to(ema_params[0].dtype))
+        _lerp_(ema_params, params, weight.to(ema_params[0].dtype))
         ema_buffers = list(self.module.buffers())
         if ema_buffers:
             torch._foreach_copy_(ema_buffers, list(model.buffers()))
