@@ -134,9 +134,9 @@ def test_ema_debias_counts_the_updates_it_folded_in_on_the_device():
 
 class NoHostReads(TorchDispatchMode):
     """Fails on every read of a tensor's value by the host (`.item()`, `bool()`, `float()`
-    reach `_local_scalar_dense`; tests/train/test_gpu_paths.py also watches `.tolist()`), except the objective's check of a CPU
-    batch's levels (`flows.bpd.check_levels`; the loop checks a device batch on the host
-    before the copy)."""
+    reach `_local_scalar_dense`; tests/train/test_gpu_paths.py also watches `.tolist()`),
+    except the objective's check of a CPU batch's levels (`flows.bpd.check_levels`; the
+    loop checks a device batch on the host before the copy)."""
 
     READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
              torch.ops.aten.item.default}
