@@ -30,6 +30,7 @@ from flows.config import ModelConfig
 from flows.io import save_model
 from tracking import MlflowTracker, epoch_metrics
 from train import checkpoint
+from train.compile_cache import use_compile_cache
 from train.config import TrainConfig
 from train.ddp import WorkerInfo, all_gather_cat, all_reduce_sum, gather_digests
 from train.evaluation import evaluate, save_samples
@@ -168,10 +169,13 @@ def resolve_model_config(cfg: TrainConfig, manifest: Manifest) -> ModelConfig:
 
 
 def configure_torch(cfg: TrainConfig, world: WorkerInfo) -> None:
-    """Threads; on a GPU: TF32 as configured, and cuDNN's autotuner (every step has the
-    same shapes, so the fastest convolution algorithms are found once and reused)."""
+    """Threads; the node's compile cache when compiling; on a GPU: TF32 as configured, and
+    cuDNN's autotuner (every step has the same shapes, so the fastest convolution
+    algorithms are found once and reused)."""
     if world.threads:
         torch.set_num_threads(world.threads)
+    if cfg.compile:
+        use_compile_cache()
     if torch.device(world.device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32

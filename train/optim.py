@@ -191,7 +191,7 @@ class Ema:
         self.updates += keep
         weight = keep * self.weight(self.updates)
         ema_params = list(self.module.parameters())
-        params = [p.detach() for p in model.parameters()]
+        params = list(model.parameters())  # no_grad: no detached views needed
         _lerp_(ema_params, params, weight.to(ema_params[0].dtype))
         ema_buffers = list(self.module.buffers())
         if ema_buffers:
