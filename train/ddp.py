@@ -93,9 +93,13 @@ def wrap_for_training(model: nn.Module, world: WorkerInfo, compile_: bool,
     """The training objective: the model (whose forward is bits/dim of levels), in DDP when
     distributed (gradients averaged over ranks), then compiled if asked.
 
-    Compiled as one graph (`fullgraph=True`: a graph break is an error, not a slow step),
-    the same on every rank, fresh or resumed: the model's check that its ActNorms were
-    initialised reads their flags on the host, so it runs here, once, not in the graph.
+    Compiled as one graph, the same on every rank, fresh or resumed: the model's check that
+    its ActNorms were initialised reads their flags on the host, so it runs here, once, not
+    in the graph. In one process `fullgraph=True` makes a graph break an error, not a slow
+    step; DDP's wrapper runs its own bookkeeping (logging, bucket rebuilds) outside the graph
+    in its first iterations, which `fullgraph` refuses, so in DDP the model's forward and
+    backward are one graph (split for the gradient buckets by Dynamo's DDP optimiser) inside
+    a wrapper that is not.
     """
     objective = model
     if world.distributed:
@@ -105,5 +109,5 @@ def wrap_for_training(model: nn.Module, world: WorkerInfo, compile_: bool,
     if compile_:
         if model.training:
             warn_if_uninitialized(model)
-        objective = torch.compile(objective, backend=backend, fullgraph=True)
+        objective = torch.compile(objective, backend=backend, fullgraph=not world.distributed)
     return objective
