@@ -139,7 +139,7 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig,
     loss.backward()
     max_norm = cfg.optim.grad_clip or math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm, foreach=True)
-    skipped = state.guard.step(state.optimizer, grad_norm, state.step)
+    skipped = state.guard.step(state.optimizer, grad_norm)
     # warmup counts attempted steps (the host never reads `skipped`); the lr is a device
     # tensor that the scheduler fills without a sync
     state.scheduler.step()

@@ -81,7 +81,7 @@ class TrainState:
             setattr(self, name, value)
         self.history = list(saved["history"])
         self.step1_digests = saved["step1_digests"]
-        self.guard.load(self.skipped, self.nonfinite_in_row)
+        self.guard.load(self.skipped, self.nonfinite_in_row, self.step)
         init = saved.get("init") or {}
         self.init_digests, self.init_images = init.get("digests"), init.get("images", 0)
         self.resumes += 1

@@ -153,7 +153,7 @@ def test_guard_skips_on_the_device_counts_and_names_the_step(optimizer):
     for step, norm in enumerate(norms, 1):
         before = param.detach().clone()
         param.grad = torch.full((3,), norm)
-        skipped = guard.step(opt, torch.tensor(norm), step)
+        skipped = guard.step(opt, torch.tensor(norm))
         seen.append(bool(skipped))
         moved = not torch.equal(param.detach(), before)
         assert moved != bool(skipped), (step, norm)  # a skipped step leaves the weights

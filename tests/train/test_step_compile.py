@@ -40,3 +40,17 @@ def test_a_resumed_and_a_rank1_model_trace_to_one_graph(family):
         explained = torch._dynamo.explain(model)(x)
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), \
             explained.break_reasons
+
+
+def test_the_compile_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    from train.compile_cache import use_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("NFPIPE_COMPILE_CACHE", str(tmp_path / "node"))
+    folder = use_compile_cache()
+    assert folder == tmp_path / "node" and folder.is_dir()
+    assert cache_dir() == str(folder)  # where inductor reads and writes its entries
+    assert use_compile_cache(tmp_path / "explicit") == tmp_path / "explicit"
+    assert cache_dir() == str(tmp_path / "explicit")
