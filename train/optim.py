@@ -28,19 +28,19 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     decayed, free = [], []
     for name, p in model.named_parameters():
         (free if name.endswith(WEIGHT_NORM_DIRECTION) else decayed).append(p)
-    groups = [g for g in ({"params": decayed}, {"params": free, "weight_decay": 0.0})
-              if g["params"]]
     device = next(model.parameters()).device
-    common = {"lr": torch.tensor(cfg.lr, device=device), "betas": cfg.betas,
-              "weight_decay": cfg.weight_decay}
+    groups = [{**g, "lr": torch.tensor(cfg.lr, device=device)}  # one lr tensor per group
+              for g in ({"params": decayed}, {"params": free, "weight_decay": 0.0})
+              if g["params"]]
+    common = {"betas": cfg.betas, "weight_decay": cfg.weight_decay}
     if cfg.name == "adam":
         return torch.optim.Adam(groups, fused=True, **common)
     return Adamax(groups, **common)
 
 
 def lr_on_device(optimizer: torch.optim.Optimizer) -> None:
-    """Make every group's lr a 0-dim float32 tensor on its parameters' device, in place where
-    it is one already (a checkpoint of float lrs, or of another device, loads as such)."""
+    """Make every group's lr a 0-dim float32 tensor on its parameters' device (a checkpoint
+    of float lrs, or of another device's tensors, loads them as they were saved)."""
     for group in optimizer.param_groups:
         device = group["params"][0].device
         lr = group["lr"]
@@ -58,7 +58,7 @@ class Adamax(torch.optim.Optimizer):
     so its checkpoints load. Set `found_inf` (a 0-dim tensor on the parameters' device, as
     torch's fused optimisers read it) before `step()`: where it is nonzero the step leaves
     parameters, moments and step counts untouched — decided in the kernels, never on the
-    host. The lr may be a device tensor. About a dozen foreach kernels per parameter group.
+    host. The lr may be a device tensor. About 15 foreach kernels per parameter group.
 
     Reference: Kingma & Ba, Adam (2015), https://arxiv.org/abs/1412.6980
     """

@@ -163,3 +163,27 @@ def test_train_step_reads_no_tensor_on_the_host(optimizer):
     assert state.lr == pytest.approx(cfg.optim.lr * 4 / 5, rel=1e-6)  # the next step's lr
     with pytest.raises(AssertionError, match="host sync"), NoHostReads():
         float(bpd)  # the mode does see a read
+
+
+def test_a_checkpoint_of_float_lrs_and_an_ema_without_its_count_resumes_on_the_device():
+    import copy
+
+    from train.optim import UPDATES_KEY
+
+    cfg, state = tiny_state("glow", optim={"name": "adamax", "ema_decay": 0.9})
+    for step in range(1, 4):
+        train_step(state, levels(seed=step), cfg)
+    old = copy.deepcopy(state.snapshot())  # as written before lrs were tensors ...
+    for group in old["optimizer"]["param_groups"]:
+        group["lr"] = float(group["lr"])
+    del old["ema"][UPDATES_KEY]  # ... and before the EMA saved its update count
+    _, resumed = tiny_state("glow", optim={"name": "adamax", "ema_decay": 0.9})
+    resumed.restore(old)
+
+    assert all(isinstance(g["lr"], torch.Tensor) for g in resumed.optimizer.param_groups)
+    assert resumed.ema.updates.item() == 3  # the attempted steps, as the EMA counted them
+    x = levels(seed=9)
+    for run in (state, resumed):
+        train_step(run, x, cfg, noise=torch.full(x.shape, 0.5))
+    for a, b in zip(resumed.model.parameters(), state.model.parameters(), strict=True):
+        assert torch.equal(a, b)
