@@ -54,3 +54,8 @@ def test_the_compile_cache_folder_comes_from_the_environment(tmp_path, monkeypat
     assert cache_dir() == str(folder)  # where inductor reads and writes its entries
     assert use_compile_cache(tmp_path / "explicit") == tmp_path / "explicit"
     assert cache_dir() == str(tmp_path / "explicit")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.warns(RuntimeWarning, match="cannot be created"):
+        assert use_compile_cache(blocked / "cache") is None
+    assert cache_dir() == str(tmp_path / "explicit")  # unchanged
