@@ -59,8 +59,9 @@ def uniform_like(x: torch.Tensor, dtype: torch.dtype,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """U[0, 1) noise of x's shape on x's device, drawn from `generator` where given (on the
     generator's device, then copied: a CPU generator gives the same noise on any device)."""
-    device = x.device if generator is None else generator.device
-    u = torch.rand(x.shape, generator=generator, device=device, dtype=dtype)
+    if generator is None:  # no `generator=None` argument: Dynamo's dynamic shapes reject it
+        return torch.rand(x.shape, device=x.device, dtype=dtype)
+    u = torch.rand(x.shape, generator=generator, device=generator.device, dtype=dtype)
     return u.to(x.device)
 
 
@@ -68,8 +69,9 @@ def normal(shape: tuple[int, ...], like: torch.Tensor,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """N(0, I) noise of `shape` with `like`'s dtype and device, from `generator` where given
     (drawn on the generator's device, then copied, as `uniform_like`)."""
-    device = like.device if generator is None else generator.device
-    eps = torch.randn(shape, generator=generator, device=device, dtype=like.dtype)
+    if generator is None:  # as `uniform_like`: no `generator=None` argument
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
+    eps = torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype)
     return eps.to(like.device)
 
 

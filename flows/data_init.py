@@ -25,8 +25,13 @@ def _unwrap(model: nn.Module) -> DensityModel:
 
 
 def uninitialized_actnorms(model: nn.Module) -> list[ActNorm]:
-    """The ActNorm layers of `model` not yet initialised from data."""
-    return [m for m in model.modules() if isinstance(m, ActNorm) and not m.is_initialized]
+    """The ActNorm layers of `model` not yet initialised from data (their flags read in one
+    host sync)."""
+    layers = [m for m in model.modules() if isinstance(m, ActNorm)]
+    if not layers:
+        return []
+    flags = torch.stack([m.initialized for m in layers]).tolist()
+    return [m for m, done in zip(layers, flags, strict=True) if not done]
 
 
 def warn_if_uninitialized(model: DensityModel) -> None:

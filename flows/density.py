@@ -67,7 +67,9 @@ class DensityModel(nn.Module):
         if tuple(y.shape[1:]) != self.image_shape:
             raise ValueError(f"Expected y of shape [B, {', '.join(map(str, self.image_shape))}],"
                              f" got {list(y.shape)}.")
-        if self.training and not self._init_checked:
+        # never inside a compiled graph: the check reads every ActNorm's flag on the host
+        # (`train.ddp.wrap_for_training` runs it before it compiles the model)
+        if not torch.compiler.is_compiling() and self.training and not self._init_checked:
             self._init_checked = True
             warn_if_uninitialized(self)
 

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from flows.data_init import warn_if_uninitialized
+
 
 @dataclass(frozen=True)
 class WorkerInfo:
@@ -86,14 +88,26 @@ def gather_digests(module: nn.Module, world: WorkerInfo) -> list[str]:
     return [str(d) for d in everyone]
 
 
-def wrap_for_training(model: nn.Module, world: WorkerInfo, compile_: bool) -> nn.Module:
+def wrap_for_training(model: nn.Module, world: WorkerInfo, compile_: bool,
+                      backend: str = "inductor") -> nn.Module:
     """The training objective: the model (whose forward is bits/dim of levels), in DDP when
-    distributed (gradients averaged over ranks), then compiled if asked."""
+    distributed (gradients averaged over ranks), then compiled if asked.
+
+    Compiled as one graph, the same on every rank, fresh or resumed: the model's check that
+    its ActNorms were initialised reads their flags on the host, so it runs here, once, not
+    in the graph. In one process `fullgraph=True` makes a graph break an error, not a slow
+    step; DDP's wrapper runs its own bookkeeping (logging, bucket rebuilds) outside the graph
+    in its first iterations, which `fullgraph` refuses, so in DDP the model's forward and
+    backward are one graph (split for the gradient buckets by Dynamo's DDP optimiser) inside
+    a wrapper that is not.
+    """
     objective = model
     if world.distributed:
         device = torch.device(world.device)
         ids = [device] if device.type == "cuda" else None
         objective = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compile_:
-        objective = torch.compile(objective)
+        if model.training:
+            warn_if_uninitialized(model)
+        objective = torch.compile(objective, backend=backend, fullgraph=not world.distributed)
     return objective

@@ -30,6 +30,7 @@ from flows.config import ModelConfig
 from flows.io import save_model
 from tracking import MlflowTracker, epoch_metrics
 from train import checkpoint
+from train.compile_cache import use_compile_cache
 from train.config import TrainConfig, per_worker_batch
 from train.ddp import WorkerInfo, all_gather_cat, all_reduce_sum, gather_digests
 from train.evaluation import evaluate, save_samples
@@ -140,11 +141,12 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig,
     loss.backward()
     max_norm = cfg.optim.grad_clip or math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm, foreach=True)
-    skipped = state.guard.step(state.optimizer, grad_norm, state.step)
-    state.scheduler.step()  # warmup counts attempted steps: the host never reads `skipped`
+    skipped = state.guard.step(state.optimizer, grad_norm)
+    # warmup counts attempted steps (the host never reads `skipped`); the lr is a device
+    # tensor that the scheduler fills without a sync
+    state.scheduler.step()
     if state.ema is not None:
-        # debiasing counts attempted steps (skipped ones are rare; counting them would sync)
-        state.ema.update(state.model, state.step, skipped)
+        state.ema.update(state.model, skipped)
     return loss.detach(), grad_norm.detach()
 
 
@@ -169,11 +171,17 @@ def resolve_model_config(cfg: TrainConfig, manifest: Manifest) -> ModelConfig:
 
 
 def configure_torch(cfg: TrainConfig, world: WorkerInfo) -> None:
+    """Threads; the node's compile cache when compiling; on a GPU: TF32 as configured, and
+    cuDNN's autotuner (every step has the same shapes, so the fastest convolution
+    algorithms are found once and reused)."""
     if world.threads:
         torch.set_num_threads(world.threads)
+    if cfg.compile:
+        use_compile_cache()
     if torch.device(world.device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.benchmark = True
 
 
 def train_loader(cfg: TrainConfig, manifest: Manifest, world: WorkerInfo, epoch: int):

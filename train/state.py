@@ -13,7 +13,7 @@ from flows.config import ModelConfig
 from train.config import TrainConfig
 from train.ddp import WorkerInfo, broadcast_module, gather_digests, wrap_for_training
 from train.guard import NonFiniteGuard
-from train.optim import Ema, build_optimizer, build_scheduler
+from train.optim import Ema, build_optimizer, build_scheduler, lr_on_device
 from train.seeding import derive_seed
 
 
@@ -72,14 +72,16 @@ class TrainState:
     def restore(self, saved: dict[str, Any]) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        lr_on_device(self.optimizer)  # a checkpoint may hold float lrs, or another device's
         self.scheduler.load_state_dict(saved["scheduler"])
         if self.ema is not None and saved["ema"] is not None:
-            self.ema.load_state_dict(saved["ema"])
+            # checkpoints from before the EMA saved its update count counted attempted steps
+            self.ema.load_state_dict(saved["ema"], updates=saved["counters"]["step"])
         for name, value in saved["counters"].items():
             setattr(self, name, value)
         self.history = list(saved["history"])
         self.step1_digests = saved["step1_digests"]
-        self.guard.load(self.skipped, self.nonfinite_in_row)
+        self.guard.load(self.skipped, self.nonfinite_in_row, self.step)
         init = saved.get("init") or {}
         self.init_digests, self.init_images = init.get("digests"), init.get("images", 0)
         self.resumes += 1

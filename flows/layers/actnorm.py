@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from flows.layers.base import InvertibleLayer, constant_logdet
+from flows.layers.base import InvertibleLayer
 
 
 class ActNorm(InvertibleLayer):
@@ -73,13 +73,17 @@ class ActNorm(InvertibleLayer):
         self.clear_pending()
 
     def _logdet(self, h: torch.Tensor) -> torch.Tensor:
+        """In the parameters' precision, whatever h's (a bf16 net's features)."""
         positions = math.prod(h.shape[2:])
-        return constant_logdet(self.log_scale.sum() * positions, h)
+        return (self.log_scale.sum() * positions).expand(h.shape[0])
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h' in h's dtype: inside a bf16 coupling net the features stay bf16 (b and e^log_s
+        are cast to it; float32 parameters would promote h' to float32)."""
         if self._pending:
             self.initialize_from(h)
-        out = (h + self._view(self.bias, h)) * torch.exp(self._view(self.log_scale, h))
+        bias, scale = self.bias.to(h.dtype), torch.exp(self.log_scale).to(h.dtype)
+        out = (h + self._view(bias, h)) * self._view(scale, h)
         return out, self._logdet(h)
 
     def inverse(self, h: torch.Tensor) -> torch.Tensor:

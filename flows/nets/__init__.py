@@ -31,7 +31,8 @@ class ZeroConv2d(nn.Module):
         self.logscale_factor = logscale_factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) * torch.exp(self.logs * self.logscale_factor)
+        out = self.conv(x)  # its scale in out's dtype: a bf16 net's output stays bf16
+        return out * torch.exp(self.logs * self.logscale_factor).to(out.dtype)
 
 
 class FeatureActNorm(nn.Module):
