@@ -30,8 +30,9 @@ What the step may do, so that its replay equals the eager step (the contract wit
 - the optimiser is `capturable` (its step counts on the device): `make_step` sets it, as the
   graph-capture health check of torch.optim requires (also for fused Adam);
 - a torch LR scheduler (host-side: it `fill_`s the learning-rate tensor with the next value)
-  is stepped on the host after every replay, as the eager step does; `make_step` refuses a
-  debiased EMA whose weight is a Python float (it changes every step).
+  is stepped on the host after every replay, as the eager step does; the EMA counts its
+  updates and computes its debiased weight on the device (`train.optim.Ema`), and
+  `make_step` refuses an EMA whose weight would be a Python float (it changes every step).
 
 Not supported (a clear error at run start, in `make_step`): a non-CUDA device; DDP (PyTorch's
 recipe builds DDP on a side stream and warms up 11 steps before capture: not done here); loss
@@ -192,7 +193,8 @@ def check_capturable(state: TrainState, device: torch.device, world: WorkerInfo,
         raise ValueError("train.cuda_graphs cannot replay loss hooks (fault injection changes "
                          "the step by step number); run without them")
     ema = state.ema
-    if ema is not None and ema.debias and not isinstance(ema.weight(2), torch.Tensor):
+    if ema is not None and ema.debias and not isinstance(ema.weight(torch.ones(())),
+                                                         torch.Tensor):
         raise ValueError(
             "train.cuda_graphs with optim.ema_debias: true needs the EMA weight (1-d)/(1-d^t) "
             "on the device (issue 19, part 2): it is a Python float here, which a graph would "
