@@ -68,7 +68,8 @@ class NonFiniteGuard:
             raise NonFiniteLossError(
                 f"non-finite loss/gradient at step {stop_step}: {self.max_in_row} steps in a "
                 f"row (max_nonfinite_steps={self.max_in_row}), {skipped} skipped in total "
-                "so far; lower optim.lr, raise optim.warmup_steps or set optim.grad_clip"
+                "so far; lower optim.lr, lengthen the warm-up (optim.warmup_images or "
+                "optim.warmup_steps) or set optim.grad_clip"
             )
         return skipped, in_row
 
