@@ -71,7 +71,7 @@ def main() -> None:
 
     # the same arrays in memory, decoded once from the shards
     chunks = [(decode_image(png), label) for shard in split.shards
-              for _, _, png, label in read_shard(manifest.root / shard.name, shard).samples()]
+              for _, _, png, label, _ in read_shard(manifest.root / shard.name, shard).samples()]
     images = np.stack([c[0] for c in chunks])
     labels = np.array([c[1] for c in chunks], dtype=np.int64)
     del chunks

@@ -51,6 +51,7 @@ class Manifest(BaseModel):
     n_bins: int
     encoding: Literal["png"] = "png"
     classes: list[str] | None = None
+    attributes: list[str] | None = None  # names of each sample's `attr` flags (CelebA)
     source_fingerprint: str
     config: dict[str, Any]  # the settings that shaped the shards (no paths)
     splits: dict[str, SplitInfo]
@@ -143,8 +144,12 @@ class Manifest(BaseModel):
         )
 
     def to_json(self) -> bytes:
-        """Canonical bytes: sorted keys, so equal manifests are byte-identical."""
-        text = json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+        """Canonical bytes: sorted keys, so equal manifests are byte-identical. A set without
+        attributes leaves the key out, so its manifest (and fingerprint) is what it was
+        before attributes existed."""
+        fields = self.model_dump(mode="json", exclude={"attributes"} if self.attributes is None
+                                 else set())
+        text = json.dumps(fields, indent=2, sort_keys=True)
         return (text + "\n").encode()
 
     def write(self, location: str | Path) -> str:

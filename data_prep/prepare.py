@@ -83,7 +83,8 @@ def prepare(cfg: DataPrepConfig, progress: Progress | None = None,
         remove_leftovers(folder, keep={s.name for v in splits.values() for s in v["shards"]})
         manifest = Manifest(
             dataset=source.dataset, image_shape=source.image_shape, n_bins=source.n_bins,
-            classes=source.classes, source_fingerprint=source.fingerprint, config=settings,
+            classes=source.classes, attributes=source.attributes,
+            source_fingerprint=source.fingerprint, config=settings,
             splits=splits,
         )
         return _as_returned(manifest.write(manifest_at))

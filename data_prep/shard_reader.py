@@ -3,7 +3,8 @@
 A shard is read whole into memory (a few MB; one GET on an object store) and checked before
 any sample is used: its tar headers, the end-of-archive marker, and, against the manifest's
 entry when there is one, its sample count and sha256. Samples are checked as they are taken:
-`KEY.png` (the image) and an optional `KEY.cls` (the label in ASCII), nothing else. Every
+`KEY.png` (the image), an optional `KEY.cls` (the label in ASCII) and an optional `KEY.attr`
+(attribute flags, ASCII '0'/'1'), nothing else. Every
 fault is a `ShardError` naming the shard (and the member) and saying what is wrong.
 
 The tar parser is a small ustar reader for the shards `data_prep.shards` writes, about 10x
@@ -28,18 +29,20 @@ from data_prep.png import decode_png
 
 TAR_BLOCK = 512
 ZERO_BLOCK = bytes(TAR_BLOCK)
-IMAGE, LABEL = "png", "cls"  # the members of a sample, by suffix
-LAYOUT = "expected KEY.png images and KEY.cls labels"
+IMAGE, LABEL, ATTRIBUTES = "png", "cls", "attr"  # the members of a sample, by suffix
+LAYOUT = "expected KEY.png images, KEY.cls labels and KEY.attr attribute flags"
 SHA256_DIFFERS = "sha256 differs from manifest.json's (truncated or changed)"
 
 
 class ShardSample(NamedTuple):
-    """One sample of a shard, still encoded: its image is PNG bytes, its label -1 when none."""
+    """One sample of a shard, still encoded: its image is PNG bytes, its label -1 when none,
+    its attribute flags bool [A] or None."""
 
     location: str
     key: str
     png: bytes
     label: int
+    attributes: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -59,18 +62,28 @@ class Shard:
 
     def _sample(self, members: dict[str, bytes | str]) -> ShardSample:
         key, png, label = members["__key__"], members.get(IMAGE), members.get(LABEL)
-        if png is None or len(members) != (3 if label is not None else 2):
+        attributes = members.get(ATTRIBUTES)
+        if png is None or len(members) != 2 + (label is not None) + (attributes is not None):
             raise ShardError(self.location, self._layout_problem(members))
         try:
-            return ShardSample(self.location, key, png, -1 if label is None else int(label))
+            number = -1 if label is None else int(label)
         except ValueError:
             raise ShardError(self.location, f"member '{key}.{LABEL}' is not a class label "
                                             f"({label[:20]!r})") from None
+        flags = None if attributes is None else self._flags(key, attributes)
+        return ShardSample(self.location, key, png, number, flags)
+
+    def _flags(self, key: str, data: bytes) -> np.ndarray:
+        array = np.frombuffer(data, dtype=np.uint8)
+        if not len(array) or not np.isin(array, (ord("0"), ord("1"))).all():
+            raise ShardError(self.location, f"member '{key}.{ATTRIBUTES}' is not attribute "
+                                            f"flags (ASCII '0'/'1'; got {data[:20]!r})")
+        return array == ord("1")
 
     @staticmethod
     def _layout_problem(members: dict[str, bytes | str]) -> str:
         key = members["__key__"]
-        foreign = sorted(members.keys() - {"__key__", IMAGE, LABEL})
+        foreign = sorted(members.keys() - {"__key__", IMAGE, LABEL, ATTRIBUTES})
         if foreign:
             return f"member '{key}.{foreign[0]}' is not a sample of an image shard ({LAYOUT})"
         return f"sample '{key}' has no image ({LAYOUT})"

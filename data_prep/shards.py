@@ -1,7 +1,9 @@
 """Writing webdataset tar shards: lossless PNG samples, byte-reproducible, atomically renamed.
 
-A sample is `{key}.png` (the image levels, grey or RGB) and `{key}.cls` (the label in ASCII,
-absent where the source has none). Tar headers are fixed (mtime 0, uid/gid 0, user and group
+A sample is `{key}.png` (the image levels, grey or RGB), `{key}.cls` (the label in ASCII,
+absent where the source has none) and `{key}.attr` (the binary attributes as ASCII '0'/'1',
+one character per attribute in the manifest's `attributes` order; only where the source has
+attributes: CelebA). Tar headers are fixed (mtime 0, uid/gid 0, user and group
 "nfpipe", mode 0444, ustar), so the same samples give the same bytes. `data_prep.shard_reader`
 reads them back, `data_prep.png.decode_png` decodes the images.
 """
@@ -43,6 +45,11 @@ def encode_image(image: np.ndarray) -> bytes:
     out = io.BytesIO()
     pil.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return out.getvalue()
+
+
+def encode_flags(flags: np.ndarray) -> bytes:
+    """A sample's `attr` member: ASCII '1' where the attribute is present, '0' where not."""
+    return np.where(np.asarray(flags, bool), ord("1"), ord("0")).astype(np.uint8).tobytes()
 
 
 def member_bytes(payload: int) -> int:
@@ -134,10 +141,12 @@ def _write_block(target: ShardTarget, staging: str, split: str, block: int,
     shards, piece = [], 0
     writer = _ShardFile(Path(staging), _shard_name(split, block, piece))
     try:
-        for key, image, label in samples:
+        for key, image, label, attributes in samples:
             sample = {"__key__": key, "png": encode_image(image)}
             if label is not None:
                 sample["cls"] = str(int(label)).encode("ascii")
+            if attributes is not None:
+                sample["attr"] = encode_flags(attributes)
             size = sum(member_bytes(len(v)) for k, v in sample.items() if k != "__key__")
             if writer.count and writer.size + size > target.max_bytes:
                 shards.append(_commit(target, writer))

@@ -10,8 +10,9 @@ import numpy as np
 from data_prep.config import DataPrepConfig
 
 # key: unique within the dataset, no dots (webdataset splits member names at the first dot);
-# image: uint8 levels in [0, n_bins), shape (H, W, C); label: class index or None.
-Sample = tuple[str, np.ndarray, int | None]
+# image: uint8 levels in [0, n_bins), shape (H, W, C); label: class index or None;
+# attributes: bool flags [A] in the order of `Source.attributes`, or None (no attributes).
+Sample = tuple[str, np.ndarray, int | None, np.ndarray | None]
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,8 @@ class Source:
     `fingerprint` is a sha256 of the raw content (not paths or mtimes), so it identifies the
     data wherever it lies ("" when opened without it, as shard-writing tasks do);
     `split_counts` is known before any image is decoded. `read_range(split, start, stop)`
-    yields samples start..stop-1 of a split in its fixed order.
+    yields samples start..stop-1 of a split in its fixed order. `classes` names the class
+    labels, `attributes` the binary attributes each sample carries (CelebA's 40).
     """
 
     dataset: str
@@ -31,6 +33,7 @@ class Source:
     split_counts: dict[str, int]
     read_range: Callable[[str, int, int], Iterator[Sample]] = field(repr=False)
     classes: list[str] | None = None
+    attributes: list[str] | None = None
 
     def samples(self, split: str, start: int = 0, stop: int | None = None) -> Iterator[Sample]:
         """The split's samples start..stop-1 (default: all) in a fixed order."""

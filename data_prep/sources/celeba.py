@@ -1,8 +1,9 @@
 """CelebA, aligned and cropped: center crop, resize, keep `n_bits` per channel.
 
-Layout (official): `img_align_celeba/NNNNNN.jpg` (178x218 RGB) and `list_eval_partition.txt`
-with lines `NNNNNN.jpg P`, P = 0 train, 1 val, 2 test. The crop-148-resize-64, 5-bit recipe
-follows common practice for flows on CelebA (RealNVP, Glow).
+Layout (official): `img_align_celeba/NNNNNN.jpg` (178x218 RGB), `list_eval_partition.txt`
+with lines `NNNNNN.jpg P`, P = 0 train, 1 val, 2 test, and `list_attr_celeba.txt`, the 40
+attributes of every image (`celeba_attributes`), stored with each image in the shards. The
+crop-148-resize-64, 5-bit recipe follows common practice for flows on CelebA (RealNVP, Glow).
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from data_prep import storage
 from data_prep.config import DataPrepConfig
 from data_prep.errors import DataPrepError
 from data_prep.sources import Sample, Source
+from data_prep.sources.celeba_attributes import (
+    ATTRIBUTES,
+    AttributeTable,
+    check_covers,
+    parse_attributes,
+)
 
 IMAGES = "img_align_celeba"
 PARTITION = "list_eval_partition.txt"
@@ -35,14 +42,18 @@ def open_celeba(cfg: DataPrepConfig, fingerprint: bool = True) -> Source:
     for split, files in names.items():
         if not files:
             raise DataPrepError(f"{partition}: lists no {split} images")
-    digest = _fingerprint(root, listing) if fingerprint else ""
+    attributes_at = storage.join(root, ATTRIBUTES)
+    attributes_text = storage.read_bytes(attributes_at)
+    table = _read_attributes(attributes_at, attributes_text)
+    digest = _fingerprint(root, listing, attributes_text) if fingerprint else ""
+    check_covers(attributes_at, table, [name for name, _ in listing], partition)
 
     def read_range(split: str, start: int, stop: int) -> Iterator[Sample]:
         chosen = names[split][start:stop]
         locations = [storage.join(root, IMAGES, name) for name in chosen]
         for name, location, data in zip(chosen, locations, _read_images(root, chosen),
                                         strict=True):
-            yield name.split(".")[0], _load(location, data, cfg), None
+            yield name.split(".")[0], _load(location, data, cfg), None, table.flags[name]
 
     return Source(
         dataset="celeba",
@@ -51,20 +62,22 @@ def open_celeba(cfg: DataPrepConfig, fingerprint: bool = True) -> Source:
         fingerprint=digest,
         split_counts={split: len(files) for split, files in names.items()},
         read_range=read_range,
+        attributes=table.names,
     )
 
 
 def _check_layout(source: str | None) -> str:
     if source is None:
         raise DataPrepError(
-            f"data_prep.source is not set for celeba: set it to the folder holding {IMAGES}/ "
-            f"and {PARTITION} (the 'Align&Cropped Images' and 'Eval' files from {HOME})"
+            f"data_prep.source is not set for celeba: set it to the folder holding {IMAGES}/, "
+            f"{PARTITION} and {ATTRIBUTES} (the 'Align&Cropped Images', 'Eval' and 'Anno' "
+            f"files from {HOME})"
         )
     root = str(source).rstrip("/")
     if not storage.is_dir(root):
         raise DataPrepError(
-            f"{root}: CelebA folder not found; it must hold {IMAGES}/ and {PARTITION} "
-            f"(from {HOME})"
+            f"{root}: CelebA folder not found; it must hold {IMAGES}/, {PARTITION} and "
+            f"{ATTRIBUTES} (from {HOME})"
         )
     if not storage.is_dir(storage.join(root, IMAGES)):
         raise DataPrepError(
@@ -77,7 +90,22 @@ def _check_layout(source: str | None) -> str:
             f"{partition}: partition file not found; put Eval/{PARTITION} (from {HOME}) at "
             f"{partition}"
         )
+    attributes = storage.join(root, ATTRIBUTES)
+    if not storage.is_file(attributes):
+        raise DataPrepError(
+            f"{attributes}: attribute file not found; put Anno/{ATTRIBUTES} (from {HOME}) at "
+            f"{attributes}"
+        )
     return root
+
+
+def _read_attributes(location: str, data: bytes) -> AttributeTable:
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise DataPrepError(f"{location}: not CelebA's {ATTRIBUTES} (not ASCII text: {exc}); "
+                            f"download Anno/{ATTRIBUTES} from {HOME} again") from None
+    return parse_attributes(location, text)
 
 
 def _read_images(root: str, names: list[str]) -> Iterator[bytes]:
@@ -112,9 +140,11 @@ def _read_partition(location: str) -> list[tuple[str, str]]:
     return listing
 
 
-def _fingerprint(root: str, listing: list[tuple[str, str]]) -> str:
-    """sha256 over the partition and the bytes of every listed image (content, not mtimes)."""
+def _fingerprint(root: str, listing: list[tuple[str, str]], attributes: bytes) -> str:
+    """sha256 over the partition, the attributes and the bytes of every listed image
+    (content, not mtimes)."""
     digest = hashlib.sha256(storage.read_bytes(storage.join(root, PARTITION)))
+    digest.update(hashlib.sha256(attributes).digest())
     names = [name for name, _ in listing]
     for name, data in zip(names, _read_images(root, names), strict=True):
         digest.update(name.encode() + hashlib.sha256(data).digest())

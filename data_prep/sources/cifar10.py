@@ -50,7 +50,7 @@ def open_cifar10(cfg: DataPrepConfig) -> Source:
         x, y = arrays[origin]
         indices = range(len(x)) if split == "test" else parts[split]
         for i in indices[start:stop]:
-            yield f"{origin}{i:05d}", x[i], int(y[i])
+            yield f"{origin}{i:05d}", x[i], int(y[i]), None
 
     counts = {"train": len(parts["train"])}
     if "val" in parts:

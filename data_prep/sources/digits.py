@@ -26,7 +26,7 @@ def open_digits(cfg: DataPrepConfig) -> Source:
 
     def read_range(split: str, start: int, stop: int) -> Iterator[Sample]:
         for i in indices[split][start:stop]:
-            yield f"digits{i:04d}", images[i], int(labels[i])
+            yield f"digits{i:04d}", images[i], int(labels[i]), None
 
     return Source(
         dataset="digits",

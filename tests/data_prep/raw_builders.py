@@ -11,6 +11,13 @@ import numpy as np
 from PIL import Image
 
 CIFAR_MEMBERS = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses "
+    "Goatee Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache "
+    "Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks "
+    "Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick "
+    "Wearing_Necklace Wearing_Necktie Young").split()
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]
 
@@ -60,7 +67,8 @@ def unpickle(data: bytes) -> dict:
 
 def write_celeba(root: Path, partitions: list[int], size: tuple[int, int] = (178, 218),
                  seed: int = 0) -> Path:
-    """`img_align_celeba/NNNNNN.jpg` (smooth random RGB JPEGs) + `list_eval_partition.txt`."""
+    """`img_align_celeba/NNNNNN.jpg` (smooth random RGB JPEGs), `list_eval_partition.txt` and
+    `list_attr_celeba.txt` (random -1/1 values, `celeba_flags(len(partitions), seed)`)."""
     rng = np.random.default_rng(seed)
     images = root / "img_align_celeba"
     images.mkdir(parents=True)
@@ -71,4 +79,19 @@ def write_celeba(root: Path, partitions: list[int], size: tuple[int, int] = (178
             images / f"{i:06d}.jpg", quality=90)
         lines.append(f"{i:06d}.jpg {part}")
     (root / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    write_celeba_attributes(root / "list_attr_celeba.txt", celeba_flags(len(partitions), seed))
     return root
+
+
+def celeba_flags(n: int, seed: int = 0) -> np.ndarray:
+    """The attributes `write_celeba` gives its n images: bool [n, 40]."""
+    return np.random.default_rng([seed, 40]).random((n, len(CELEBA_ATTRIBUTES))) < 0.4
+
+
+def write_celeba_attributes(path: Path, flags: np.ndarray) -> Path:
+    """`list_attr_celeba.txt` as the official file lays it out: the count, the names (with a
+    trailing space), then `NNNNNN.jpg` and the values right-aligned in 3 columns each."""
+    rows = [f"{i:06d}.jpg" + "".join(f"{1 if f else -1:>3d}" for f in row)
+            for i, row in enumerate(flags, start=1)]
+    path.write_text(f"{len(flags)}\n{' '.join(CELEBA_ATTRIBUTES)} \n" + "\n".join(rows) + "\n")
+    return path

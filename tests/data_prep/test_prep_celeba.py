@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from raw_builders import write_celeba
+from raw_builders import CELEBA_ATTRIBUTES, celeba_flags, write_celeba
 
 from data_prep import DataPrepConfig, Manifest, make_loader, prepare
+from data_prep.labels import attribute_names, labelled_batches
 
 PARTITIONS = [0, 0, 0, 1, 2, 0, 2, 1, 0]
 
@@ -42,6 +43,26 @@ def test_official_splits_crop_resize_and_bits(tmp_path):
                              for i in files])
         np.testing.assert_array_equal(x, expected)
         assert x.max() < 32 and (y == -1).all()  # levels 0..31; CelebA has no class labels
+
+
+def test_the_40_attributes_travel_with_each_image(tmp_path):
+    """The manifest names the official attributes in file order; each sample's `attr` member
+    holds its image's flags exactly, read back with its levels in manifest order."""
+    root = write_celeba(tmp_path / "celeba", PARTITIONS)
+    path = prepare(DataPrepConfig(dataset="celeba", source=root, output_root=tmp_path / "out"))
+    manifest = Manifest.load(path)
+    assert manifest.attributes == attribute_names(manifest) == CELEBA_ATTRIBUTES
+    flags = celeba_flags(len(PARTITIONS))
+    for split, part in [("train", 0), ("val", 1), ("test", 2)]:
+        rows = [i for i, p in enumerate(PARTITIONS) if p == part]
+        batches = list(labelled_batches(manifest, split, 2))
+        levels = np.concatenate([b[0] for b in batches])
+        got = np.concatenate([b[1] for b in batches])
+        assert got.dtype == bool and got.shape == (len(rows), 40)
+        np.testing.assert_array_equal(got, flags[rows])
+        np.testing.assert_array_equal(levels, _read(path, split)[0])
+    first = next(labelled_batches(manifest, "train", 4, limit=3))
+    assert first[0].shape == (3, 3, 64, 64) and first[1].shape == (3, 40)
 
 
 def test_val_partition_and_other_sizes(tmp_path):

@@ -15,6 +15,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from data_prep import DataPrepConfig, Manifest, make_loader, prepare
+from data_prep.labels import attribute_names, labelled_batches
 from data_prep.sources import open_source
 
 
@@ -70,8 +71,20 @@ def test_loader_eval_returns_the_source_in_order(digits_manifest):
         xs.append(x.numpy())
         ys.append(y.numpy())
     x, y = np.concatenate(xs), np.concatenate(ys)
-    np.testing.assert_array_equal(x, np.stack([img.transpose(2, 0, 1) for _, img, _ in expected]))
-    np.testing.assert_array_equal(y, [label for *_, label in expected])
+    np.testing.assert_array_equal(x, np.stack([img.transpose(2, 0, 1) for _, img, *_ in expected]))
+    np.testing.assert_array_equal(y, [label for _, _, label, _ in expected])
+
+
+def test_classes_are_one_vs_rest_attributes(digits_manifest):
+    """No attribute members or manifest key: the flags are each image's class one-hot."""
+    manifest = Manifest.load(digits_manifest)
+    assert manifest.classes == [str(d) for d in range(10)] and manifest.attributes is None
+    assert "attributes" not in json.loads(digits_manifest.read_text())  # manifest as before
+    assert attribute_names(manifest) == manifest.classes
+    levels, flags = next(labelled_batches(manifest, "test", 50))
+    x, y = next(iter(make_loader(digits_manifest, "test", 50, mode="eval")))
+    np.testing.assert_array_equal(levels, x.numpy())
+    np.testing.assert_array_equal(flags, np.eye(10, dtype=bool)[y.numpy()])
 
 
 def test_shards_are_a_webdataset(digits_manifest):

@@ -110,6 +110,34 @@ def test_celeba_bad_partition_lines(tmp_path):
     _fails(_celeba(root, tmp_path), f"{partition}: lists no val images")
 
 
+def test_celeba_missing_truncated_or_inconsistent_attribute_file(tmp_path):
+    """list_attr_celeba.txt: missing names the file and where to get it; a fault names the
+    line."""
+    root = write_celeba(tmp_path / "celeba", [0, 1, 2, 0])
+    attributes = root / "list_attr_celeba.txt"
+    good = attributes.read_text()
+    attributes.unlink()
+    _fails(_celeba(root, tmp_path), f"{attributes}: attribute file not found",
+           "put Anno/list_attr_celeba.txt (from https://mmlab.ie.cuhk.edu.hk/")
+    lines = good.splitlines(keepends=True)
+    attributes.write_text("".join(lines[:4]) + lines[4][:40])  # cut inside line 5
+    _fails(_celeba(root, tmp_path), f"{attributes}:5: expected '<image>.jpg' and 40 values")
+    attributes.write_text("".join(lines[:4]))  # cut after line 4: 2 of 4 images
+    _fails(_celeba(root, tmp_path), f"{attributes}:1: says 4 images but the file lists 2")
+    attributes.write_text("".join(lines[:3]) + lines[3].replace(" 1", " 0", 1) + "".join(
+        lines[4:]))
+    _fails(_celeba(root, tmp_path), f"{attributes}:4: value '0' for 000002.jpg is not -1 or 1")
+    attributes.write_text("".join(lines[:3]) + lines[2] + "".join(lines[4:]))
+    _fails(_celeba(root, tmp_path), f"{attributes}:4: 000001.jpg is listed twice")
+    attributes.write_text("".join(lines[:5]) + lines[5].replace("000004", "000009"))
+    _fails(_celeba(root, tmp_path), f"{attributes}:6: 000009.jpg is not in "
+           f"{root / 'list_eval_partition.txt'}")
+    attributes.write_text("x\n" + "".join(lines[1:]))
+    _fails(_celeba(root, tmp_path), f"{attributes}:1: expected the number of images")
+    attributes.write_text(good)
+    assert Manifest.load(prepare(_celeba(root, tmp_path))).splits["train"].count == 2
+
+
 def test_celeba_wrong_mode_and_size(tmp_path):
     root = write_celeba(tmp_path / "celeba", [0, 1, 2, 2])
     image = root / "img_align_celeba" / "000004.jpg"  # in test: written after train

@@ -45,12 +45,23 @@ def test_samples_are_an_image_and_an_optional_label():
                                       folder="sub"))
     assert [(s.key, s.png, s.label) for s in shard.samples()] == [("a", PNG, 3), ("b", PNG, -1)]
     assert [s.key for s in shard.samples(1, 2)] == ["b"]
+    assert [s.attributes for s in shard.samples()] == [None, None]
+
+
+def test_attribute_flags_are_an_optional_member():
+    shard = parse_shard("s.tar", _tar(("a.attr", b"0110"), ("a.png", PNG), ("b.png", PNG)))
+    a, b = shard.samples()
+    assert a.attributes.tolist() == [False, True, True, False] and b.attributes is None
+    assert _problem(_tar(("a.png", PNG), ("a.attr", b"01-1"))) == (
+        "member 'a.attr' is not attribute flags (ASCII '0'/'1'; got b'01-1')")
+    assert _problem(_tar(("a.png", PNG), ("a.attr", b""))).startswith(
+        "member 'a.attr' is not attribute flags")
 
 
 def test_wrong_members_are_named():
     assert _problem(_tar(("a.png", PNG), ("a.txt", b"hi"))) == (
-        "member 'a.txt' is not a sample of an image shard (expected KEY.png images and KEY.cls "
-        "labels)")
+        "member 'a.txt' is not a sample of an image shard (expected KEY.png images, KEY.cls "
+        "labels and KEY.attr attribute flags)")
     assert _problem(_tar(("a.cls", b"1"))).startswith("sample 'a' has no image")
     assert _problem(_tar(("a.png", PNG), ("a.cls", b"three"))) == (
         "member 'a.cls' is not a class label (b'three')")
