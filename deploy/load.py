@@ -4,7 +4,8 @@ MLflow's own loader executes a models-from-code pyfunc's Python file, so anyone 
 to the registry could run code wherever a champion is loaded. nfpipe's load path never lets
 MLflow load the model: it reads the MLmodel file (YAML, `safe_load`) for the bundle's folder and
 the request limits, downloads the bundle's three files (`model.safetensors`,
-`model_config.json`, `meta.json`) and nothing else, checks them against the version's
+`model_config.json`, `meta.json`) and, where the model has them, its attribute directions
+(`attributes.safetensors`), and nothing else, checks them against the version's
 `nfpipe.bundle_sha256` tag (recorded at registration), and builds the model from the installed
 `flows` (`deploy.pyfunc.load_scorer`).
 """
@@ -17,7 +18,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import tracking
-from deploy.pyfunc import BUNDLE_FILES, FlowScorer, Limits, bundle_sha256, load_scorer
+from deploy.pyfunc import (
+    BUNDLE_FILES,
+    OPTIONAL_FILES,
+    FlowScorer,
+    Limits,
+    bundle_sha256,
+    load_scorer,
+)
 from deploy.registry import BUNDLE_TAG, champion_version
 
 MLMODEL = "MLmodel"
@@ -102,7 +110,9 @@ def _locate_registered(ref: str) -> Located:
 
 
 def fetch_bundle(located: Located, into: Path) -> tuple[Path, Limits]:
-    """The bundle's three files (copied to `into` unless local) and the model's limits."""
+    """The bundle's files (copied to `into` unless local) and the model's limits: the three
+    it must have and the optional ones it has (a file the model lost is caught by the digest
+    check, which covers every file registered)."""
     if located.local and all((Path(located.root) / f).is_file() for f in BUNDLE_FILES):
         return Path(located.root), Limits()  # a bare bundle folder
     mlmodel = _read_mlmodel(located, into)
@@ -121,6 +131,12 @@ def fetch_bundle(located: Located, into: Path) -> tuple[Path, Limits]:
     for name in BUNDLE_FILES:
         mlflow.artifacts.download_artifacts(
             artifact_uri=f"{located.root}/{bundle_path}/{name}", dst_path=str(target))
+    listed = {PurePosixPath(f.path).name for f in mlflow.artifacts.list_artifacts(
+        artifact_uri=f"{located.root}/{bundle_path}")}
+    for name in OPTIONAL_FILES:
+        if name in listed:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{located.root}/{bundle_path}/{name}", dst_path=str(target))
     return target, limits
 
 

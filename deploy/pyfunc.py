@@ -84,6 +84,7 @@ from deploy.request_checks import (
     check_work,
     shown,
 )
+from flows.attributes import DIRECTIONS_FILE
 from flows.latents import latent_shapes
 from flows.scoring import sample_levels, score_levels
 
@@ -91,6 +92,10 @@ if TYPE_CHECKING:
     from flows.attributes import Directions
 
 BUNDLE_FILES = ("model.safetensors", "model_config.json", "meta.json")
+# Files a bundle may hold beside those: the attribute directions the evaluate stage computes.
+# Bundles registered without them load as before (`FlowScorer.directions` None), and their
+# digest is what it was: a file absent from the bundle is not part of `bundle_sha256`.
+OPTIONAL_FILES = (DIRECTIONS_FILE,)
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 ARTIFACT_PATH = "model"  # name of the logged model inside its run
 MAX_K = 1000  # importance-weighted draws per image in one request
@@ -216,10 +221,15 @@ class FlowScorer:
 
 
 def load_scorer(bundle: Path, limits: Limits = Limits()) -> FlowScorer:
-    """A `FlowScorer` built from a bundle folder (config + safetensors) on CPU."""
+    """A `FlowScorer` built from a bundle folder (config + safetensors) on CPU, with the
+    attribute directions when the bundle holds them."""
+    from flows.attributes import load_directions
     from flows.io import load_meta, load_model
 
-    return FlowScorer(load_model(bundle, map_location="cpu"), load_meta(bundle), limits)
+    path = Path(bundle) / DIRECTIONS_FILE
+    directions = load_directions(path) if path.is_file() else None
+    return FlowScorer(load_model(bundle, map_location="cpu"), load_meta(bundle), limits,
+                      directions)
 
 
 class FlowPyfunc(PythonModel):
@@ -285,15 +295,22 @@ def pip_requirements() -> list[str]:
     return [f"--extra-index-url {CPU_TORCH_INDEX}", *pins]
 
 
+def bundle_files(directory: str | Path) -> tuple[str, ...]:
+    """The files of a bundle folder: the required three, then the optional ones it holds."""
+    for name in BUNDLE_FILES:
+        if not (Path(directory) / name).is_file():
+            raise FileNotFoundError(f"{directory} is not a model bundle: {name} is missing")
+    return BUNDLE_FILES + tuple(n for n in OPTIONAL_FILES if (Path(directory) / n).is_file())
+
+
 def bundle_sha256(directory: str | Path) -> str:
-    """One digest of the bundle: sha256 over each file's name and sha256, in a fixed order."""
+    """One digest of the bundle: sha256 over each file's name and sha256, in a fixed order
+    (`bundle_files`: an optional file counts only where present)."""
     import hashlib
 
     outer = hashlib.sha256()
-    for name in BUNDLE_FILES:
+    for name in bundle_files(directory):
         path = Path(directory) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory} is not a model bundle: {name} is missing")
         inner = hashlib.sha256()
         with path.open("rb") as handle:
             while chunk := handle.read(1 << 20):
@@ -303,14 +320,11 @@ def bundle_sha256(directory: str | Path) -> str:
 
 
 def stage_bundle(bundle_dir: Path, into: Path) -> Path:
-    """Copy the three bundle files (only those) to `into/bundle` for logging."""
+    """Copy the bundle files (only those, `bundle_files`) to `into/bundle` for logging."""
     target = into / "bundle"
     target.mkdir(parents=True)
-    for name in BUNDLE_FILES:
-        source = Path(bundle_dir) / name
-        if not source.is_file():
-            raise FileNotFoundError(f"{bundle_dir} is not a model bundle: {name} is missing")
-        shutil.copy2(source, target / name)
+    for name in bundle_files(bundle_dir):
+        shutil.copy2(Path(bundle_dir) / name, target / name)
     return target
 
 

@@ -35,6 +35,16 @@ class EvaluateConfig(BaseModel):
     device: str = Field(
         "cpu", description="Torch device for evaluation: cpu, cuda, cuda:1, or auto."
     )
+    directions: bool = Field(
+        True, description="Compute attribute directions (Glow Fig. 6: the mean latent of the "
+        "train images with an attribute minus that of those without) from the train split's "
+        "labels (CelebA's 40 attributes, or the classes one-vs-rest) and register them with "
+        "the model, for `nfpipe deploy attributes` and `deploy manipulate`."
+    )
+    direction_images: int = Field(
+        20000, ge=0, description="Train images (the first, in shard order) the directions "
+        "are averaged over; 0: all."
+    )
 
     @field_validator("temperatures")
     @classmethod

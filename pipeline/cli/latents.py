@@ -1,4 +1,5 @@
-"""`nfpipe deploy encode|decode|reconstruct|interpolate`: a registered model's latents.
+"""`nfpipe deploy encode|decode|reconstruct|interpolate|attributes|manipulate`: a registered
+model's latents, and its attribute directions (stored with it by the evaluate stage).
 
 The model is pulled as `deploy sample` pulls it (weights and config only, `deploy/load.py`);
 images are PNG files, shard tars or `.npy` level arrays (`deploy/images.py`). The latents are
@@ -28,6 +29,11 @@ from pipeline.cli.models import (
 )
 
 MAX_STEPS = 256  # frames between the two images of an interpolation strip
+MAX_ALPHAS = 64  # frames of a manipulation row
+HOW_TO_GET_DIRECTIONS = (
+    "the evaluate stage computes them from the train split's labels (evaluate.directions, "
+    "on by default) and promote registers them with the model: run `nfpipe run --stages "
+    "evaluate,promote --force` to register a version that has them")
 LATENT_SUFFIXES = (".safetensors", ".npz")
 
 
@@ -67,6 +73,24 @@ def register_latent_commands(deploy_sub: argparse._SubParsersAction,
                         help="frames between the two images (default 8)")
     _picture_args(interp, "interpolation.png", grid="one row, the two images at the ends")
     interp.set_defaults(func=cmd_interpolate)
+
+    attrs = deploy_sub.add_parser("attributes", help="the attribute directions stored with "
+                                  "the model, with the train images counted with / without")
+    common(attrs, model=True)
+    attrs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    attrs.set_defaults(func=cmd_attributes)
+
+    manip = deploy_sub.add_parser("manipulate", help="IMAGE moved along an attribute's "
+                                  "direction, one frame per alpha (Glow Fig. 6)")
+    common(manip, model=True)
+    manip.add_argument("image", metavar="IMAGE", help="one image (PNG, or .npy of one)")
+    manip.add_argument("--attribute", required=True,
+                       help="an attribute of `deploy attributes` (e.g. Smiling, or a class)")
+    manip.add_argument("--alphas", default="-1,-0.5,0,0.5,1",
+                       help="comma-separated multiples of the direction, one frame each "
+                       "(default -1,-0.5,0,0.5,1; 0 is the image itself)")
+    _picture_args(manip, "manipulate.png", grid="one row, one frame per alpha")
+    manip.set_defaults(func=cmd_manipulate)
 
 
 def _picture_args(parser: argparse.ArgumentParser, default: str, grid: str = "a grid") -> None:
@@ -198,3 +222,67 @@ def _one_image(path: str, scorer):
     if len(images) != 1:
         raise UsageError(f"{path}: holds {len(images)} images; give one image for each end")
     return images[0]
+
+
+def cmd_attributes(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    uri, _ = store_and_config(args)
+    scorer, info = load_scorer(uri)
+    directions = _directions(scorer, uri, info)
+    rows = [{"attribute": name, "with": directions.counts.get(name, (None, None))[0],
+             "without": directions.counts.get(name, (None, None))[1]}
+            for name in directions.names]
+    if args.json:
+        print(json.dumps({"model_uri": uri, "version": info["version"], "attributes": rows},
+                         indent=2))
+        return 0
+    table = Table(title=f"attribute directions of {uri} (v{info['version']}): train images "
+                  "with / without")
+    for column in ("attribute", "with", "without"):
+        table.add_column(column, justify="left" if column == "attribute" else "right")
+    for row in rows:
+        table.add_row(row["attribute"], str(row["with"]), str(row["without"]))
+    Console(highlight=False).print(table)
+    return 0
+
+
+def cmd_manipulate(args: argparse.Namespace) -> int:
+    from flows.attributes import manipulate
+
+    check_scale(args.scale)
+    alphas = parse_alphas(args.alphas)
+    uri, _ = store_and_config(args)
+    scorer, info = load_scorer(uri)
+    directions = _directions(scorer, uri, info)
+    try:
+        direction = directions.get(args.attribute)
+    except KeyError as err:
+        raise UsageError(f"--attribute: {err.args[0]} (`nfpipe deploy attributes`)") from None
+    image = _one_image(args.image, scorer)
+    frames = manipulate(scorer.model, image, direction, alphas)
+    path = _write_picture(frames, scorer.n_bins, args, len(frames))
+    _say(f"{args.image} along {args.attribute!r} at alpha {', '.join(map(str, alphas))} under "
+         f"{uri} (v{info['version']}) -> {path}")
+    return 0
+
+
+def parse_alphas(text: str) -> list[float]:
+    """`--alphas -1,-0.5,0,0.5,1` as floats: finite, 1 to MAX_ALPHAS of them."""
+    import math
+
+    try:
+        alphas = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--alphas {text!r}: expected comma-separated numbers such as "
+                         "-1,-0.5,0,0.5,1") from None
+    if not 1 <= len(alphas) <= MAX_ALPHAS or not all(math.isfinite(a) for a in alphas):
+        raise UsageError(f"--alphas {text!r}: expected 1 to {MAX_ALPHAS} finite numbers")
+    return alphas
+
+
+def _directions(scorer, uri: str, info: dict):
+    if scorer.directions is None:
+        raise UsageError(f"{uri} (v{info['version']}) has no attribute directions; "
+                         f"{HOW_TO_GET_DIRECTIONS}")
+    return scorer.directions

@@ -2,8 +2,12 @@
 
 Loads the model through nfpipe's load path (`deploy.load.load_served`: weights and config
 only, checked against the version's recorded sha256; no code from the artifact runs), draws a
-sample grid, and scores the first `deploy.smoke_images` test images through it. Serving itself
-is `nfpipe deploy serve` (or `mlflow models serve`).
+sample grid, and scores the first `deploy.smoke_images` test images through it. Then the
+papers' two latent-space pictures from the pulled model: `interp.png`, an interpolation strip
+between the first two test images (Glow Fig. 5), and `manipulate.png`, the first test image
+not of the model's first attribute moved along that attribute's direction (Glow Fig. 6; for
+digits the class "0", one-vs-rest), both logged under `deploy/` to the registered version's
+run. Serving itself is `nfpipe deploy serve` (or `mlflow models serve`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from pipeline.stages.base import StageContext, StageOutputs
 from tracking import use_store
 
 GRID_MIN_PX = 256  # the smoke grid's longer side at least: a 42 px grid of 8x8 digits is a dot
+PICTURE_IMAGES = 16  # test images the pictures are chosen from
+INTERPOLATION_STEPS = 8  # frames between the two test images
+ALPHAS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)  # the manipulation row's multiples
 
 
 def run(ctx: StageContext) -> StageOutputs:
@@ -44,8 +51,70 @@ def run(ctx: StageContext) -> StageOutputs:
     mean = scores.get("mean_bpd")
     shown = "no test images" if mean is None else f"mean bpd {mean:.4f} on {scores['count']}"
     ctx.console.print(f"    {uri} (v{info['version']}): {grid.name}, {shown} test images")
+    pictures = latent_pictures(model, promoted.get("manifest"), ctx.stage_dir)
+    if pictures:
+        _log_pictures(ctx, info["run_id"], list(pictures.values()))
+        ctx.console.print(f"    {', '.join(p.name for p in pictures.values())} (logged under "
+                          f"deploy/ to run {info['run_id']})")
     return {"model_uri": uri, "version": info["version"], "sample_grid": str(grid),
-            "scores": str(scores_path), "mean_bpd": mean}
+            "scores": str(scores_path), "mean_bpd": mean,
+            **{key: str(path) for key, path in pictures.items()}}
+
+
+def latent_pictures(scorer, manifest_path: str | None, folder) -> dict:
+    """{"interpolation": interp.png, "manipulation": manipulate.png} (module doc); the
+    manipulation only when the model has attribute directions, neither without test images."""
+    from data_prep import Manifest, make_loader
+    from flows.attributes import manipulate
+    from flows.latents import interpolate
+
+    if not manifest_path:
+        return {}
+    manifest = Manifest.load(manifest_path)
+    x = next(iter(make_loader(manifest, "test", PICTURE_IMAGES, mode="eval")))[0].numpy()
+    if len(x) < 2:
+        return {}
+    strip = interpolate(scorer.model, x[0], x[1], steps=INTERPOLATION_STEPS)
+    pictures = {"interpolation": _row(strip, scorer.n_bins, folder / "interp.png")}
+    if scorer.directions is not None and scorer.directions.names:
+        attribute = scorer.directions.names[0]
+        start = x[_first_without(manifest, attribute)]
+        row = manipulate(scorer.model, start, scorer.directions.get(attribute), ALPHAS)
+        pictures["manipulation"] = _row(row, scorer.n_bins, folder / "manipulate.png")
+    return pictures
+
+
+def _first_without(manifest, attribute: str) -> int:
+    """The index of the first of the PICTURE_IMAGES test images without `attribute` (0 when
+    the shards do not label it, or all have it)."""
+    from data_prep.labels import attribute_names, labelled_batches
+
+    names = attribute_names(manifest)
+    if attribute not in names:
+        return 0
+    _, has = next(labelled_batches(manifest, "test", PICTURE_IMAGES, limit=PICTURE_IMAGES))
+    without = np.flatnonzero(~has[:, names.index(attribute)])
+    return int(without[0]) if len(without) else 0
+
+
+def _row(levels: np.ndarray, n_bins: int, path):
+    """One row of frames, enlarged to at least GRID_MIN_PX wide."""
+    from flows.viz import grid_shape, save_level_grid
+
+    n, _, h, w = levels.shape
+    scale = min(64, max(1, math.ceil(GRID_MIN_PX / max(grid_shape(n, (h, w), n)))))
+    return save_level_grid(levels, n_bins, path, nrow=n, scale=scale)
+
+
+def _log_pictures(ctx: StageContext, run_id: str | None, paths: list) -> None:
+    """The pictures under `deploy/` in the registered version's (training) run."""
+    from tracking import client as mlflow_client
+
+    if run_id is None:
+        return
+    client = mlflow_client(ctx.tracking_uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), "deploy")
 
 
 def grid_scale(shape: tuple[int, ...]) -> int:

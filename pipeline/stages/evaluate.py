@@ -8,6 +8,12 @@ promotion compares with the champion), and over the whole test split `test_bpd` 
 per image (the usual bound; the ELBO for VAE / f-VAE: the figure the registry and README
 report) and the importance-weighted bound over `evaluate.k` draws beside it as
 `test_bpd_k{k}`. One sample grid per temperature (`train.evaluation.save_samples`).
+
+Then, unless `evaluate.directions` is off, the attribute directions (`flows.attributes`,
+Glow Fig. 6) from the train split's labels (CelebA's 40 attributes, or the classes
+one-vs-rest: `data_prep.labels`), over at most `evaluate.direction_images` images: written
+as `attributes.safetensors` into a copy of the chosen bundle in this stage's folder (the
+train or tune stage's output is left as it is), which is the `model_dir` promote registers.
 """
 
 from __future__ import annotations
@@ -60,8 +66,9 @@ def run(ctx: StageContext) -> StageOutputs:
     chosen = "none" if source["bpd"] is None else f"{float(source['bpd']):.4f}"
     ctx.console.print(f"    test bpd {test_bpd:.4f}{at_k} over {count} images; val bpd "
                       f"{val_bpd:.4f} (chosen on val {chosen})")
+    model_dir = add_directions(ctx, model, manifest, Path(source["model_dir"]))
     return {
-        "model_dir": str(Path(source["model_dir"]).resolve()),
+        "model_dir": str(model_dir.resolve()),
         "run_id": source["run_id"],
         "test_bpd": test_bpd,
         **outputs_k,
@@ -75,6 +82,42 @@ def run(ctx: StageContext) -> StageOutputs:
         "sample_grids": [str(p) for p in grids],
         "report": str(report_path),
     }
+
+
+def add_directions(ctx: StageContext, model: Any, manifest: Any, bundle: Path) -> Path:
+    """The bundle to register: a copy of `bundle` in this stage's folder with the attribute
+    directions of the train split (module doc), or `bundle` itself when they are off or the
+    shards carry no labels."""
+    import shutil
+
+    from data_prep.labels import attribute_names, labelled_batches
+    from flows.attributes import DIRECTIONS_FILE, compute_directions, save_directions
+    from flows.io import CONFIG, META, WEIGHTS
+
+    cfg = ctx.config.evaluate
+    names = attribute_names(manifest)
+    if not cfg.directions or not names:
+        why = "evaluate.directions is off" if names else "the shards carry no labels"
+        ctx.console.print(f"    no attribute directions: {why}")
+        return bundle
+    limit = cfg.direction_images or None
+    images = min(limit or manifest.split("train").count, manifest.split("train").count)
+    ctx.console.print(f"    attribute directions of {len(names)} "
+                      f"{'attributes' if manifest.attributes else 'classes (one-vs-rest)'} "
+                      f"from {images} train images")
+    directions = compute_directions(
+        model, labelled_batches(manifest, "train", cfg.batch_size, limit), names)
+    target = ctx.stage_dir / "model"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in (WEIGHTS, CONFIG, META):
+        shutil.copy2(bundle / name, target / name)
+    save_directions(directions, target / DIRECTIONS_FILE)
+    skipped = sorted(set(names) - set(directions.names))
+    note = f" ({', '.join(skipped)}: seen only one way, left out)" if skipped else ""
+    ctx.console.print(f"    {len(directions.names)} directions -> {target / DIRECTIONS_FILE}"
+                      f"{note}")
+    return target
 
 
 def pick_model(inputs: Any) -> dict[str, Any]:
