@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pipeline.cli.models import (
 
 MAX_STEPS = 256  # frames between the two images of an interpolation strip
 MAX_ALPHAS = 64  # frames of a manipulation row
+NUMBER_LIST = re.compile(r"^-\d*\.?\d+(e-?\d+)?(,-?\d*\.?\d+(e-?\d+)?)*$")
 HOW_TO_GET_DIRECTIONS = (
     "the evaluate stage computes them from the train split's labels (evaluate.directions, "
     "on by default) and promote registers them with the model: run `nfpipe run --stages "
@@ -90,6 +92,9 @@ def register_latent_commands(deploy_sub: argparse._SubParsersAction,
                        help="comma-separated multiples of the direction, one frame each "
                        "(default -1,-0.5,0,0.5,1; 0 is the image itself)")
     _picture_args(manip, "manipulate.png", grid="one row, one frame per alpha")
+    # argparse takes "-1,-0.5,0" for an option (only a lone number may start with "-"):
+    # a list of numbers is a value too, so `--alphas -1,-0.5,0,0.5,1` works as written
+    manip._negative_number_matcher = NUMBER_LIST
     manip.set_defaults(func=cmd_manipulate)
 
 

@@ -182,3 +182,94 @@ def test_variational_reconstruct_and_interpolate_from_a_bundle(family, tiny_mode
     strip = np.load(out)
     assert strip.shape == (4, 1, 8, 8)
     assert np.array_equal(strip[0], test_images[0]) and np.array_equal(strip[-1], test_images[1])
+
+
+# --- attribute directions ------------------------------------------------------------------
+
+
+def test_directions_registered_with_the_model_come_back_equal(champion, bundle):
+    """The session's champion was registered from a bundle with attributes.safetensors: the
+    digest covers it, and pulling the model gives the same directions."""
+    from deploy.load import load_served
+    from flows.attributes import DIRECTIONS_FILE, load_directions
+
+    scorer, info = load_served(f"models:/{MODEL_NAME}@champion")
+    assert info["verified"]
+    stored = load_directions(bundle / DIRECTIONS_FILE)
+    assert scorer.directions.names == stored.names == [str(d) for d in range(10)]
+    assert scorer.directions.counts == stored.counts
+    for name in stored.names:
+        for latent, vector in stored.get(name).items():
+            assert np.array_equal(scorer.directions.get(name)[latent], vector)
+
+
+def test_a_bundle_without_directions_keeps_its_old_digest_and_loads(bundle, tmp_path):
+    """Old bundles (three files) digest as before the optional file existed and load with
+    `directions` None; the directions file changes the digest."""
+    import hashlib
+    import shutil
+
+    from deploy.pyfunc import BUNDLE_FILES, bundle_sha256, load_scorer
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in BUNDLE_FILES:
+        shutil.copy2(bundle / name, old / name)
+    three = hashlib.sha256()
+    for name in BUNDLE_FILES:
+        three.update(f"{name}\0{hashlib.sha256((old / name).read_bytes()).hexdigest()}\n"
+                     .encode())
+    assert bundle_sha256(old) == three.hexdigest() != bundle_sha256(bundle)
+    assert load_scorer(old).directions is None
+
+
+def test_attributes_lists_the_directions_with_their_counts(uri, capsys, manifest):
+    capsys.readouterr()
+    assert cli.main(["deploy", "attributes", *uri, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["attributes"]
+    train = manifest.split("train").count
+    assert [r["attribute"] for r in rows] == [str(d) for d in range(10)]
+    assert all(r["with"] + r["without"] == train and r["with"] > 0 for r in rows)
+    assert cli.main(["deploy", "attributes", *uri]) == 0
+    assert "attribute directions of" in capsys.readouterr().out
+
+
+def test_manipulate_writes_a_row_with_the_image_at_alpha_0(uri, tmp_path, model, bundle,
+                                                           test_images):
+    from flows.attributes import DIRECTIONS_FILE, load_directions, manipulate
+
+    image = _png(tmp_path / "a.png", test_images[0])
+    out = tmp_path / "row.npy"
+    assert cli.main(["deploy", "manipulate", *uri, "--attribute", "3", image,
+                     "--alphas", "-1,0,0.5,2", "--out", str(out)]) == 0
+    row = np.load(out)
+    direction = load_directions(bundle / DIRECTIONS_FILE).get("3")
+    assert np.array_equal(row, manipulate(model, test_images[0], direction, [-1, 0, 0.5, 2]))
+    assert np.array_equal(row[1], test_images[0]) and not np.array_equal(row[3], row[1])
+    png = tmp_path / "row.png"
+    assert cli.main(["deploy", "manipulate", *uri, "--attribute", "3", image, "--scale", "2",
+                     "--alphas", "-1,-0.5,0,0.5,1", "--out", str(png)]) == 0  # as the README
+    with Image.open(png) as picture:
+        height, width = grid_shape(5, (8, 8), 5)  # five alphas, one row
+        assert (picture.height, picture.width) == (2 * height, 2 * width)
+
+
+def test_manipulate_errors_name_the_valid_attributes_or_the_fix(uri, registry, tmp_path,
+                                                                capsys, test_images, model):
+    from flows.io import save_model
+
+    image = _png(tmp_path / "a.png", test_images[0])
+    capsys.readouterr()
+    assert cli.main(["deploy", "manipulate", *uri, "--attribute", "Smiling", image]) == 2
+    assert ("unknown attribute 'Smiling'; this model has directions for: 0, 1, 2, 3, 4, 5, 6, "
+            "7, 8, 9") in capsys.readouterr().err
+    assert cli.main(["deploy", "manipulate", *uri, "--attribute", "3", image,
+                     "--alphas", "1,x"]) == 2
+    assert "--alphas '1,x': expected comma-separated numbers" in capsys.readouterr().err
+    bare = save_model(model, tmp_path / "bare")  # no directions file: as registered before
+    for command in (["attributes"], ["manipulate", "--attribute", "3", image]):
+        assert cli.main(["deploy", command[0], "--tracking-uri", registry[0], "--model",
+                         str(bare), *command[1:]]) == 2
+        err = capsys.readouterr().err
+        assert "has no attribute directions" in err and "--stages evaluate,promote" in err
+    assert not (tmp_path / "manipulate.png").exists()

@@ -95,7 +95,8 @@ def test_evaluate_scores_the_whole_test_split_and_logs_to_the_run(evaluated, pip
     console = Console(record=True, width=300, file=io.StringIO())
     again = evaluate.run(_ctx(pipeline_cfg, "evaluate-again", inputs, console))
     assert again["test_bpd"] == out["test_bpd"]
-    assert "(chosen on val 9.9000)" in console.export_text()  # 4 decimals, as test bpd
+    printed = console.export_text()
+    assert "(chosen on val 9.9000)" in printed  # 4 decimals, as test bpd
 
     run = mlflow.MlflowClient(pipeline_cfg.mlflow.tracking_uri).get_run(train_run)
     assert run.data.metrics["bpd/test_eval"] == pytest.approx(out["test_bpd"])
@@ -105,6 +106,21 @@ def test_evaluate_scores_the_whole_test_split_and_logs_to_the_run(evaluated, pip
         pipeline_cfg.mlflow.tracking_uri).list_artifacts(train_run, "evaluate")}
     assert logged == {"evaluation.json", "samples_T1.png", "samples_T0.5.png"}
     assert all(Path(p).exists() for p in out["sample_grids"])
+    # the directions of the 10 digit classes from the train split, in a copy of the bundle
+    from data_prep.labels import attribute_names, labelled_batches
+    from flows.attributes import DIRECTIONS_FILE, compute_directions, load_directions
+
+    folder = Path(out["model_dir"])
+    assert folder == (Path(pipeline_cfg.workdir) / "evaluate" / "model").resolve()
+    stored = load_directions(folder / DIRECTIONS_FILE)
+    expected = compute_directions(model, labelled_batches(manifest, "train", 256),
+                                  attribute_names(manifest))
+    assert stored.names == [str(d) for d in range(10)] and stored.counts == expected.counts
+    for name in stored.names:
+        for latent, vector in expected.get(name).items():
+            np.testing.assert_allclose(stored.get(name)[latent], vector, rtol=1e-5, atol=1e-6)
+    train = manifest.split("train").count
+    assert f"attribute directions of 10 classes (one-vs-rest) from {train} train images" in printed
 
 
 def test_promote_then_deploy_pull_the_champion(evaluated, pipeline_cfg, train_run):
@@ -134,6 +150,16 @@ def test_promote_then_deploy_pull_the_champion(evaluated, pipeline_cfg, train_ru
         assert max(grid.size) >= deploy_stage.GRID_MIN_PX
     scores = json.loads(Path(deployed["scores"]).read_text())
     assert scores["count"] == 10 and np.isfinite(scores["bpd"]).all()
+    # the champion came with its directions: the Fig. 5 strip and the Fig. 6 row, in MLflow
+    for key, name, frames in (("interpolation", "interp.png", 10),
+                              ("manipulation", "manipulate.png", len(deploy_stage.ALPHAS))):
+        assert Path(deployed[key]).name == name
+        with Image.open(deployed[key]) as picture:
+            assert picture.width >= deploy_stage.GRID_MIN_PX > picture.height
+            assert picture.width / picture.height == pytest.approx(frames, rel=0.15)
+    logged = {Path(a.path).name for a in mlflow_client(pipeline_cfg).list_artifacts(
+        train_run, "deploy")}
+    assert logged == {"interp.png", "manipulate.png"}
 
 
 def test_evaluate_prefers_the_tuned_model_with_the_lower_val_bpd():
