@@ -1,8 +1,9 @@
 """The registered model: an MLflow pyfunc `PythonModel` around a `flows` model bundle.
 
 The model is logged "from code" (`deploy/pyfunc_model.py` is executed at load time), its
-artifacts are the bundle files (safetensors weights, `model_config.json`, `meta.json`: no
-pickle), and the `flows` package and this module (with the two it imports) travel with it as
+artifacts are the bundle files (safetensors weights, `model_config.json`, `meta.json`, and
+`attributes.safetensors` where the evaluate stage computed attribute directions: no pickle),
+and the `flows` package and this module (with the two it imports) travel with it as
 `code_paths`, so any process with MLflow, torch, safetensors and pydantic can
 `mlflow.pyfunc.load_model("models:/NAME@champion")`.
 

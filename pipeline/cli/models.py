@@ -39,8 +39,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=cmd_models_list)
 
-    deploy = sub.add_parser("deploy", help="sample, score, serve, encode, decode, reconstruct or "
-                                 "interpolate with a registered model")
+    deploy = sub.add_parser("deploy", help="sample, score, serve, encode, decode, reconstruct, "
+                                 "interpolate or manipulate with a registered model")
     needs_action(deploy)
     deploy_sub = deploy.add_subparsers(metavar="ACTION")
     sample = deploy_sub.add_parser("sample", help="draw samples and write a PNG grid")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from e2e_helpers import nfpipe_run
@@ -40,6 +41,18 @@ def test_default_pipeline_runs_every_stage_then_skips_them_all(quickstart):
     assert 1.0 < records["evaluate"]["outputs"]["test_bpd"] < 6.0
     assert (tmp_path / "mlflow.db").exists()
     assert any(tmp_path.glob(".nfpipe/deploy/**/*.png"))
+    # the champion came with its class directions: the Fig. 5 strip and Fig. 6 row, in MLflow
+    evaluated = records["evaluate"]["outputs"]["model_dir"]
+    assert (Path(evaluated) / "attributes.safetensors").is_file()
+    deployed = records["deploy"]["outputs"]
+    assert {Path(deployed["interpolation"]).name, Path(deployed["manipulation"]).name} == {
+        "interp.png", "manipulate.png"} and Path(deployed["manipulation"]).is_file()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    version = client.get_model_version(promote["model_name"], promote["version"])
+    logged = {Path(a.path).name for a in client.list_artifacts(version.run_id, "deploy")}
+    assert logged == {"interp.png", "manipulate.png"}
 
     second = nfpipe_run(tmp_path)
     assert second.returncode == 0, second.stdout[-3000:]
