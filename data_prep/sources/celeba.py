@@ -33,8 +33,8 @@ HOME = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 
 
 def open_celeba(cfg: DataPrepConfig, fingerprint: bool = True) -> Source:
-    """Check the layout, read the partition file and (unless told not to) fingerprint every
-    listed image. The folder may be local or on an object store."""
+    """Check the layout, read the partition and attribute files and (unless told not to)
+    fingerprint them and every listed image. The folder may be local or on an object store."""
     root = _check_layout(cfg.source)
     partition = storage.join(root, PARTITION)
     listing = _read_partition(partition)

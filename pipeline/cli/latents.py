@@ -223,10 +223,12 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def _one_image(path: str, scorer):
+    import numpy as np
+
     names, images = _read([path], scorer)
     if len(images) != 1:
         raise UsageError(f"{path}: holds {len(images)} images; give one image for each end")
-    return images[0]
+    return np.array(images[0])  # a writable copy: torch warns about a read-only array
 
 
 def cmd_attributes(args: argparse.Namespace) -> int:
@@ -242,13 +244,15 @@ def cmd_attributes(args: argparse.Namespace) -> int:
         print(json.dumps({"model_uri": uri, "version": info["version"], "attributes": rows},
                          indent=2))
         return 0
-    table = Table(title=f"attribute directions of {uri} (v{info['version']}): train images "
-                  "with / without")
+    table = Table()
     for column in ("attribute", "with", "without"):
         table.add_column(column, justify="left" if column == "attribute" else "right")
     for row in rows:
         table.add_row(row["attribute"], str(row["with"]), str(row["without"]))
-    Console(highlight=False).print(table)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"{len(rows)} attribute directions of {uri} (v{info['version']}), with the "
+                  "train images counted with / without each:")
+    console.print(table)
     return 0
 
 

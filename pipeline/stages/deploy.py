@@ -4,7 +4,8 @@ Loads the model through nfpipe's load path (`deploy.load.load_served`: weights a
 only, checked against the version's recorded sha256; no code from the artifact runs), draws a
 sample grid, and scores the first `deploy.smoke_images` test images through it. Then the
 papers' two latent-space pictures from the pulled model: `interp.png`, an interpolation strip
-between the first two test images (Glow Fig. 5), and `manipulate.png`, the first test image
+from the first test image to the next one of another class (the second when the set has no
+classes; Glow Fig. 5), and `manipulate.png`, the first test image
 not of the model's first attribute moved along that attribute's direction (Glow Fig. 6; for
 digits the class "0", one-vs-rest), both logged under `deploy/` to the registered version's
 run. Serving itself is `nfpipe deploy serve` (or `mlflow models serve`).
@@ -71,10 +72,12 @@ def latent_pictures(scorer, manifest_path: str | None, folder) -> dict:
     if not manifest_path:
         return {}
     manifest = Manifest.load(manifest_path)
-    x = next(iter(make_loader(manifest, "test", PICTURE_IMAGES, mode="eval")))[0].numpy()
+    x, y = (t.numpy() for t in next(iter(make_loader(manifest, "test", PICTURE_IMAGES,
+                                                       mode="eval"))))
     if len(x) < 2:
         return {}
-    strip = interpolate(scorer.model, x[0], x[1], steps=INTERPOLATION_STEPS)
+    other = next((i for i in range(1, len(x)) if y[i] != y[0]), 1)  # another class if any
+    strip = interpolate(scorer.model, x[0], x[other], steps=INTERPOLATION_STEPS)
     pictures = {"interpolation": _row(strip, scorer.n_bins, folder / "interp.png")}
     if scorer.directions is not None and scorer.directions.names:
         attribute = scorer.directions.names[0]

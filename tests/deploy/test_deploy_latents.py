@@ -231,7 +231,7 @@ def test_attributes_lists_the_directions_with_their_counts(uri, capsys, manifest
     assert [r["attribute"] for r in rows] == [str(d) for d in range(10)]
     assert all(r["with"] + r["without"] == train and r["with"] > 0 for r in rows)
     assert cli.main(["deploy", "attributes", *uri]) == 0
-    assert "attribute directions of" in capsys.readouterr().out
+    assert "10 attribute directions of" in capsys.readouterr().out
 
 
 def test_manipulate_writes_a_row_with_the_image_at_alpha_0(uri, tmp_path, model, bundle,
