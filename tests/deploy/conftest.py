@@ -34,14 +34,11 @@ def test_images(manifest) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory, manifest):
-    """A tiny Glow, ActNorm initialised from real training images, saved as a model bundle
-    with its digit-class attribute directions (as the evaluate stage stores them)."""
+    """A tiny Glow, ActNorm initialised from real training images, saved as a model bundle."""
     import torch
 
     from data_prep import make_loader
-    from data_prep.labels import attribute_names, labelled_batches
     from flows import ModelConfig, build_model, initialize_from_batch
-    from flows.attributes import DIRECTIONS_FILE, compute_directions, save_directions
     from flows.io import save_model
 
     torch.manual_seed(0)
@@ -54,9 +51,6 @@ def bundle(tmp_path_factory, manifest):
     save_model(model.eval(), directory, {"dataset": manifest.dataset, "run_id": "none",
                                          "manifest_fingerprint": manifest.fingerprint,
                                          "test_bpd": 9.9, "epoch": 0})
-    directions = compute_directions(model, labelled_batches(manifest, "train", 256),
-                                    attribute_names(manifest))
-    save_directions(directions, directory / DIRECTIONS_FILE)
     return directory
 
 

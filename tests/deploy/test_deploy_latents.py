@@ -186,16 +186,53 @@ def test_variational_reconstruct_and_interpolate_from_a_bundle(family, tiny_mode
 
 # --- attribute directions ------------------------------------------------------------------
 
+DIRECTED = "digits-glow-directions"  # the session bundle with its class directions
 
-def test_directions_registered_with_the_model_come_back_equal(champion, bundle):
-    """The session's champion was registered from a bundle with attributes.safetensors: the
-    digest covers it, and pulling the model gives the same directions."""
+
+@pytest.fixture(scope="module")
+def directed(registry, bundle, manifest, model, tmp_path_factory):
+    """(the bundle with attributes.safetensors, as the evaluate stage writes it: the digit
+    classes one-vs-rest over the train split), registered as DIRECTED through the real
+    promote path and made champion."""
+    import shutil
+
+    from deploy_helpers import new_run
+
+    from data_prep.labels import attribute_names, labelled_batches
+    from deploy.config import PromoteConfig
+    from deploy.pyfunc import BUNDLE_FILES
+    from deploy.registry import Candidate, register_and_promote
+    from flows.attributes import DIRECTIONS_FILE, compute_directions, save_directions
+
+    folder = tmp_path_factory.mktemp("directed")
+    for name in BUNDLE_FILES:
+        shutil.copy2(bundle / name, folder / name)
+    directions = compute_directions(model, labelled_batches(manifest, "train", 256),
+                                    attribute_names(manifest))
+    save_directions(directions, folder / DIRECTIONS_FILE)
+    candidate = Candidate(3.0, 3.0, "digits", manifest.fingerprint,
+                          new_run(*registry), "glow")
+    decision, _ = register_and_promote(registry[0], DIRECTED, folder, candidate,
+                                       PromoteConfig(max_batch=64, max_samples=8))
+    assert decision.promoted
+    return folder
+
+
+@pytest.fixture
+def directed_uri(registry, directed, tmp_path, monkeypatch) -> list[str]:
+    monkeypatch.chdir(tmp_path)
+    return ["--tracking-uri", registry[0], "--model", f"{DIRECTED}@champion"]
+
+
+def test_directions_registered_with_the_model_come_back_equal(directed):
+    """The digest covers attributes.safetensors, and pulling the model gives the same
+    directions."""
     from deploy.load import load_served
     from flows.attributes import DIRECTIONS_FILE, load_directions
 
-    scorer, info = load_served(f"models:/{MODEL_NAME}@champion")
+    scorer, info = load_served(f"models:/{DIRECTED}@champion")
     assert info["verified"]
-    stored = load_directions(bundle / DIRECTIONS_FILE)
+    stored = load_directions(directed / DIRECTIONS_FILE)
     assert scorer.directions.names == stored.names == [str(d) for d in range(10)]
     assert scorer.directions.counts == stored.counts
     for name in stored.names:
@@ -203,73 +240,67 @@ def test_directions_registered_with_the_model_come_back_equal(champion, bundle):
             assert np.array_equal(scorer.directions.get(name)[latent], vector)
 
 
-def test_a_bundle_without_directions_keeps_its_old_digest_and_loads(bundle, tmp_path):
+def test_a_bundle_without_directions_keeps_its_old_digest_and_loads(bundle, directed):
     """Old bundles (three files) digest as before the optional file existed and load with
     `directions` None; the directions file changes the digest."""
     import hashlib
-    import shutil
 
     from deploy.pyfunc import BUNDLE_FILES, bundle_sha256, load_scorer
 
-    old = tmp_path / "old"
-    old.mkdir()
-    for name in BUNDLE_FILES:
-        shutil.copy2(bundle / name, old / name)
     three = hashlib.sha256()
     for name in BUNDLE_FILES:
-        three.update(f"{name}\0{hashlib.sha256((old / name).read_bytes()).hexdigest()}\n"
+        three.update(f"{name}\0{hashlib.sha256((bundle / name).read_bytes()).hexdigest()}\n"
                      .encode())
-    assert bundle_sha256(old) == three.hexdigest() != bundle_sha256(bundle)
-    assert load_scorer(old).directions is None
+    assert bundle_sha256(bundle) == three.hexdigest() != bundle_sha256(directed)
+    assert load_scorer(bundle).directions is None
 
 
-def test_attributes_lists_the_directions_with_their_counts(uri, capsys, manifest):
+def test_attributes_lists_the_directions_with_their_counts(directed_uri, capsys, manifest):
     capsys.readouterr()
-    assert cli.main(["deploy", "attributes", *uri, "--json"]) == 0
+    assert cli.main(["deploy", "attributes", *directed_uri, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["attributes"]
     train = manifest.split("train").count
     assert [r["attribute"] for r in rows] == [str(d) for d in range(10)]
     assert all(r["with"] + r["without"] == train and r["with"] > 0 for r in rows)
-    assert cli.main(["deploy", "attributes", *uri]) == 0
+    assert cli.main(["deploy", "attributes", *directed_uri]) == 0
     assert "10 attribute directions of" in capsys.readouterr().out
 
 
-def test_manipulate_writes_a_row_with_the_image_at_alpha_0(uri, tmp_path, model, bundle,
-                                                           test_images):
+def test_manipulate_writes_a_row_with_the_image_at_alpha_0(directed_uri, tmp_path, model,
+                                                           directed, test_images):
     from flows.attributes import DIRECTIONS_FILE, load_directions, manipulate
 
     image = _png(tmp_path / "a.png", test_images[0])
     out = tmp_path / "row.npy"
-    assert cli.main(["deploy", "manipulate", *uri, "--attribute", "3", image,
+    assert cli.main(["deploy", "manipulate", *directed_uri, "--attribute", "3", image,
                      "--alphas", "-1,0,0.5,2", "--out", str(out)]) == 0
     row = np.load(out)
-    direction = load_directions(bundle / DIRECTIONS_FILE).get("3")
+    direction = load_directions(directed / DIRECTIONS_FILE).get("3")
     assert np.array_equal(row, manipulate(model, test_images[0], direction, [-1, 0, 0.5, 2]))
     assert np.array_equal(row[1], test_images[0]) and not np.array_equal(row[3], row[1])
     png = tmp_path / "row.png"
-    assert cli.main(["deploy", "manipulate", *uri, "--attribute", "3", image, "--scale", "2",
-                     "--alphas", "-1,-0.5,0,0.5,1", "--out", str(png)]) == 0  # as the README
+    assert cli.main(["deploy", "manipulate", *directed_uri, "--attribute", "3", image,
+                     "--scale", "2", "--alphas", "-1,-0.5,0,0.5,1",  # as the README
+                     "--out", str(png)]) == 0
     with Image.open(png) as picture:
         height, width = grid_shape(5, (8, 8), 5)  # five alphas, one row
         assert (picture.height, picture.width) == (2 * height, 2 * width)
 
 
-def test_manipulate_errors_name_the_valid_attributes_or_the_fix(uri, registry, tmp_path,
-                                                                capsys, test_images, model):
-    from flows.io import save_model
-
+def test_manipulate_errors_name_the_valid_attributes_or_the_fix(directed_uri, uri, tmp_path,
+                                                                capsys, test_images):
     image = _png(tmp_path / "a.png", test_images[0])
     capsys.readouterr()
-    assert cli.main(["deploy", "manipulate", *uri, "--attribute", "Smiling", image]) == 2
+    assert cli.main(["deploy", "manipulate", *directed_uri, "--attribute", "Smiling",
+                     image]) == 2
     assert ("unknown attribute 'Smiling'; this model has directions for: 0, 1, 2, 3, 4, 5, 6, "
             "7, 8, 9") in capsys.readouterr().err
-    assert cli.main(["deploy", "manipulate", *uri, "--attribute", "3", image,
+    assert cli.main(["deploy", "manipulate", *directed_uri, "--attribute", "3", image,
                      "--alphas", "1,x"]) == 2
     assert "--alphas '1,x': expected comma-separated numbers" in capsys.readouterr().err
-    bare = save_model(model, tmp_path / "bare")  # no directions file: as registered before
+    # the session's champion was registered without directions (as models before them were)
     for command in (["attributes"], ["manipulate", "--attribute", "3", image]):
-        assert cli.main(["deploy", command[0], "--tracking-uri", registry[0], "--model",
-                         str(bare), *command[1:]]) == 2
+        assert cli.main(["deploy", *command[:1], *uri, *command[1:]]) == 2
         err = capsys.readouterr().err
         assert "has no attribute directions" in err and "--stages evaluate,promote" in err
     assert not (tmp_path / "manipulate.png").exists()
