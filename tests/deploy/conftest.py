@@ -116,3 +116,32 @@ def _session_tracking(registry):
     use_tracking(registry[0])
     yield
     use_tracking(registry[0])
+
+
+@pytest.fixture(scope="session")
+def directed(registry, bundle, manifest, model, tmp_path_factory):
+    """(the bundle with attributes.safetensors, as the evaluate stage writes it: the digit
+    classes one-vs-rest over the train split), registered as DIRECTED through the real
+    promote path and made champion."""
+    import shutil
+
+    from deploy_helpers import DIRECTED, new_run
+
+    from data_prep.labels import attribute_names, labelled_batches
+    from deploy.config import PromoteConfig
+    from deploy.pyfunc import BUNDLE_FILES
+    from deploy.registry import Candidate, register_and_promote
+    from flows.attributes import DIRECTIONS_FILE, compute_directions, save_directions
+
+    folder = tmp_path_factory.mktemp("directed")
+    for name in BUNDLE_FILES:
+        shutil.copy2(bundle / name, folder / name)
+    directions = compute_directions(model, labelled_batches(manifest, "train", 256),
+                                    attribute_names(manifest))
+    save_directions(directions, folder / DIRECTIONS_FILE)
+    candidate = Candidate(3.0, 3.0, "digits", manifest.fingerprint,
+                          new_run(*registry), "glow")
+    decision, _ = register_and_promote(registry[0], DIRECTED, folder, candidate,
+                                       PromoteConfig(max_batch=64, max_samples=8))
+    assert decision.promoted
+    return folder

@@ -14,6 +14,7 @@ from helpers import REPO, VENV_BIN, free_port, stop_process_group, subprocess_en
 from tracking import use_store as use_tracking  # noqa: F401 - the tests' name for it
 
 MODEL_NAME = "digits-glow"
+DIRECTED = "digits-glow-directions"  # the session bundle with its class directions
 README_SERVER = "http://127.0.0.1:5001"  # where README's request lines send them
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from deploy_helpers import MODEL_NAME
+from deploy_helpers import DIRECTED, MODEL_NAME
 from PIL import Image
 
 from flows.latents import decode_levels, encode_levels, interpolate, load_latents
@@ -185,38 +185,7 @@ def test_variational_reconstruct_and_interpolate_from_a_bundle(family, tiny_mode
 
 
 # --- attribute directions ------------------------------------------------------------------
-
-DIRECTED = "digits-glow-directions"  # the session bundle with its class directions
-
-
-@pytest.fixture(scope="module")
-def directed(registry, bundle, manifest, model, tmp_path_factory):
-    """(the bundle with attributes.safetensors, as the evaluate stage writes it: the digit
-    classes one-vs-rest over the train split), registered as DIRECTED through the real
-    promote path and made champion."""
-    import shutil
-
-    from deploy_helpers import new_run
-
-    from data_prep.labels import attribute_names, labelled_batches
-    from deploy.config import PromoteConfig
-    from deploy.pyfunc import BUNDLE_FILES
-    from deploy.registry import Candidate, register_and_promote
-    from flows.attributes import DIRECTIONS_FILE, compute_directions, save_directions
-
-    folder = tmp_path_factory.mktemp("directed")
-    for name in BUNDLE_FILES:
-        shutil.copy2(bundle / name, folder / name)
-    directions = compute_directions(model, labelled_batches(manifest, "train", 256),
-                                    attribute_names(manifest))
-    save_directions(directions, folder / DIRECTIONS_FILE)
-    candidate = Candidate(3.0, 3.0, "digits", manifest.fingerprint,
-                          new_run(*registry), "glow")
-    decision, _ = register_and_promote(registry[0], DIRECTED, folder, candidate,
-                                       PromoteConfig(max_batch=64, max_samples=8))
-    assert decision.promoted
-    return folder
-
+# (the `directed` fixture: tests/deploy/conftest.py)
 
 @pytest.fixture
 def directed_uri(registry, directed, tmp_path, monkeypatch) -> list[str]:

@@ -7,7 +7,13 @@ import sys
 import numpy as np
 import pytest
 import requests
-from deploy_helpers import MODEL_NAME, Server, run_readme_latent_requests, run_readme_requests
+from deploy_helpers import (
+    DIRECTED,
+    MODEL_NAME,
+    Server,
+    run_readme_latent_requests,
+    run_readme_requests,
+)
 
 from deploy.pyfunc import FlowScorer
 from flows.scoring import score_levels
@@ -15,11 +21,12 @@ from flows.scoring import score_levels
 pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
-def deploy_server(champion, registry, tmp_path_factory):
-    """`python -m pipeline.cli deploy serve` on a free loopback port (started once, killed)."""
+def deploy_server(directed, registry, tmp_path_factory):
+    """`python -m pipeline.cli deploy serve` on a free loopback port (started once, killed),
+    serving the session bundle registered with its attribute directions (DIRECTED)."""
     tmp = tmp_path_factory.mktemp("serve")
     server = Server([sys.executable, "-m", "pipeline.cli", "deploy", "serve",
-                     "--model", f"{MODEL_NAME}@champion", "--tracking-uri", registry[0],
+                     "--model", f"{DIRECTED}@champion", "--tracking-uri", registry[0],
                      "--port", "{port}"], cwd=tmp, log=tmp / "serve.log")
     try:
         server.wait_ready("/health", timeout_s=90)
@@ -47,14 +54,15 @@ def _post(server: Server, payload, **kwargs) -> requests.Response:
     return requests.post(server.url + "/invocations", json=payload, timeout=30, **kwargs)
 
 
-def test_health_names_the_model(deploy_server, champion):
+def test_health_names_the_model(deploy_server):
     health = requests.get(deploy_server.url + "/health", timeout=5).json()
-    assert health["status"] == "ok" and str(health["version"]) == str(champion.version)
+    assert health["status"] == "ok" and health["model_uri"] == f"models:/{DIRECTED}@champion"
+    assert str(health["version"]) == "1"
     assert health["image_shape"] == [1, 8, 8] and health["n_bins"] == 17
     assert health["max_samples"] == 8
     assert health["modes"] == ["score", "sample", "encode", "decode", "interpolate", "manipulate"]
     assert health["latent_shapes"] == {"level0": [2, 4, 4], "level1": [8, 2, 2]}
-    assert health["attributes"] == []  # the bundle holds no directions
+    assert health["attributes"] == [str(d) for d in range(10)]  # the digit classes
 
 
 def test_scores_a_batch_like_the_in_memory_model(deploy_server, model, test_images):
@@ -71,9 +79,12 @@ def test_samples(deploy_server):
     assert levels.shape == (4, 1, 8, 8) and levels.min() >= 0 and levels.max() < 17
 
 
-def test_latent_modes_over_http(deploy_server, model, test_images):
+def test_latent_modes_over_http(deploy_server, mlflow_server, model, test_images, directed):
     """encode -> decode gives the images exactly; interpolate is `flows.latents.interpolate`'s
-    strip; this model has no directions, so manipulate is a 400 that says so."""
+    strip; manipulate is `flows.attributes.manipulate`'s row along the registered direction
+    (alpha 0: the image itself), and a model without directions (the champion that
+    `mlflow models serve` serves) answers 400 saying so."""
+    from flows.attributes import DIRECTIONS_FILE, load_directions, manipulate
     from flows.latents import interpolate
 
     encoded = _post(deploy_server, {"inputs": test_images.tolist(), "params": {"mode": "encode"}})
@@ -89,8 +100,19 @@ def test_latent_modes_over_http(deploy_server, model, test_images):
     np.testing.assert_array_equal(strip.json()["predictions"],
                                   interpolate(model, test_images[0], test_images[1], 4))
     row = _post(deploy_server, {"inputs": test_images[:1].tolist(), "params": {
-        "mode": "manipulate", "attribute": "Smiling", "alphas": [-1, 0, 1]}})
-    assert row.status_code == 400 and "no attribute directions" in row.json()["message"]
+        "mode": "manipulate", "attribute": "3", "alphas": [-1, 0, 1]}})
+    assert row.status_code == 200, row.text
+    direction = load_directions(directed / DIRECTIONS_FILE).get("3")
+    expected = manipulate(model, test_images[0], direction, [-1, 0, 1])
+    np.testing.assert_array_equal(row.json()["predictions"], expected)
+    np.testing.assert_array_equal(expected[1], test_images[0])
+    unknown = _post(deploy_server, {"inputs": test_images[:1].tolist(), "params": {
+        "mode": "manipulate", "attribute": "Smiling"}})
+    assert unknown.status_code == 400
+    assert "Unknown attribute 'Smiling'; this model has directions for: 0, 1" in unknown.text
+    none = _post(mlflow_server, {"inputs": test_images[:1].tolist(), "params": {
+        "mode": "manipulate", "attribute": "3", "alphas": [-1, 0, 1]}})
+    assert none.status_code == 400 and "no attribute directions" in none.text
 
 
 ZEROS = np.zeros((2, 1, 8, 8), dtype=int).tolist()
