@@ -47,9 +47,9 @@ def train_run(pipeline_cfg) -> str:
 
 
 def mlflow_client(cfg):
-    import mlflow
+    import tracking
 
-    return mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    return tracking.client(cfg.mlflow.tracking_uri)  # its registry too, not MLflow's global one
 
 
 def _ctx(cfg, stage: str, inputs: dict, console: Console | None = None) -> StageContext:

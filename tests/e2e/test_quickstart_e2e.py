@@ -47,9 +47,11 @@ def test_default_pipeline_runs_every_stage_then_skips_them_all(quickstart):
     deployed = records["deploy"]["outputs"]
     assert {Path(deployed["interpolation"]).name, Path(deployed["manipulation"]).name} == {
         "interp.png", "manipulate.png"} and Path(deployed["manipulation"]).is_file()
-    from mlflow import MlflowClient
+    import tracking
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # the registry too: a plain MlflowClient would read the registry of whatever store an
+    # earlier test in this process pointed MLflow at
+    client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     version = client.get_model_version(promote["model_name"], promote["version"])
     logged = {Path(a.path).name for a in client.list_artifacts(version.run_id, "deploy")}
     assert logged == {"interp.png", "manipulate.png"}
