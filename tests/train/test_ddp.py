@@ -4,7 +4,9 @@ One spawn of two ranks runs, for each family: one optimiser step on a shared bat
 average the ranks' gradients exactly and leave bit-identical weights), then the loop's own
 start of a run (`init_batch`, `build_state`, a first step) with a data-dependent init larger
 than one rank's batch (the init must see images of both ranks, and every rank must hold rank
-0's weights). Ray Train's part (placing the
+0's weights), then Dynamo's capture of the DDP objective that `train.compile` compiles (one
+graph, no break, on rank 0 and on rank 1, whose ActNorms were initialised by the broadcast,
+at two batch sizes). Ray Train's part (placing the
 workers, checkpoints, reports) is tested once, in test_train_stage.py.
 """
 
@@ -68,11 +70,25 @@ def init_and_step(family: str, manifest_path: str, world: WorkerInfo) -> dict:
             "step1_digests": gather_digests(state.model, world)}
 
 
+def captured_graphs(family: str, manifest_path: str, world: WorkerInfo) -> list[tuple]:
+    """(graphs, breaks, reasons) of Dynamo's capture of this rank's DDP objective (what
+    `train.compile` compiles, `torch._dynamo.explain`), at two batch sizes."""
+    cfg = TrainConfig.model_validate(tiny_train(family))
+    x, _ = shared_batch(manifest_path)
+    state = build_state(cfg, resolve_model_config(cfg, Manifest.load(manifest_path)), world,
+                        init_x=x if world.is_chief else None)
+    torch._dynamo.reset()
+    explained = [torch._dynamo.explain(state.objective)(x[:n]) for n in (16, 12)]
+    return [(e.graph_count, e.graph_break_count, [str(r.reason) for r in e.break_reasons])
+            for e in explained]
+
+
 def every_family(world: WorkerInfo, manifest_path: str) -> dict[str, dict]:
-    """What each rank saw, per family: its one step and its epoch."""
+    """What each rank saw, per family: its one step, its epoch and its compiled objective."""
     return {
         family: {"step": one_step(family, manifest_path, world, share=world.rank),
-                 "init": init_and_step(family, manifest_path, world)}
+                 "init": init_and_step(family, manifest_path, world),
+                 "graphs": captured_graphs(family, manifest_path, world)}
         for family in TINY_MODELS
     }
 
@@ -135,3 +151,11 @@ def test_init_gathers_images_of_every_rank_and_every_rank_matches(family, ranks)
         digests = inits[0][key]
         assert len(digests) == 2 and digests[0] == digests[1], key
         assert inits[1][key] == digests, key
+
+
+@pytest.mark.parametrize("family", list(TINY_MODELS))
+def test_every_rank_compiles_the_ddp_objective_to_one_graph(family, ranks):
+    """Rank 1 never ran the data-dependent init (its ActNorms came by broadcast): its capture
+    must not break at the init check either; and a second batch size captures again."""
+    for rank, seen in enumerate(ranks):
+        assert seen[family]["graphs"] == [(1, 0, []), (1, 0, [])], (rank, seen[family]["graphs"])
