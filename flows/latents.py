@@ -38,7 +38,7 @@ def latent_shapes(model: DensityModel) -> dict[str, tuple[int, ...]]:
 def _as_y(model: DensityModel, x, seed: int | None) -> torch.Tensor:
     """Levels [B, C, H, W] -> y on the model's device: the bin centres, or one uniform
     dequantisation drawn with `seed`."""
-    x = torch.as_tensor(np.asarray(x)).to(model.device)
+    x = torch.as_tensor(np.array(x)).to(model.device)  # a copy: inputs may be read-only
     if tuple(x.shape[1:]) != model.image_shape or x.dim() != 4:
         raise ValueError(f"Expected levels of shape [B, {', '.join(map(str, model.image_shape))}]"
                          f", got {list(x.shape)}.")
@@ -68,7 +68,7 @@ def decode_levels(model: DensityModel, latents: Mapping[str, np.ndarray]) -> np.
     expected = latent_shapes(model)
     if sorted(latents) != sorted(expected):
         raise ValueError(f"Expected latents named {list(expected)}, got {sorted(latents)}.")
-    parts = [torch.as_tensor(np.asarray(latents[name])) for name in expected]
+    parts = [torch.as_tensor(np.array(latents[name])) for name in expected]  # copies, as above
     for (name, shape), part in zip(expected.items(), parts, strict=True):
         if tuple(part.shape[1:]) != shape or len(part) != len(parts[0]):
             raise ValueError(f"Expected {name!r} of shape [{len(parts[0])}, "
