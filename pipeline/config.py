@@ -22,7 +22,7 @@ from deploy.config import DeployConfig, PromoteConfig
 from tracking.store import mask_url_credentials
 from train.config import OPTIM_ALTERNATIVES, TrainConfig
 from train.evaluate_config import EvaluateConfig
-from train.typed import model_type, suggest
+from train.typed import model_type, settle_alternatives, suggest
 from tune.config import WARMUPS, TuneConfig
 
 # one name for a Ray run folder, an MLflow run and model, and a file: no path, no quote
@@ -139,41 +139,11 @@ def load_config(
                 f"unknown profile {profile!r}{suggest(profile, profiles)}; "
                 f"profiles in {path}: {', '.join(sorted(profiles)) or '(none)'}"
             )
-        raw = settle_alternatives(raw, deep_merge(raw, profiles[profile] or {}))
+        raw = settle_alternatives(raw, deep_merge(raw, profiles[profile] or {}), ALTERNATIVES)
         raw["profile"] = profile
     for assignment in sets:
-        raw = settle_alternatives(raw, apply_set(raw, assignment))
+        raw = settle_alternatives(raw, apply_set(raw, assignment), ALTERNATIVES)
     return validate(raw)
-
-
-def settle_alternatives(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """`after` (a profile or a --set applied to `before`) without the settings it replaced:
-    where it set one of a pair of alternatives (`train.optim.warmup_steps` or
-    `…warmup_images`, …) and left the other as it was, that other one is cleared. A layer that
-    sets both keeps both, and validation says to give one."""
-    for pair in ALTERNATIVES:
-        for given, other in (pair, pair[::-1]):
-            changed = _get(after, given) != _get(before, given)
-            if changed and _get(after, given) is not None and \
-                    _get(after, other) == _get(before, other):
-                _clear(after, other)
-    return after
-
-
-def _get(raw: Any, path: str) -> Any:
-    for part in path.split("."):
-        raw = raw.get(part) if isinstance(raw, dict) else None
-    return raw
-
-
-def _clear(raw: dict[str, Any], path: str) -> None:
-    *parents, leaf = path.split(".")
-    for part in parents:
-        raw = raw.get(part)
-        if not isinstance(raw, dict):
-            return
-    if leaf in raw:
-        raw[leaf] = None
 
 
 def _profiles(profiles: Any, path: Path | None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ epochs, an evaluation (and a checkpoint) every epoch, and the tune section's wor
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Mapping
@@ -15,11 +16,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from train.config import OPTIM_ALTERNATIVES, TrainConfig, leaf_paths, per_worker_batch
+from train.typed import settle_alternatives
 from tune.config import WARMUPS, ParamDistribution, TuneConfig, check_path
 
 Overrides = dict[str, Any]  # dotted path inside train: -> value
-ALTERNATIVE_OF = {f"optim.{a}": f"optim.{b}"
-                  for pair in OPTIM_ALTERNATIVES for a, b in (pair, pair[::-1])}
+# alternatives inside the train section: a trial that sets one clears the other
+OPTIM_PAIRS = tuple((f"optim.{a}", f"optim.{b}") for a, b in OPTIM_ALTERNATIVES)
 MAX_BUILDS = 64  # model corners built at most when checking a space
 
 
@@ -32,17 +34,15 @@ class SearchSpaceError(ValueError):
 def apply_overrides(base: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
     """`base` with each dotted path set to its value, validated as a whole. Setting one of a
     pair of alternatives (optim.warmup_steps or optim.warmup_images, …) clears the other."""
-    raw = base.model_dump(mode="json")
+    before = base.model_dump(mode="json")
+    raw = copy.deepcopy(before)
     for path, value in overrides.items():
-        partner = ALTERNATIVE_OF.get(path)
-        if value is not None and partner is not None and partner not in overrides:
-            raw["optim"][partner.split(".")[1]] = None
         node = raw
         *parents, leaf = path.split(".")
         for part in parents:
             node = node[part]
         node[leaf] = value
-    return TrainConfig.model_validate(raw)
+    return TrainConfig.model_validate(settle_alternatives(before, raw, OPTIM_PAIRS))
 
 
 def trial_train_config(base: TrainConfig, overrides: Mapping[str, Any], cfg: TuneConfig):
