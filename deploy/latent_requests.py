@@ -31,7 +31,8 @@ from deploy.request_checks import (
     check_latents,
     check_steps,
 )
-from flows.latents import decode_levels, encode_levels
+from flows.attributes import moved_along
+from flows.latents import decode_levels, encode_levels, line_between
 
 if TYPE_CHECKING:
     from deploy.pyfunc import FlowScorer
@@ -149,8 +150,7 @@ def _decode_units(scorer: FlowScorer, z: np.ndarray) -> Steps:
 def _interpolate_units(scorer: FlowScorer, ends: np.ndarray, steps: int) -> Steps:
     """`flows.latents.interpolate` in units: z_t = (1 − t)·z_a + t·z_b, t from 0 to 1."""
     z = yield from _encode_units(scorer, ends)
-    t = np.linspace(0.0, 1.0, steps + 2, dtype=np.float32)[:, None]
-    frames = yield from _decode_units(scorer, (1 - t) * z[0] + t * z[1])
+    frames = yield from _decode_units(scorer, line_between(z[0], z[1], steps))
     if not scorer.model.exact:  # the ends are the images, a VAE's reconstruction is not
         frames[0], frames[-1] = ends
     return frames
@@ -160,7 +160,7 @@ def _manipulate_units(scorer: FlowScorer, x: np.ndarray, direction: np.ndarray,
                       alphas: np.ndarray) -> Steps:
     """`flows.attributes.manipulate` in units: x decoded from z(x) + α·d for each α."""
     z = yield from _encode_units(scorer, x)
-    frames = yield from _decode_units(scorer, z + alphas[:, None] * direction[None])
+    frames = yield from _decode_units(scorer, moved_along(z[0], direction, alphas))
     if not scorer.model.exact:  # α = 0 is the image itself, as in `interpolate`
         frames[alphas == 0] = x[0]
     return frames

@@ -120,12 +120,18 @@ def manipulate(model: DensityModel, x, direction: Mapping[str, np.ndarray],
     if sorted(direction) != sorted(z):
         raise ValueError(f"Expected a direction with latents {sorted(z)}, got {sorted(direction)}.")
     a = np.asarray(list(alphas), np.float32)
-    moved = {name: part + a.reshape(-1, *([1] * (part.ndim - 1)))
-             * np.asarray(direction[name], np.float32)[None] for name, part in z.items()}
-    frames = decode_levels(model, moved)
+    frames = decode_levels(model, {name: moved_along(part[0], direction[name], a)
+                                   for name, part in z.items()})
     if not model.exact:
         frames[a == 0] = x
     return frames
+
+
+def moved_along(z: np.ndarray, direction: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """[len(alphas), *shape]: one image's latent z [*shape] moved by α·d for each α (one
+    latent, or several flattened into one row: the map is elementwise)."""
+    d = np.asarray(direction, np.float32)
+    return z[None] + np.asarray(alphas, np.float32).reshape(-1, *([1] * d.ndim)) * d[None]
 
 
 def save_directions(directions: Directions, path: str | os.PathLike) -> Path:

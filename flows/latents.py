@@ -90,17 +90,18 @@ def interpolate(model: DensityModel, x_a, x_b, steps: int = 8) -> np.ndarray:
         raise ValueError(f"Expected steps >= 0 frames between the two images, got {steps}.")
     ends = np.stack([np.asarray(x_a), np.asarray(x_b)])
     z = encode_levels(model, ends)
-    t = np.linspace(0.0, 1.0, steps + 2, dtype=np.float32)
-    path = {name: _lerp(pair[0], pair[1], t) for name, pair in z.items()}
+    path = {name: line_between(pair[0], pair[1], steps) for name, pair in z.items()}
     frames = decode_levels(model, path)
     if not model.exact:
         frames[0], frames[-1] = ends[0], ends[1]
     return frames
 
 
-def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    t = t.reshape(-1, *([1] * a.ndim))
-    return (1 - t) * a + t * b
+def line_between(z_a: np.ndarray, z_b: np.ndarray, steps: int) -> np.ndarray:
+    """[steps + 2, *shape]: z_t = (1 − t)·z_a + t·z_b at t = 0, 1/(steps + 1), …, 1 (one
+    latent, or several flattened into one row: the map is elementwise)."""
+    t = np.linspace(0.0, 1.0, steps + 2, dtype=np.float32).reshape(-1, *([1] * z_a.ndim))
+    return (1 - t) * z_a + t * z_b
 
 
 def save_latents(latents: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
