@@ -83,11 +83,11 @@ from gpu_metrics import (  # noqa: E402
     flops_per_image,
     peak_flops,
     profile_steps,
-    write_json,
 )
 
 from data_prep import Manifest, make_loader  # noqa: E402
 from flows import build_model  # noqa: E402
+from pipeline.records import write_json_atomic  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.ddp import WorkerInfo  # noqa: E402
 from train.hooks import NO_HOOKS  # noqa: E402
@@ -408,7 +408,7 @@ def trial_worker(args: argparse.Namespace) -> int:
         synchronize(device)
         end = time.time()
         name = "alone.json" if phase == "alone" else f"trial{index}.json"
-        write_json(folder / name, {"start": start, "end": end,
+        write_json_atomic(folder / name, {"start": start, "end": end,
                                    "images": args.steps * args.batch})
     return 0
 
@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         report["wall_s"] = time.perf_counter() - started
-        write_json(out, report)
+        write_json_atomic(out, report)
 
     try:
         report["bf16_vs_fp32"] = bf16_vs_fp32(run, small)

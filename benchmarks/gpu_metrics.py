@@ -5,7 +5,6 @@ write. Plain functions of their inputs, so that the CPU smoke run exercises all 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -94,13 +93,3 @@ def device_busy(kernel_ms_per_step: float | None, ms_per_step: float) -> float |
     if kernel_ms_per_step is None:
         return None
     return min(1.0, kernel_ms_per_step / ms_per_step)
-
-
-def write_json(path: Path, report: dict) -> None:
-    """Write `report` so that a reader (or a run cut off mid-write) sees the old file or the
-    new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(report, handle, indent=1, default=str)
-    os.replace(tmp, path)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.density import DensityModel
+from flows.io import atomic_write
 from flows.latents import decode_levels, encode_levels, latent_shapes
 
 #: The directions' file inside a model bundle (beside model.safetensors).
@@ -145,9 +146,7 @@ def save_directions(directions: Directions, path: str | os.PathLike) -> Path:
     metadata = {"attributes": json.dumps(directions.names),
                 "counts": json.dumps({k: list(v) for k, v in directions.counts.items()})}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 

@@ -23,7 +23,8 @@ WEIGHTS, CONFIG, META = "model.safetensors", "model_config.json", "meta.json"
 FORMAT = "nfpipe-model/1"
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then renamed over it (all or nothing)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
@@ -35,7 +36,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_model(model: DensityModel, directory: str | os.PathLike,
@@ -45,7 +46,7 @@ def save_model(model: DensityModel, directory: str | os.PathLike,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS, lambda tmp: save_file(state, tmp, {"format": FORMAT}))
+    atomic_write(directory / WEIGHTS, lambda tmp: save_file(state, tmp, {"format": FORMAT}))
     _write_text(directory / CONFIG, model.config.model_dump_json(indent=2))
     full_meta = {"format": FORMAT, "torch": torch.__version__, **(meta or {})}
     _write_text(directory / META, json.dumps(full_meta, indent=2, sort_keys=True, default=str))

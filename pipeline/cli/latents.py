@@ -223,12 +223,10 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def _one_image(path: str, scorer):
-    import numpy as np
-
     names, images = _read([path], scorer)
     if len(images) != 1:
         raise UsageError(f"{path}: holds {len(images)} images; give one image for each end")
-    return np.array(images[0])  # a writable copy: torch warns about a read-only array
+    return images[0]
 
 
 def cmd_attributes(args: argparse.Namespace) -> int:
