@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from data_prep import storage
 from data_prep.errors import DataPrepError, ShardError
+from data_prep.loader import decode_images, in_chunks, samples_between
 from data_prep.manifest import Manifest
-from data_prep.shard_reader import ATTRIBUTES, LABEL, ShardSample, decode_sample, read_shard
+from data_prep.shard_reader import ATTRIBUTES, LABEL, ShardSample
 
 LabelledBatch = tuple[np.ndarray, np.ndarray]  # levels uint8 [B, C, H, W], flags bool [B, A]
 
@@ -37,30 +37,10 @@ def labelled_batches(manifest: Manifest, split: str, batch_size: int,
         raise ValueError(f"Expected batch_size >= 1, got {batch_size}.")
     count = manifest.split(split).count
     total = count if limit is None else min(limit, count)
-    chunk: list[ShardSample] = []
-    for sample in _samples(manifest, split, total):
-        chunk.append(sample)
-        if len(chunk) == batch_size:
-            yield _collate(manifest, chunk, len(names))
-            chunk = []
-    if chunk:
-        yield _collate(manifest, chunk, len(names))
-
-
-def _samples(manifest: Manifest, split: str, total: int) -> Iterator[ShardSample]:
-    seen = 0
-    for shard in manifest.split(split).shards:
-        if seen >= total:
-            return
-        taken = min(shard.count, total - seen)
-        yield from read_shard(storage.join(manifest.folder, shard.name), shard).samples(0, taken)
-        seen += taken
-
-
-def _collate(manifest: Manifest, chunk: list[ShardSample], n: int) -> LabelledBatch:
-    levels = np.stack([decode_sample(s).transpose(2, 0, 1) for s in chunk])
-    flags = np.stack([_flags(manifest, s, n) for s in chunk])
-    return levels, flags
+    samples = samples_between(manifest.folder, manifest.split(split).shards, 0, total)
+    for chunk in in_chunks(samples, batch_size):
+        flags = np.stack([_flags(manifest, sample, len(names)) for sample in chunk])
+        yield decode_images(chunk, tuple(manifest.image_shape)), flags
 
 
 def _flags(manifest: Manifest, sample: ShardSample, n: int) -> np.ndarray:

@@ -163,38 +163,54 @@ class _Plan:
     def batches_of(self, worker: int, workers: int) -> Iterator[Batch]:
         lo, hi = worker_range(self.start, self.end, self.batches, self.batch_size, worker,
                               workers)
-        samples = self._encoded(lo, hi)
+        samples = samples_between(self.root, self.shards, lo, hi)
         if self.shuffle:
             rng = np.random.default_rng([*self.seed, worker])
             samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
-        chunk: list[ShardSample] = []
-        for sample in samples:
-            chunk.append(sample)
-            if len(chunk) == self.batch_size:
-                yield self._collate(chunk)
-                chunk = []
-        if chunk:
+        for chunk in in_chunks(samples, self.batch_size):
             yield self._collate(chunk)
 
-    def _encoded(self, lo: int, hi: int) -> Iterator[ShardSample]:
-        offset = 0
-        for shard in self.shards:
-            a, b = max(lo, offset) - offset, min(hi, offset + shard.count) - offset
-            if a < b:
-                yield from read_shard(storage.join(self.root, shard.name), shard).samples(a, b)
-            offset += shard.count
-
     def _collate(self, chunk: list[ShardSample]) -> Batch:
-        channels, height, width = self.image_shape
-        x = np.empty((len(chunk), height, width, channels), dtype=np.uint8)
-        for i, sample in enumerate(chunk):
-            image = decode_sample(sample)
-            if image.shape != x.shape[1:]:
-                raise ShardError(sample.location, f"sample {sample.key} is {image.shape}, "
-                                                  f"expected {x.shape[1:]}")
-            x[i] = image
+        x = decode_images(chunk, self.image_shape)
         labels = torch.tensor([sample.label for sample in chunk], dtype=torch.long)
-        return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), labels
+        return torch.from_numpy(x), labels
+
+
+def samples_between(root: str, shards: list[ShardInfo], lo: int,
+                    hi: int) -> Iterator[ShardSample]:
+    """Samples lo..hi-1 of the sequence the `shards` (in this order, in folder `root`) hold,
+    reading only the shards that range touches."""
+    offset = 0
+    for shard in shards:
+        a, b = max(lo, offset) - offset, min(hi, offset + shard.count) - offset
+        if a < b:
+            yield from read_shard(storage.join(root, shard.name), shard).samples(a, b)
+        offset += shard.count
+
+
+def in_chunks(samples: Iterator[ShardSample], size: int) -> Iterator[list[ShardSample]]:
+    """Consecutive lists of `size` samples; the last may be shorter."""
+    chunk: list[ShardSample] = []
+    for sample in samples:
+        chunk.append(sample)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def decode_images(chunk: list[ShardSample], image_shape: tuple[int, int, int]) -> np.ndarray:
+    """The samples' images as uint8 levels [B, C, H, W], each checked to be `image_shape`."""
+    channels, height, width = image_shape
+    x = np.empty((len(chunk), height, width, channels), dtype=np.uint8)
+    for i, sample in enumerate(chunk):
+        image = decode_sample(sample)
+        if image.shape != x.shape[1:]:
+            raise ShardError(sample.location, f"sample {sample.key} is {image.shape}, "
+                                              f"expected {x.shape[1:]}")
+        x[i] = image
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 class _RankStream(IterableDataset):
