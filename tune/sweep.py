@@ -93,8 +93,7 @@ def plan_concurrency(cfg: TuneConfig, train: TrainConfig, cluster_cpus: float,
 def check_gpus(cfg: TuneConfig, train: TrainConfig, cluster_gpus: float) -> None:
     """Fail before any trial when a trial asks for more GPUs than the whole Ray cluster has:
     Tune would keep such trials pending forever."""
-    if not train.scaling.use_gpu:
-        trial_gpus(cfg, train)  # tune.gpus_per_trial without GPUs is an error
+    if not train.scaling.use_gpu:  # (tune.gpus_per_trial without it: `validate_space` refuses)
         return
     if cfg.workers_per_trial > 1:
         need = cfg.workers_per_trial * train.scaling.gpus_per_worker
